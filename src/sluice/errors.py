@@ -1,0 +1,114 @@
+"""One error tree. Each error knows its HTTP status and its public type and code.
+
+    SluiceError
+    ├── RequestError                 400  invalid_request_error
+    │   ├── BodyTooLarge             413
+    │   ├── NotFound                 404  (unknown route)
+    │   ├── MethodNotAllowed         405
+    │   └── ModelNotFound            404  model_not_found
+    ├── AuthenticationError          401
+    ├── PermissionDenied             403
+    ├── RateLimited                  429
+    └── UpstreamError                502  upstream_error
+        ├── UpstreamStatusError      the upstream answered with an error status
+        ├── UpstreamConnectError     503
+        ├── UpstreamTimeout          504
+        └── UpstreamProtocolError    the upstream's stream broke or was malformed
+
+Foreign exceptions are mapped once, at the boundary (providers for upstream I/O,
+dialects for request bodies), keeping the cause with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class SluiceError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.headers = headers or {}
+
+
+class RequestError(SluiceError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class BodyTooLarge(RequestError):
+    status = 413
+    code = "request_too_large"
+
+
+class NotFound(RequestError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(RequestError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class ModelNotFound(RequestError):
+    status = 404
+    code = "model_not_found"
+
+
+class AuthenticationError(SluiceError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(SluiceError):
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class RateLimited(SluiceError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamError(SluiceError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered with an error status; the status is kept for the client
+    when it is one the client can act on (400, 401→502, 404, 429, ...)."""
+
+
+class UpstreamConnectError(UpstreamError):
+    status = 503
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamProtocolError(UpstreamError):
+    code = "upstream_protocol_error"

@@ -1,0 +1,24 @@
+"""Upstream families. Each provider owns one upstream wire format."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from sluice.events import ChatRequest, StreamEvent
+
+
+class Provider(Protocol):
+    """Turns a request into events; raises ``sluice.errors.UpstreamError`` subclasses.
+
+    Any failure before the first event is raised from the first ``__anext__``; a
+    failure after it is raised from a later one. The caller owns the iterator and
+    closes it (``aclose``), which must release the upstream connection at once.
+    """
+
+    #: Shown as ``owned_by`` in ``/v1/models``.
+    owned_by: str
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,130 @@
+"""Server-sent events, sans-I/O: ``feed(bytes) -> events``, ``flush()``, and encoders.
+
+The decoder follows the WHATWG HTML "event stream interpretation" to the letter where
+it bites: a line ends only at CR, LF or CRLF (never at U+2028/U+2029, which
+``str.splitlines()`` and line iterators built on it also split on), a CR at the end of
+one read may be the first half of a CRLF in the next, lines starting with ``:`` are
+comments, ``data`` fields of one event are joined with LF, and an event is dispatched at
+a blank line. It works on bytes: CR and LF never occur inside a multi-byte UTF-8
+sequence, so a character split across reads is reassembled with its line, and the
+payload reaches JSON decoding without an extra decode/encode round trip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_LF = 0x0A
+_CR = 0x0D
+
+
+@dataclass(slots=True)
+class ServerSentEvent:
+    data: bytes
+    event: str = "message"
+    id: str | None = None
+    retry: int | None = None
+
+
+class SSEDecoder:
+    """Incremental decoder. Feed it reads of any size; it returns complete events."""
+
+    __slots__ = ("_buffer", "_data", "_event", "_id", "_pending_cr", "_retry")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._pending_cr = False
+        self._data: list[bytes] = []
+        self._event: str | None = None
+        self._id: str | None = None
+        self._retry: int | None = None
+
+    def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        if self._pending_cr:
+            self._pending_cr = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        buffer = self._buffer + chunk if self._buffer else chunk
+        events: list[ServerSentEvent] = []
+        start = 0
+        end = len(buffer)
+        find = buffer.find
+        while start < end:
+            lf = find(b"\n", start)
+            cr = find(b"\r", start, lf if lf >= 0 else end)
+            if cr >= 0:
+                stop, nxt = cr, cr + 1
+                if nxt < end:
+                    if buffer[nxt] == _LF:
+                        nxt += 1
+                else:
+                    # A CR as the last byte: its LF, if any, comes with the next read.
+                    self._pending_cr = True
+            elif lf >= 0:
+                stop, nxt = lf, lf + 1
+            else:
+                break
+            self._line(buffer[start:stop], events)
+            start = nxt
+        self._buffer = buffer[start:] if start < end else b""
+        return events
+
+    def flush(self) -> list[ServerSentEvent]:
+        """End of stream. Per the spec an unterminated event is discarded."""
+        self._buffer = b""
+        self._data = []
+        self._event = None
+        self._pending_cr = False
+        return []
+
+    def _line(self, line: bytes, events: list[ServerSentEvent]) -> None:
+        if not line:
+            if self._data:
+                data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+                events.append(ServerSentEvent(data, self._event or "message", self._id, self._retry))
+            self._data = []
+            self._event = None
+            self._retry = None
+            return
+        if line[:6] == b"data: ":
+            self._data.append(line[6:])
+            return
+        if line[0] == 0x3A:  # ":" comment
+            return
+        colon = line.find(b":")
+        if colon < 0:
+            name, value = line, b""
+        else:
+            name, value = line[:colon], line[colon + 1 :]
+            if value[:1] == b" ":
+                value = value[1:]
+        if name == b"data":
+            self._data.append(value)
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")
+        elif name == b"id":
+            if b"\0" not in value:
+                self._id = value.decode("utf-8", "replace")
+        elif name == b"retry" and value.isdigit():
+            self._retry = int(value)
+
+
+def encode_data(payload: bytes) -> bytes:
+    """One ``data:`` event. The payload must hold no CR or LF (compact JSON never does)."""
+    return b"data: " + payload + b"\n\n"
+
+
+def encode_event(data: bytes | str, event: str | None = None) -> bytes:
+    """A general event; multi-line data is split on CR, LF and CRLF, as readers will."""
+    if isinstance(data, str):
+        data = data.encode()
+    lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    head = b"event: " + event.encode() + b"\n" if event else b""
+    return head + b"".join(b"data: " + line + b"\n" for line in lines) + b"\n"
+
+
+def encode_comment(text: str = "") -> bytes:
+    return b": " + text.encode() + b"\n\n" if text else b":\n\n"
+
+
+DONE = b"data: [DONE]\n\n"

@@ -1,0 +1,47 @@
+"""The request record: one row per request that reached the gateway."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+Outcome = Literal["ok", "error", "client_disconnected", "rejected"]
+
+
+@dataclass(slots=True)
+class Record:
+    id: str
+    started_at: float  # unix seconds
+    route: str
+    method: str = "GET"
+    api: str = ""  # the dialect: text, openai_chat, ...
+    model: str | None = None
+    upstream: str | None = None  # provider:model@host of the deployment used
+    stream: bool = True
+    client: str | None = None
+    ended_at: float | None = None
+    outcome: Outcome = "ok"
+    status: int = 200
+    ttft_ms: float | None = None
+    duration_ms: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    usage_source: str | None = None  # reported | estimated | None (unknown)
+    chunks: int = 0
+    error: str | None = None
+    prompt: str | None = None  # only when configured to store content
+    response: str | None = None
+
+
+class RecordStore(Protocol):
+    """Where records go. ``add`` never blocks and never raises."""
+
+    async def start(self) -> None: ...
+
+    def add(self, record: Record) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def recent(self, limit: int) -> list[Record]: ...
