@@ -192,13 +192,12 @@ def _deployment(
     if not base_url.startswith(("http://", "https://")):
         raise ConfigError(f"{where}: base_url: expected an http(s) URL, got {base_url!r}")
     headers = _mapping(data.get("headers"), _where(where, "headers"))
+    base = SimulatorSettings()
     sim = SimulatorSettings(
-        seed=_int(data, "seed", where, 0),
-        ttft=_number(data, "ttft", where, SimulatorSettings.ttft),
-        tokens_per_second=_number(
-            data, "tokens_per_second", where, SimulatorSettings.tokens_per_second
-        ),
-        max_tokens=_int(data, "max_tokens", where, SimulatorSettings.max_tokens, minimum=1),
+        seed=_int(data, "seed", where, base.seed),
+        ttft=_number(data, "ttft", where, base.ttft),
+        tokens_per_second=_number(data, "tokens_per_second", where, base.tokens_per_second),
+        max_tokens=_int(data, "max_tokens", where, base.max_tokens, minimum=1),
     )
     return Deployment(
         name=name,

@@ -32,7 +32,8 @@ class ChatRequest:
 class TextDelta:
     text: str
     #: The upstream's original ``data:`` payload, when it came from an OpenAI-shaped
-    #: stream; a dialect speaking the same wire format may forward it unchanged.
+    #: stream and mapped to this one event; a dialect speaking the same wire format
+    #: may forward it unchanged instead of encoding the event again.
     raw: bytes | None = None
 
 
@@ -57,6 +58,7 @@ class Usage:
     output_tokens: int
     #: How the numbers are known: "reported" by the upstream or "estimated" here.
     source: Literal["reported", "estimated"] = "reported"
+    raw: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -72,6 +74,7 @@ class StreamError:
     message: str
     code: str = "upstream_error"
     type: str = "upstream_error"
+    raw: bytes | None = None
 
 
 StreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish | StreamError

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from sluice.events import ChatRequest, StreamEvent
 
 
-class Provider(Protocol):
-    """Turns a request into events; raises ``sluice.errors.UpstreamError`` subclasses.
+Batch = list[StreamEvent]
 
-    Any failure before the first event is raised from the first ``__anext__``; a
+
+class Provider(Protocol):
+    """Turns a request into batches of events; raises ``sluice.errors`` exceptions.
+
+    A batch is what one upstream read gave: events that arrived together are written
+    to the client together. Any failure before the first event is raised from the first ``__anext__``; a
     failure after it is raised from a later one. The caller owns the iterator and
     closes it (``aclose``), which must release the upstream connection at once.
     """
@@ -19,6 +23,6 @@ class Provider(Protocol):
     #: Shown as ``owned_by`` in ``/v1/models``.
     owned_by: str
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]: ...
+    def stream(self, request: ChatRequest) -> AsyncGenerator[Batch, None]: ...
 
     async def aclose(self) -> None: ...

@@ -1,0 +1,275 @@
+"""The ASGI app: routes → dialect → pipeline → relay to the client, recorded in a finally."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import orjson
+
+from sluice import config
+from sluice.config import Settings
+from sluice.dialects import Dialect
+from sluice.dialects import openai_chat, text
+from sluice.dialects.openai_chat import OpenAIChatDialect
+from sluice.dialects.text import TextDialect
+from sluice.errors import MethodNotAllowed, NotFound, SluiceError
+from sluice.events import ChatRequest
+from sluice.exchange import ClientGone, Exchange, Receive, Scope, Send
+from sluice.policies import Call, Handler, pipeline
+from sluice.policies.route import Router
+from sluice.providers.registry import Providers
+from sluice.relay import relay
+from sluice.store import Record, RecordStore
+
+log = logging.getLogger("sluice")
+
+Route = Callable[[Exchange], Awaitable[None]]
+JSON = [(b"content-type", b"application/json")]
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:24]
+
+
+class Gateway:
+    def __init__(self, settings: Settings, store: RecordStore | None = None) -> None:
+        self.settings = settings
+        if store is None:
+            from sluice.store.sqlite import SQLiteRecordStore
+
+            store = SQLiteRecordStore(
+                settings.db_path,
+                batch_size=settings.record_batch_size,
+                flush_interval=settings.record_flush_interval,
+            )
+        self.store: RecordStore = store
+        self._session: aiohttp.ClientSession | None = None
+        self._providers: Providers | None = None
+        self._handler: Handler | None = None
+        self._text = TextDialect()
+        self._openai = OpenAIChatDialect()
+        self._routes: dict[str, dict[str, Route]] = {
+            "/": {"GET": self._seed},
+            "/v1/chat/completions": {"POST": self._chat_completions},
+            "/v1/models": {"GET": self._models},
+            "/healthz": {"GET": self._health},
+            "/readyz": {"GET": self._ready},
+        }
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def startup(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None),
+            skip_auto_headers=("User-Agent",),
+        )
+        self._providers = Providers(self.settings, self._session)
+        self._handler = pipeline([], Router(self.settings, self._providers))
+        await self.store.start()
+        for name, deployment in self.settings.models.items():
+            if deployment.provider == "simulator":
+                log.warning(
+                    "model %s is served by the offline simulator (no upstream key configured):"
+                    " its answers are generated text, not a real model",
+                    "every model" if name == "*" else repr(name),
+                )
+            else:
+                log.info("model %s → %s at %s", name, deployment.provider, deployment.base_url)
+
+    async def shutdown(self) -> None:
+        if self._providers is not None:
+            await self._providers.aclose()
+        if self._session is not None:
+            await self._session.close()
+        await self.store.close()
+
+    # -- ASGI --------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        client = scope.get("client")
+        record = Record(
+            id=new_id(),
+            started_at=time.time(),
+            route=path,
+            method=method,
+            client=client[0] if client else None,
+        )
+        exchange = Exchange(scope, receive, send, record)
+        dialect: Dialect = self._text if path == "/" else self._openai
+        t0 = time.perf_counter()
+        try:
+            routes = self._routes.get(path)
+            if routes is None and path.startswith("/v1/models/"):
+                routes = {"GET": self._model}
+            if routes is None:
+                raise NotFound(f"Unknown route: {method} {path}")
+            route = routes.get(method)
+            if route is None:
+                allowed = ", ".join(routes)
+                raise MethodNotAllowed(
+                    f"Method {method} is not allowed on {path}; use {allowed}",
+                    headers={"Allow": allowed},
+                )
+            await route(exchange)
+        except ClientGone:
+            record.outcome = "client_disconnected"
+            record.status = 499
+        except SluiceError as exc:
+            await self._fail(exchange, dialect, exc)
+        except Exception as exc:
+            log.exception("unexpected error serving %s %s (request %s)", method, path, record.id)
+            await self._fail(exchange, dialect, SluiceError(f"internal error: {type(exc).__name__}"))
+        finally:
+            record.ended_at = time.time()
+            record.duration_ms = (time.perf_counter() - t0) * 1000
+            if record.status == 0:
+                record.status = exchange.status
+            self.store.add(record)
+
+    async def _fail(self, exchange: Exchange, dialect: Dialect, exc: SluiceError) -> None:
+        record = exchange.record
+        record.error = exc.message
+        if record.outcome == "ok":
+            record.outcome = "rejected" if exc.status < 500 and not exchange.started else "error"
+        if exchange.started:
+            return
+        if exchange.disconnected:
+            record.outcome = "client_disconnected"
+            return
+        status, headers, body = dialect.error_response(exc)
+        with contextlib.suppress(OSError):
+            await exchange.respond(status, headers, body)
+
+    # -- routes ------------------------------------------------------------------
+
+    async def _seed(self, exchange: Exchange) -> None:
+        request = text.decode(exchange.query, self.settings.default_model)
+        await self._serve(exchange, self._text, request)
+
+    async def _chat_completions(self, exchange: Exchange) -> None:
+        body = await exchange.read_body(self.settings.max_body_bytes)
+        request = openai_chat.decode(body)
+        await self._serve(exchange, self._openai, request)
+
+    async def _serve(self, exchange: Exchange, dialect: Dialect, request: ChatRequest) -> None:
+        record = exchange.record
+        record.api = dialect.name
+        record.model = request.model
+        record.stream = request.stream
+        if self.settings.store_content:
+            record.prompt = json.dumps(request.messages, ensure_ascii=False)
+        assert self._handler is not None, "the gateway has not started"
+        call = Call(record=record, headers=exchange.headers)
+        stream = self._handler(request, call)
+        encoder = dialect.encoder(request, f"chatcmpl-{record.id}", call.passthrough)
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = exchange.watch_disconnect(task)
+        try:
+            async with contextlib.aclosing(stream):
+                await relay(
+                    exchange,
+                    stream,
+                    encoder,
+                    self.settings.keepalive_interval,
+                    keep_text=self.settings.store_content,
+                )
+        except asyncio.CancelledError:
+            if not exchange.disconnected:
+                raise
+            task.uncancel()
+            record.outcome = "client_disconnected"
+            if not exchange.started:
+                record.status = 499
+        except SluiceError as exc:
+            if not exchange.started:
+                raise
+            # After the first byte the status is history: an in-band error, then a close.
+            record.outcome = "error"
+            record.error = exc.message
+            with contextlib.suppress(OSError):
+                await exchange.write(encoder.error(exc), more=False)
+        finally:
+            watcher.cancel()
+        if record.input_tokens is None and record.outcome != "ok":
+            self._estimate_usage(request, record)
+
+    @staticmethod
+    def _estimate_usage(request: ChatRequest, record: Record) -> None:
+        chars = 0
+        for message in request.messages:
+            content = message.get("content")
+            chars += len(content) if isinstance(content, str) else len(str(content or ""))
+        record.input_tokens = max(1, chars // 4)
+        record.output_tokens = record.chunks
+        record.usage_source = "estimated"
+
+    async def _models(self, exchange: Exchange) -> None:
+        data = [self._model_object(name) for name in self._model_names()]
+        await exchange.respond(200, JSON, orjson.dumps({"object": "list", "data": data}))
+
+    async def _model(self, exchange: Exchange) -> None:
+        name = exchange.scope["path"][len("/v1/models/") :]
+        if self.settings.resolve(name) is None:
+            raise NotFound(f"The model '{name}' does not exist", code="model_not_found")
+        await exchange.respond(200, JSON, orjson.dumps(self._model_object(name)))
+
+    def _model_names(self) -> list[str]:
+        names = [name for name in self.settings.models if name != "*"]
+        if "*" in self.settings.models and self.settings.default_model not in names:
+            names.insert(0, self.settings.default_model)
+        return names
+
+    def _model_object(self, name: str) -> dict[str, object]:
+        deployment = self.settings.resolve(name)
+        owned_by = "sluice"
+        if deployment is not None and self._providers is not None:
+            owned_by = self._providers.get(deployment).owned_by
+        return {"id": name, "object": "model", "created": 0, "owned_by": owned_by}
+
+    async def _health(self, exchange: Exchange) -> None:
+        await exchange.respond(200, JSON, b'{"status":"ok"}')
+
+    async def _ready(self, exchange: Exchange) -> None:
+        ready = self._handler is not None
+        body = b'{"status":"ready"}' if ready else b'{"status":"starting"}'
+        await exchange.respond(200 if ready else 503, JSON, body)
+
+
+def create_app() -> Gateway:
+    """Factory for ASGI servers: settings from ``SLUICE_CONFIG`` and the environment."""
+    return Gateway(config.load(env=dict(os.environ)))

@@ -1,0 +1,182 @@
+"""The command line: ``sluice serve``, ``sluice ask``, ``sluice requests``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import codecs
+import http.client
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from sluice import config
+from sluice.sse import SSEDecoder
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    try:
+        settings = config.load(args.config, host=args.host, port=args.port, workers=args.workers)
+    except config.ConfigError as exc:
+        print(f"sluice: configuration error: {exc}", file=sys.stderr)
+        return 2
+    level = (args.log_level or settings.log_level).lower()
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options: dict[str, object] = {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "ws": "none",
+        "lifespan": "on",
+        "access_log": False,
+        "log_level": level,
+        "timeout_graceful_shutdown": 5,
+    }
+    if settings.workers > 1:
+        # Each worker process builds its own app from the same settings.
+        if args.config:
+            os.environ["SLUICE_CONFIG"] = os.path.abspath(args.config)
+        os.environ["SLUICE_HOST"] = settings.host
+        os.environ["SLUICE_PORT"] = str(settings.port)
+        uvicorn.run("sluice.app:create_app", factory=True, workers=settings.workers, **options)  # type: ignore[arg-type]
+        return 0
+    from sluice.app import Gateway
+
+    uvicorn.run(Gateway(settings), **options)  # type: ignore[arg-type]
+    return 0
+
+
+def _connection(url: str) -> tuple[http.client.HTTPConnection, str]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    return cls(parts.hostname, parts.port, timeout=600), parts.path.rstrip("/")
+
+
+def _ask(args: argparse.Namespace) -> int:
+    try:
+        conn, base = _connection(args.url)
+    except ValueError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return 2
+    body: dict[str, object] = {
+        "messages": [{"role": "user", "content": args.prompt}],
+        "stream": True,
+    }
+    if args.model:
+        body["model"] = args.model
+    else:
+        body["model"] = os.environ.get("SLUICE_DEFAULT_MODEL", "gpt-4o-mini")
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    key = args.key or os.environ.get("SLUICE_API_KEY", "")
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    try:
+        conn.request("POST", f"{base}/v1/chat/completions", json.dumps(body), headers)
+        response = conn.getresponse()
+    except OSError as exc:
+        print(f"sluice: cannot reach the gateway at {args.url}: {exc}", file=sys.stderr)
+        return 1
+    if response.status >= 400:
+        raw = response.read()
+        try:
+            message = json.loads(raw)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = raw.decode("utf-8", "replace")
+        print(f"sluice: {response.status}: {message}", file=sys.stderr)
+        return 1
+    decoder = SSEDecoder()
+    out = sys.stdout
+    while True:
+        data = response.read1(65536)
+        if not data:
+            print("\nsluice: the stream ended early", file=sys.stderr)
+            return 1
+        for event in decoder.feed(data):
+            if event.data == b"[DONE]":
+                out.write("\n")
+                out.flush()
+                return 0
+            chunk = json.loads(event.data)
+            if "error" in chunk:
+                print(f"\nsluice: error: {chunk['error'].get('message')}", file=sys.stderr)
+                return 1
+            for choice in chunk.get("choices") or ():
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    out.write(content)
+        out.flush()
+
+
+def _requests(args: argparse.Namespace) -> int:
+    from sluice.store.render import render_table
+    from sluice.store.sqlite import SQLiteRecordStore
+
+    path = args.db
+    if path is None:
+        try:
+            path = config.load(args.config).db_path
+        except config.ConfigError as exc:
+            print(f"sluice: configuration error: {exc}", file=sys.stderr)
+            return 2
+    if not os.path.exists(path):
+        print(f"sluice: no record database at {path}", file=sys.stderr)
+        return 1
+
+    async def read() -> str:
+        store = SQLiteRecordStore(path)
+        await store.start()
+        try:
+            records = await store.recent(args.last)
+        finally:
+            await store.close()
+        return render_table(records)
+
+    print(asyncio.run(read()))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="sluice", description="A streaming LLM gateway.")
+    commands = root.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    serve.add_argument("--config", help="YAML config file (default $SLUICE_CONFIG)")
+    serve.add_argument("--workers", type=int, help="worker processes (default 1)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(run=_serve)
+
+    ask = commands.add_parser("ask", help="stream an answer to the terminal")
+    ask.add_argument("prompt", nargs="?", default="Tell me a story")
+    ask.add_argument("--model", help="model name (default $SLUICE_DEFAULT_MODEL or gpt-4o-mini)")
+    ask.add_argument(
+        "--url",
+        default=os.environ.get("SLUICE_URL", "http://127.0.0.1:8000"),
+        help="gateway URL (default $SLUICE_URL or http://127.0.0.1:8000)",
+    )
+    ask.add_argument("--key", help="API key (default $SLUICE_API_KEY)")
+    ask.set_defaults(run=_ask)
+
+    requests = commands.add_parser("requests", help="show recent request records")
+    requests.add_argument("--last", type=int, default=20, help="how many (default 20)")
+    requests.add_argument("--db", help="record database (default from config)")
+    requests.add_argument("--config", help="YAML config file (default $SLUICE_CONFIG)")
+    requests.set_defaults(run=_requests)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,67 @@
+"""The seed's API: ``GET /?prompt=…&model=…`` streams the answer as plain text."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from sluice.dialects import Headers
+from sluice.errors import RequestError, SluiceError
+from sluice.events import ChatRequest, StreamError, TextDelta
+from sluice.providers import Batch
+
+DEFAULT_PROMPT = "Tell me a story"
+MAX_PROMPT_CHARS = 32_000
+
+
+def decode(query: Mapping[str, str], default_model: str) -> ChatRequest:
+    prompt = query.get("prompt", DEFAULT_PROMPT)
+    if not prompt.strip():
+        raise RequestError("the prompt is empty", param="prompt")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise RequestError(
+            f"the prompt is longer than {MAX_PROMPT_CHARS} characters", param="prompt"
+        )
+    model = query.get("model") or default_model
+    return ChatRequest(model=model, messages=[{"role": "user", "content": prompt}], stream=True)
+
+
+class TextEncoder:
+    streaming: bool = True
+    content_type: bytes = b"text/plain; charset=utf-8"
+    keepalive: bytes | None = None
+
+    def __init__(self) -> None:
+        self.text_parts = 0
+
+    def encode(self, batch: Batch) -> bytes:
+        # Providers hand over whole characters (SSE lines are decoded whole), so one
+        # encode per batch never splits a UTF-8 sequence across writes.
+        texts: list[str] = []
+        for event in batch:
+            kind = type(event)
+            if kind is TextDelta:
+                if event.text:  # type: ignore[union-attr]
+                    texts.append(event.text)  # type: ignore[union-attr]
+            elif kind is StreamError:
+                texts.append(f"\n\n[error: {event.message}]\n")  # type: ignore[union-attr]
+        if not texts:
+            return b""
+        return (texts[0] if len(texts) == 1 else "".join(texts)).encode()
+
+    def end(self) -> bytes:
+        return b""
+
+    def error(self, exc: SluiceError) -> bytes:
+        return f"\n\n[error: {exc.message}]\n".encode()
+
+
+class TextDialect:
+    name = "text"
+
+    def error_response(self, exc: SluiceError) -> tuple[int, Headers, bytes]:
+        headers: Headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        headers.extend((k.lower().encode(), v.encode()) for k, v in exc.headers.items())
+        return exc.status, headers, f"error: {exc.message}\n".encode()
+
+    def encoder(self, request: ChatRequest, response_id: str, passthrough: bool) -> TextEncoder:
+        return TextEncoder()

@@ -1,0 +1,110 @@
+"""One HTTP exchange over ASGI: the request's parts, and a response that knows whether
+its head is already out (after which the status code is history)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+from sluice.errors import BodyTooLarge
+from sluice.store import Record
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class ClientGone(Exception):
+    """The client disconnected before the request was read."""
+
+
+class Exchange:
+    __slots__ = (
+        "_query",
+        "disconnected",
+        "headers",
+        "receive",
+        "record",
+        "response_headers",
+        "scope",
+        "send",
+        "started",
+        "status",
+    )
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send, record: Record) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.record = record
+        self.headers: dict[str, str] = {
+            k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
+        }
+        self.started = False
+        self.disconnected = False
+        self.status = 0
+        self._query: dict[str, str] | None = None
+        self.response_headers: list[tuple[bytes, bytes]] = [
+            (b"x-request-id", record.id.encode())
+        ]
+
+    @property
+    def query(self) -> dict[str, str]:
+        if self._query is None:
+            raw = self.scope.get("query_string", b"").decode("latin-1")
+            self._query = dict(parse_qsl(raw, keep_blank_values=True))
+        return self._query
+
+    async def read_body(self, limit: int) -> bytes:
+        declared = self.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise BodyTooLarge(f"the request body is larger than {limit} bytes")
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                raise ClientGone
+            body = message.get("body", b"")
+            if body:
+                size += len(body)
+                if size > limit:
+                    raise BodyTooLarge(f"the request body is larger than {limit} bytes")
+                parts.append(body)
+            if not message.get("more_body", False):
+                return b"".join(parts)
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.started = True
+        self.status = self.record.status = status
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": headers + self.response_headers,
+            }
+        )
+
+    async def write(self, body: bytes, more: bool = True) -> None:
+        await self.send({"type": "http.response.body", "body": body, "more_body": more})
+
+    async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        await self.start(status, headers)
+        await self.write(body, more=False)
+
+    def watch_disconnect(self, task: asyncio.Task[Any]) -> asyncio.Task[None]:
+        """Cancel ``task`` the moment the client goes away (once the body was read)."""
+
+        async def watch() -> None:
+            while True:
+                message = await self.receive()
+                if message["type"] == "http.disconnect":
+                    self.disconnected = True
+                    task.cancel()
+                    return
+
+        return asyncio.create_task(watch())

@@ -1,0 +1,42 @@
+"""Policies wrap the handler that turns a request into event batches.
+
+A ``Handler`` maps a ``ChatRequest`` (and the per-request ``Call``) to an async
+iterator of batches; a ``Policy`` maps a handler to a handler, the way ASGI middleware
+maps an app to an app, but over events instead of bytes. The order is decided in one
+place, ``pipeline``. Recording is outermost and lives in the app's ``finally``, so
+rejections before a request could even be decoded are recorded too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from sluice.config import Deployment
+from sluice.events import ChatRequest
+from sluice.providers import Batch
+from sluice.store import Record
+
+
+@dataclass(slots=True)
+class Call:
+    """What the gateway knows about one request while it is served."""
+
+    record: Record
+    headers: Mapping[str, str] = field(default_factory=dict)
+    deployment: Deployment | None = None
+    #: The upstream speaks the client's wire format and names the model as asked, so
+    #: its chunks may be forwarded unchanged.
+    passthrough: bool = False
+
+
+Handler = Callable[[ChatRequest, Call], AsyncGenerator[Batch, None]]
+Policy = Callable[[Handler], Handler]
+
+
+def pipeline(policies: Sequence[Policy], innermost: Handler) -> Handler:
+    """Compose policies, the first listed outermost."""
+    handler = innermost
+    for policy in reversed(policies):
+        handler = policy(handler)
+    return handler

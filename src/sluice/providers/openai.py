@@ -1,0 +1,254 @@
+"""The ``openai`` provider: any OpenAI-compatible chat completions upstream.
+
+OpenAI itself, vLLM, Ollama, llama.cpp, Groq, OpenRouter and Azure-style base URLs.
+The request always asks for the usage chunk, so every request's tokens are known.
+Each upstream read becomes one batch of events, so chunks that arrived together are
+written to the client together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from sluice.config import Deployment
+from sluice.errors import (
+    ModelNotFound,
+    RequestError,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
+from sluice.events import (
+    ChatRequest,
+    Finish,
+    ReasoningDelta,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
+from sluice.sse import SSEDecoder
+
+_MAX_ERROR_BODY = 64 * 1024
+
+
+def _endpoint(base_url: str) -> str:
+    # Azure-style bases carry a query (api-version); the path goes before it.
+    base, sep, query = base_url.partition("?")
+    return f"{base.rstrip('/')}/chat/completions{sep}{query}"
+
+
+def upstream_status(status: int) -> int:
+    """The status the client sees for an upstream error status."""
+    if status in (400, 404, 413, 422, 429):
+        return 400 if status == 422 else status
+    if status in (408, 504):
+        return 504
+    if status == 503:
+        return 503
+    return 502  # 401/403 (our upstream credentials) and 5xx are the gateway's problem
+
+
+def _error_message(body: bytes) -> tuple[str, str | None]:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body.decode("utf-8", "replace").strip()
+        return (text[:500] or "no body"), None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(error, dict):
+        code = error.get("code")
+        return str(error.get("message") or error), (str(code) if code is not None else None)
+    if isinstance(error, str):
+        return error, None
+    return str(parsed)[:500], None
+
+
+def chunk_events(chunk: dict[str, Any], raw: bytes, out: list[StreamEvent]) -> None:
+    """Map one ``chat.completion.chunk`` to events, appended to ``out``.
+
+    ``raw`` rides on the event only when the chunk maps to exactly one event, so a
+    dialect that forwards raw payloads never forwards one twice.
+    """
+    start = len(out)
+    for choice in chunk.get("choices") or ():
+        if choice.get("index", 0) != 0:
+            continue
+        delta = choice.get("delta") or {}
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if reasoning:
+            out.append(ReasoningDelta(reasoning))
+        content = delta.get("content")
+        if content is not None or (not reasoning and "role" in delta):
+            out.append(TextDelta(content or ""))
+        for call in delta.get("tool_calls") or ():
+            function = call.get("function") or {}
+            out.append(
+                ToolCallDelta(
+                    index=call.get("index", 0),
+                    id=call.get("id"),
+                    name=function.get("name"),
+                    arguments=function.get("arguments") or "",
+                )
+            )
+        finish = choice.get("finish_reason")
+        if finish:
+            out.append(Finish(finish))
+    usage = chunk.get("usage")
+    if usage:
+        out.append(
+            Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        )
+    if len(out) - start == 1:
+        out[start].raw = raw
+
+
+class OpenAIProvider:
+    owned_by = "openai"
+
+    def __init__(self, deployment: Deployment, session: aiohttp.ClientSession) -> None:
+        self._deployment = deployment
+        self._session = session
+        self._url = _endpoint(deployment.base_url)
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        key = deployment.api_key.get() if deployment.api_key else ""
+        if key:
+            if ".azure.com" in deployment.base_url:
+                headers["api-key"] = key
+            else:
+                headers["Authorization"] = f"Bearer {key}"
+        headers.update(deployment.headers)
+        self._headers = headers
+        if "openai.com" not in deployment.base_url:
+            self.owned_by = f"openai-compatible ({deployment.base_url.split('/')[2]})"
+
+    def payload(self, request: ChatRequest) -> bytes:
+        body: dict[str, Any] = dict(request.options)
+        body["model"] = self._deployment.upstream_model(request.model)
+        body["messages"] = request.messages
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+        return orjson.dumps(body)
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[list[StreamEvent], None]:
+        timeouts = self._deployment.timeouts
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + timeouts.total if timeouts.total else float("inf")
+        phase = "first token"
+        first_deadline = started + timeouts.first_token if timeouts.first_token else float("inf")
+        response: aiohttp.ClientResponse | None = None
+        finished = False
+        try:
+            async with asyncio.timeout(min(deadline, first_deadline)) as timer:
+                try:
+                    response = await self._session.post(
+                        self._url, data=self.payload(request), headers=self._headers
+                    )
+                except aiohttp.ClientConnectorError as exc:
+                    raise UpstreamConnectError(
+                        f"cannot connect to the upstream: {exc.os_error or exc}"
+                    ) from exc
+                except aiohttp.ClientError as exc:
+                    raise UpstreamConnectError(f"upstream request failed: {exc}") from exc
+                if response.status >= 400:
+                    await self._raise_status(response)
+                decoder = SSEDecoder()
+                feed = decoder.feed
+                loads = orjson.loads
+                idle = timeouts.idle
+                seen_event = False
+                saw_finish = False
+                content = response.content
+                while True:
+                    try:
+                        data = await content.readany()
+                    except aiohttp.ClientPayloadError as exc:
+                        raise UpstreamProtocolError(
+                            "the upstream connection broke mid-stream"
+                        ) from exc
+                    except aiohttp.ClientError as exc:
+                        raise UpstreamProtocolError(f"upstream read failed: {exc}") from exc
+                    if not data:
+                        if saw_finish:
+                            finished = True
+                            return
+                        raise UpstreamProtocolError(
+                            "the upstream closed the stream before it finished"
+                        )
+                    batch: list[StreamEvent] = []
+                    for event in feed(data):
+                        payload = event.data
+                        if payload == b"[DONE]":
+                            if batch:
+                                yield batch
+                            finished = True
+                            return
+                        try:
+                            chunk = loads(payload)
+                        except orjson.JSONDecodeError as exc:
+                            raise UpstreamProtocolError(
+                                "the upstream sent an event that is not JSON"
+                            ) from exc
+                        if not isinstance(chunk, dict):
+                            raise UpstreamProtocolError("the upstream sent an unexpected event")
+                        error = chunk.get("error")
+                        if error is not None:
+                            message, _ = _error_message(payload)
+                            raise UpstreamProtocolError(f"upstream error: {message}")
+                        chunk_events(chunk, payload, batch)
+                    if batch:
+                        if not seen_event:
+                            seen_event = True
+                            phase = "next chunk"
+                        saw_finish = saw_finish or any(type(e) is Finish for e in batch)
+                        yield batch
+                    # One timer per stream, moved after each read: cheap, and it fires
+                    # on its own even when nothing arrives.
+                    if seen_event:
+                        now = loop.time()
+                        timer.reschedule(min(deadline, now + idle) if idle else deadline)
+        except TimeoutError as exc:
+            what = "total time" if loop.time() >= deadline else phase
+            raise UpstreamTimeout(f"the upstream timed out waiting for the {what}") from exc
+        finally:
+            if response is not None:
+                if finished:
+                    response.release()
+                else:
+                    response.close()
+
+    async def _raise_status(self, response: aiohttp.ClientResponse) -> None:
+        body = b""
+        with contextlib.suppress(aiohttp.ClientError):
+            body = await response.content.read(_MAX_ERROR_BODY)
+        message, code = _error_message(body)
+        status = response.status
+        headers = {}
+        retry_after = response.headers.get("retry-after")
+        if retry_after:
+            headers["Retry-After"] = retry_after
+        if status == 404 and (code == "model_not_found" or "model" in message.lower()):
+            raise ModelNotFound(f"upstream: {message}", param="model")
+        error_cls: type[UpstreamError | RequestError] = UpstreamStatusError
+        if status in (400, 413, 422):
+            raise RequestError(
+                f"upstream: {message}", code=code, status=upstream_status(status)
+            )
+        raise error_cls(
+            f"upstream answered {status}: {message}",
+            status=upstream_status(status),
+            code=code if status == 429 else None,
+            headers=headers,
+        )
+
+    async def aclose(self) -> None:
+        return None
