@@ -1,0 +1,92 @@
+"""The SQLite schema, as an append-only list of named migrations.
+
+Never edit or reorder a migration that has shipped: add a new one at the end. The
+``_migrations`` table records which names have run, so ``migrate`` is idempotent and
+safe to call on every open, from several processes at once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+
+Migration = Callable[[sqlite3.Connection], None]
+
+MIGRATIONS: list[tuple[str, Migration]] = []
+
+
+def migration(fn: Migration) -> Migration:
+    name = fn.__name__
+    if any(existing == name for existing, _ in MIGRATIONS):
+        raise ValueError(f"duplicate migration name: {name}")
+    MIGRATIONS.append((name, fn))
+    return fn
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring ``db`` up to date. ``db`` must be in autocommit mode (isolation_level=None)."""
+    # WAL lets readers (the CLI, the dashboard) run while the gateway writes. It is a
+    # property of the file, so setting it once persists; ":memory:" answers "memory".
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
+    if _pending(db):
+        # IMMEDIATE takes the write lock before we re-read what has run, so two processes
+        # opening a fresh file at once cannot both apply the same migration.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for name, fn in _pending(db):
+                fn(db)
+                db.execute(
+                    "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (name, time.time())
+                )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+
+def applied(db: sqlite3.Connection) -> list[str]:
+    return [row[0] for row in db.execute("SELECT name FROM _migrations ORDER BY rowid")]
+
+
+def _pending(db: sqlite3.Connection) -> list[tuple[str, Migration]]:
+    done = set(applied(db))
+    return [(name, fn) for name, fn in MIGRATIONS if name not in done]
+
+
+@migration
+def m001_requests(db: sqlite3.Connection) -> None:
+    # One column per Record field. ``id`` is deliberately not unique: it may come from a
+    # client header, and two requests sharing an id are still two requests to record.
+    db.execute(
+        """
+        CREATE TABLE requests (
+            id TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            route TEXT NOT NULL,
+            method TEXT NOT NULL,
+            api TEXT NOT NULL,
+            model TEXT,
+            upstream TEXT,
+            stream INTEGER NOT NULL,
+            client TEXT,
+            ended_at REAL,
+            outcome TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            ttft_ms REAL,
+            duration_ms REAL,
+            input_tokens INTEGER,
+            output_tokens INTEGER,
+            usage_source TEXT,
+            chunks INTEGER NOT NULL,
+            error TEXT,
+            prompt TEXT,
+            response TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX requests_started_at ON requests (started_at)")
+    db.execute("CREATE INDEX requests_model ON requests (model)")
+    db.execute("CREATE INDEX requests_outcome ON requests (outcome)")
+    db.execute("CREATE INDEX requests_id ON requests (id)")
