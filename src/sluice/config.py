@@ -5,6 +5,7 @@ Nothing else in the package reads the environment or a file for settings.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -15,10 +16,17 @@ import yaml
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 PROVIDERS = ("openai", "simulator")
+#: What uvicorn and ``logging`` both accept.
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 class ConfigError(Exception):
     """The configuration is wrong; the message says what and where."""
+
+    def __init__(self, message: str, path: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        #: The keys from the top of the file down to the offending one, to find its line.
+        self.path = path
 
 
 class Secret:
@@ -103,56 +111,89 @@ class Settings:
         return any(d.provider == "simulator" for d in self.models.values())
 
 
-def _where(path: str, key: str) -> str:
-    return f"{path}: {key}" if path else key
+#: Keys from the top of the document down to one value, e.g. ("models", "gpt", "provider").
+Keys = tuple[str, ...]
 
 
-def _number(raw: Mapping[str, Any], key: str, where: str, default: float) -> float:
+def _name(at: Keys) -> str:
+    return ".".join(at) or "top level"
+
+
+def _fail(at: Keys, problem: str) -> ConfigError:
+    return ConfigError(f"{_name(at)}: {problem}", at)
+
+
+def _number(raw: Mapping[str, Any], key: str, at: Keys, default: float) -> float:
     value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ConfigError(f"{_where(where, key)}: expected a non-negative number, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or math.isnan(value)
+        or value < 0
+    ):
+        raise _fail((*at, key), f"expected a non-negative number, got {value!r}")
     return float(value)
 
 
-def _int(raw: Mapping[str, Any], key: str, where: str, default: int, minimum: int = 0) -> int:
+def _int(
+    raw: Mapping[str, Any],
+    key: str,
+    at: Keys,
+    default: int,
+    minimum: int = 0,
+    maximum: int | None = None,
+) -> int:
     value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{_where(where, key)}: expected an integer >= {minimum}, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        expected = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+        raise _fail((*at, key), f"expected an integer {expected}, got {value!r}")
     return value
 
 
-def _str(raw: Mapping[str, Any], key: str, where: str, default: str | None) -> str | None:
+def _str(raw: Mapping[str, Any], key: str, at: Keys, default: str | None) -> str | None:
     value = raw.get(key, default)
     if value is not None and not isinstance(value, str):
-        raise ConfigError(f"{_where(where, key)}: expected a string, got {value!r}")
+        raise _fail((*at, key), f"expected a string, got {value!r}")
     return value
 
 
-def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+def _as_mapping(value: Any, at: Keys) -> Mapping[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        raise _fail(at, f"expected a mapping, got {type(value).__name__}")
     return value
 
 
-def _check_keys(raw: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(raw) - allowed)
+def _mapping(raw: Mapping[str, Any], key: str, at: Keys) -> Mapping[str, Any]:
+    return _as_mapping(raw.get(key), (*at, key))
+
+
+def _check_keys(raw: Mapping[str, Any], allowed: set[str], at: Keys) -> None:
+    # Keys may be ints, null or booleans in YAML: compare and sort them as text.
+    unknown = sorted({str(key) for key in raw} - allowed)
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
-            f"known: {', '.join(sorted(allowed))}"
+            f"{_name(at)}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(sorted(allowed))}",
+            (*at, unknown[0]),
         )
 
 
-def _timeouts(raw: Any, where: str, base: Timeouts) -> Timeouts:
-    data = _mapping(raw, where)
-    _check_keys(data, {"connect", "first_token", "idle", "total"}, where)
+def _timeouts(raw: Mapping[str, Any], at: Keys, base: Timeouts) -> Timeouts:
+    data = _mapping(raw, "timeouts", at)
+    at = (*at, "timeouts")
+    _check_keys(data, {"connect", "first_token", "idle", "total"}, at)
     return Timeouts(
-        connect=_number(data, "connect", where, base.connect),
-        first_token=_number(data, "first_token", where, base.first_token),
-        idle=_number(data, "idle", where, base.idle),
-        total=_number(data, "total", where, base.total),
+        connect=_number(data, "connect", at, base.connect),
+        first_token=_number(data, "first_token", at, base.first_token),
+        idle=_number(data, "idle", at, base.idle),
+        total=_number(data, "total", at, base.total),
     )
 
 
@@ -170,42 +211,52 @@ _DEPLOYMENT_KEYS = {
 }
 
 
-def _deployment(
-    name: str, raw: Any, env: Mapping[str, str], timeouts: Timeouts, where: str
-) -> Deployment:
-    data = _mapping(raw, where)
-    _check_keys(data, _DEPLOYMENT_KEYS, where)
-    provider = _str(data, "provider", where, "openai")
+def _http_url(url: str, at: Keys, name: str = "") -> str:
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{name or _name(at)}: expected an http(s) URL, got {url!r}", at)
+    return url.rstrip("/")
+
+
+def _env_base_url(env: Mapping[str, str]) -> str:
+    url = env.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL
+    return _http_url(url, (), name="OPENAI_BASE_URL")
+
+
+def _deployment(name: str, spec: Any, env: Mapping[str, str], timeouts: Timeouts) -> Deployment:
+    at = ("models", name)
+    data = _as_mapping(spec, at)
+    _check_keys(data, _DEPLOYMENT_KEYS, at)
+    provider = _str(data, "provider", at, "openai")
     if provider not in PROVIDERS:
-        raise ConfigError(f"{where}: provider: unknown provider {provider!r}; known: {PROVIDERS}")
+        raise _fail(
+            (*at, "provider"), f"unknown provider {provider!r}; known: {', '.join(PROVIDERS)}"
+        )
     assert provider is not None
     api_key: Secret | None = None
-    key_env = _str(data, "api_key_env", where, "OPENAI_API_KEY" if provider == "openai" else None)
+    key_env = _str(data, "api_key_env", at, "OPENAI_API_KEY" if provider == "openai" else None)
     if key_env:
         value = env.get(key_env, "")
         if value:
             api_key = Secret(value)
         elif "api_key_env" in data:
-            raise ConfigError(f"{where}: api_key_env: environment variable {key_env} is not set")
-    base_url = _str(data, "base_url", where, env.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL)
-    assert base_url is not None
-    if not base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"{where}: base_url: expected an http(s) URL, got {base_url!r}")
-    headers = _mapping(data.get("headers"), _where(where, "headers"))
+            raise _fail((*at, "api_key_env"), f"environment variable {key_env} is not set")
+    url = _str(data, "base_url", at, None)
+    base_url = _env_base_url(env) if url is None else _http_url(url, (*at, "base_url"))
+    headers = _mapping(data, "headers", at)
     base = SimulatorSettings()
     sim = SimulatorSettings(
-        seed=_int(data, "seed", where, base.seed),
-        ttft=_number(data, "ttft", where, base.ttft),
-        tokens_per_second=_number(data, "tokens_per_second", where, base.tokens_per_second),
-        max_tokens=_int(data, "max_tokens", where, base.max_tokens, minimum=1),
+        seed=_int(data, "seed", at, base.seed),
+        ttft=_number(data, "ttft", at, base.ttft),
+        tokens_per_second=_number(data, "tokens_per_second", at, base.tokens_per_second),
+        max_tokens=_int(data, "max_tokens", at, base.max_tokens, minimum=1),
     )
     return Deployment(
         name=name,
         provider=provider,
-        model=_str(data, "model", where, None),
-        base_url=base_url.rstrip("/"),
+        model=_str(data, "model", at, None),
+        base_url=base_url,
         api_key=api_key,
-        timeouts=_timeouts(data.get("timeouts"), _where(where, "timeouts"), timeouts),
+        timeouts=_timeouts(data, at, timeouts),
         simulator=sim,
         headers={str(k): str(v) for k, v in headers.items()},
     )
@@ -225,81 +276,105 @@ _TOP_KEYS = {
 }
 
 
-def _line_of(text: str, key: str) -> str:
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.lstrip().startswith(f"{key}:"):
-            return f"line {number}"
-    return ""
+def _line_of(node: yaml.Node | None, path: Keys) -> int | None:
+    """The line of the deepest key on ``path`` that the document has (1-based)."""
+    line = None
+    for key in path:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        found = None
+        # The last match wins, as in the loaded data (merge keys come before own keys).
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
+                found = key_node, value_node
+        if found is None:
+            break
+        mark = found[0].start_mark
+        line = mark.line + 1 if mark is not None else line
+        node = found[1]
+    return line
 
 
 def parse(text: str, env: Mapping[str, str], origin: str = "<config>") -> Settings:
     """Build settings from YAML text and the environment."""
+    loader = yaml.SafeLoader(text)
     try:
-        loaded = yaml.safe_load(text) if text.strip() else {}
+        # Compose, then construct, so that errors can point at a key's line.
+        root = loader.get_single_node()
+        loaded = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{origin}: not valid YAML{at}: {problem}") from exc
-    raw = _mapping(loaded, origin)
+    finally:
+        loader.dispose()
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, Mapping):
+        raise ConfigError(f"{origin}: expected a mapping at the top, got {type(loaded).__name__}")
     try:
-        return _settings(raw, env, origin)
+        return _settings(loaded, env, origin)
     except ConfigError as exc:
-        # Point at the line of the top-level key the message starts with, when we can.
-        first = str(exc).split(":", 1)[0].split(".")[0]
-        line = _line_of(text, first) if first in _TOP_KEYS else ""
-        raise ConfigError(f"{origin}{' ' + line if line else ''}: {exc}") from None
+        line = _line_of(root, exc.path)
+        raise ConfigError(f"{origin}{f' line {line}' if line else ''}: {exc}", exc.path) from None
 
 
 def _settings(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Settings:
-    _check_keys(raw, _TOP_KEYS, "top level")
-    timeouts = _timeouts(raw.get("timeouts"), "timeouts", Timeouts())
-    record = _mapping(raw.get("record"), "record")
-    _check_keys(record, {"path", "store_content", "batch_size", "flush_interval"}, "record")
+    _check_keys(raw, _TOP_KEYS, ())
+    timeouts = _timeouts(raw, (), Timeouts())
+    record = _mapping(raw, "record", ())
+    _check_keys(record, {"path", "store_content", "batch_size", "flush_interval"}, ("record",))
     store_content = record.get("store_content", False)
     if not isinstance(store_content, bool):
-        raise ConfigError(f"record: store_content: expected true or false, got {store_content!r}")
-    models_raw = _mapping(raw.get("models"), "models")
+        raise _fail(("record", "store_content"), f"expected true or false, got {store_content!r}")
+    models_raw = _mapping(raw, "models", ())
     models = {
-        str(name): _deployment(str(name), spec, env, timeouts, f"models.{name}")
-        for name, spec in models_raw.items()
+        str(name): _deployment(str(name), spec, env, timeouts) for name, spec in models_raw.items()
     }
     if not models:
         models = default_models(env, timeouts)
-    default_model = _str(raw, "default_model", "", None) or env.get(
+    default_model = _str(raw, "default_model", (), None) or env.get(
         "SLUICE_DEFAULT_MODEL", "gpt-4o-mini"
     )
     if "*" not in models and default_model not in models:
         default_model = next(iter(models))
-    db_path = _str(record, "path", "record", None) or env.get("SLUICE_DB", "sluice.db")
+    db_path = _str(record, "path", ("record",), None) or env.get("SLUICE_DB", "sluice.db")
     assert db_path is not None
-    level = _str(raw, "log_level", "", "info") or "info"
+    level = (_str(raw, "log_level", (), "info") or "info").lower()
+    if level not in LOG_LEVELS:
+        raise _fail(("log_level",), f"expected one of {', '.join(LOG_LEVELS)}, got {level!r}")
     return Settings(
-        host=_str(raw, "host", "", "127.0.0.1") or "127.0.0.1",
-        port=_int(raw, "port", "", 8000, minimum=0),
-        workers=_int(raw, "workers", "", 1, minimum=1),
+        host=_str(raw, "host", (), "127.0.0.1") or "127.0.0.1",
+        port=_int(raw, "port", (), 8000, minimum=0, maximum=65_535),
+        workers=_int(raw, "workers", (), 1, minimum=1),
         default_model=default_model,
         models=models,
-        keepalive_interval=_number(raw, "keepalive_interval", "", 15.0),
-        max_body_bytes=_int(raw, "max_body_bytes", "", 4 * 1024 * 1024, minimum=1),
+        keepalive_interval=_number(raw, "keepalive_interval", (), 15.0),
+        max_body_bytes=_int(raw, "max_body_bytes", (), 4 * 1024 * 1024, minimum=1),
         db_path=db_path,
         store_content=store_content,
-        record_batch_size=_int(record, "batch_size", "record", 256, minimum=1),
-        record_flush_interval=_number(record, "flush_interval", "record", 0.5),
+        record_batch_size=_int(record, "batch_size", ("record",), 256, minimum=1),
+        record_flush_interval=_number(record, "flush_interval", ("record",), 0.5),
         log_level=level,
         source=origin,
     )
 
 
-def default_models(env: Mapping[str, str], timeouts: Timeouts | None = None) -> dict[str, Deployment]:
+def default_models(
+    env: Mapping[str, str], timeouts: Timeouts | None = None
+) -> dict[str, Deployment]:
     """No ``models:`` section: pass every name to OpenAI if a key is set, else simulate."""
     timeouts = timeouts or Timeouts()
     key = env.get("OPENAI_API_KEY", "")
     if key:
-        base = (env.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL).rstrip("/")
         return {
             "*": Deployment(
-                name="*", provider="openai", base_url=base, api_key=Secret(key), timeouts=timeouts
+                name="*",
+                provider="openai",
+                base_url=_env_base_url(env),
+                api_key=Secret(key),
+                timeouts=timeouts,
             )
         }
     return {"*": Deployment(name="*", provider="simulator", timeouts=timeouts)}
@@ -319,18 +394,23 @@ def load(
             text = file.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: the config file is not UTF-8 text: {exc}") from exc
         settings = parse(text, env, origin=path)
     else:
         settings = parse("", env, origin="defaults")
-    for key in ("host", "port", "workers"):
+    # A flag left unset arrives as None: the environment, then the file, decide.
+    flags = {key: value for key, value in overrides.items() if value is not None}
+    if "SLUICE_HOST" in env and "host" not in flags:
+        flags["host"] = env["SLUICE_HOST"]
+    for key, minimum, maximum in (("port", 0, 65_535), ("workers", 1, None)):
         name = f"SLUICE_{key.upper()}"
-        if name in env and key not in overrides:
-            value: Any = env[name]
-            if key != "host":
-                try:
-                    value = int(value)
-                except ValueError:
-                    raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
-            overrides[key] = value
-    flags = {k: v for k, v in overrides.items() if v is not None}
+        if key not in flags and name in env:
+            try:
+                number = int(env[name])
+            except ValueError:
+                raise ConfigError(f"{name}: expected an integer, got {env[name]!r}") from None
+            flags[key] = _int({name: number}, name, (), 0, minimum, maximum)
+        elif key in flags:
+            flags[key] = _int(flags, key, (), 0, minimum, maximum)
     return replace(settings, **flags) if flags else settings

@@ -4,10 +4,11 @@ The decoder follows the WHATWG HTML "event stream interpretation" to the letter 
 it bites: a line ends only at CR, LF or CRLF (never at U+2028/U+2029, which
 ``str.splitlines()`` and line iterators built on it also split on), a CR at the end of
 one read may be the first half of a CRLF in the next, lines starting with ``:`` are
-comments, ``data`` fields of one event are joined with LF, and an event is dispatched at
-a blank line. It works on bytes: CR and LF never occur inside a multi-byte UTF-8
-sequence, so a character split across reads is reassembled with its line, and the
-payload reaches JSON decoding without an extra decode/encode round trip.
+comments, ``data`` fields of one event are joined with LF, an event is dispatched at a
+blank line, and one leading UTF-8 BOM is ignored. It works on bytes: CR and LF never
+occur inside a multi-byte UTF-8 sequence, so a character split across reads is
+reassembled with its line, and the payload reaches JSON decoding without an extra
+decode/encode round trip.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 _LF = 0x0A
 _CR = 0x0D
+_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(slots=True)
@@ -29,22 +31,35 @@ class ServerSentEvent:
 class SSEDecoder:
     """Incremental decoder. Feed it reads of any size; it returns complete events."""
 
-    __slots__ = ("_buffer", "_data", "_event", "_id", "_pending_cr", "_retry")
+    __slots__ = ("_buffer", "_data", "_event", "_id", "_pending_cr", "_retry", "_started")
 
     def __init__(self) -> None:
         self._buffer = b""
         self._pending_cr = False
+        self._started = False
         self._data: list[bytes] = []
         self._event: str | None = None
         self._id: str | None = None
         self._retry: int | None = None
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        if not chunk:
+            # An empty read must not forget a pending CR: its LF may be in the next one.
+            return []
         if self._pending_cr:
             self._pending_cr = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
         buffer = self._buffer + chunk if self._buffer else chunk
+        if not self._started:
+            # "One leading U+FEFF BYTE ORDER MARK character must be ignored if any are
+            # present." Only one: a second BOM belongs to the first field name.
+            if _BOM.startswith(buffer):
+                self._buffer = buffer
+                return []
+            self._started = True
+            if buffer.startswith(_BOM):
+                buffer = buffer[len(_BOM) :]
         events: list[ServerSentEvent] = []
         start = 0
         end = len(buffer)
@@ -75,13 +90,16 @@ class SSEDecoder:
         self._data = []
         self._event = None
         self._pending_cr = False
+        self._started = False
         return []
 
     def _line(self, line: bytes, events: list[ServerSentEvent]) -> None:
         if not line:
             if self._data:
                 data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
-                events.append(ServerSentEvent(data, self._event or "message", self._id, self._retry))
+                events.append(
+                    ServerSentEvent(data, self._event or "message", self._id, self._retry)
+                )
             self._data = []
             self._event = None
             self._retry = None
@@ -114,17 +132,26 @@ def encode_data(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
+def _lines(text: bytes) -> list[bytes]:
+    return text.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+
+
 def encode_event(data: bytes | str, event: str | None = None) -> bytes:
     """A general event; multi-line data is split on CR, LF and CRLF, as readers will."""
     if isinstance(data, str):
         data = data.encode()
-    lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    if event and ("\r" in event or "\n" in event):
+        # It would end the field early and let the rest read as other fields.
+        raise ValueError(f"an SSE event name cannot hold CR or LF: {event!r}")
     head = b"event: " + event.encode() + b"\n" if event else b""
-    return head + b"".join(b"data: " + line + b"\n" for line in lines) + b"\n"
+    return head + b"".join(b"data: " + line + b"\n" for line in _lines(data)) + b"\n"
 
 
 def encode_comment(text: str = "") -> bytes:
-    return b": " + text.encode() + b"\n\n" if text else b":\n\n"
+    """A comment (a keep-alive); each line of ``text`` becomes its own comment line."""
+    if not text:
+        return b":\n\n"
+    return b"".join(b": " + line + b"\n" for line in _lines(text.encode())) + b"\n"
 
 
 DONE = b"data: [DONE]\n\n"
