@@ -1,0 +1,156 @@
+"""The offline provider: paced, deterministic stories with no network and no key.
+
+It is the embedded default when no upstream key is configured, and the upstream the
+tests run against. A stream waits ``ttft`` seconds, then yields one word per
+``TextDelta`` at ``tokens_per_second`` (0: as fast as the consumer reads), in batches of
+the words due by then, then one batch of ``Usage`` and ``Finish``. The words come from
+``wordmodel``; the same seed, messages and model always give the same text.
+
+Settings come from ``deployment.simulator``; request options that it honours:
+``max_tokens`` / ``max_completion_tokens`` (lower the deployment's ``max_tokens``; a
+story cut short finishes with ``"length"``) and ``seed`` (mixed into the story's seed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any
+
+from sluice.config import Deployment
+from sluice.errors import UpstreamStatusError
+from sluice.events import ChatRequest, Finish, StreamEvent, TextDelta, Usage
+from sluice.providers import Batch
+from sluice.providers.wordmodel import default_model
+
+__all__ = ["SimulatorProvider"]
+
+#: The most tokens in one batch. A batch holds the tokens that are due by the time it
+#: is made: one at a time while the consumer keeps up with the pace, more when it fell
+#: behind (as one socket read returns several chunks), this many when unpaced.
+_BATCH = 64
+
+
+class SimulatorProvider:
+    owned_by = "sluice-simulator"
+
+    def __init__(self, deployment: Deployment) -> None:
+        self._deployment = deployment
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[Batch, None]:
+        settings = self._deployment.simulator
+        limit = _token_limit(settings.max_tokens, request.options)
+        rng = random.Random(_seed(settings.seed, request))
+        # The story fits the deployment's budget, not the request's: a request that asks
+        # for fewer tokens gets the same story, cut short.
+        budget = settings.max_tokens
+        length = rng.randint(max(1, budget * 55 // 100), max(1, budget * 85 // 100))
+        prompt = _last_user_text(request.messages)
+        story = default_model().story(rng, length, prompt, limit=budget)
+
+        loop = asyncio.get_running_loop()
+        # Every token has a due time counted from one start, so pacing never drifts.
+        start = loop.time() + settings.ttft
+        if settings.ttft > 0:
+            await asyncio.sleep(settings.ttft)
+        tps = settings.tokens_per_second
+        interval = 1.0 / tps if tps > 0 else 0.0
+
+        produced = 0
+        reason = "stop"
+        batch: list[StreamEvent] = []
+        for text in story:
+            if produced >= limit:
+                reason = "length"
+                break
+            if interval:
+                due = start + produced * interval
+                if due > loop.time():
+                    if batch:
+                        yield batch
+                        batch = []
+                    delay = due - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+            batch.append(TextDelta(text))
+            produced += 1
+            if len(batch) >= _BATCH:
+                yield batch
+                batch = []
+                if not interval:
+                    # Unpaced: still let the event loop run other tasks now and then.
+                    await asyncio.sleep(0)
+        if batch:
+            yield batch
+        usage = Usage(
+            input_tokens=_estimate_tokens(request.messages),
+            output_tokens=produced,
+            source="reported",
+        )
+        yield [usage, Finish(reason)]
+
+    async def aclose(self) -> None:
+        # Nothing is held between streams; each stream's own aclose() stops it.
+        return None
+
+
+def _token_limit(default: int, options: Mapping[str, Any]) -> int:
+    limit = default
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = options.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UpstreamStatusError(
+                f"{name} must be a positive integer, got {value!r}",
+                param=name,
+                code="invalid_value",
+                status=400,
+            )
+        limit = min(limit, value)
+    return limit
+
+
+def _seed(base: int, request: ChatRequest) -> int:
+    """A seed from the deployment's, the request's ``seed`` option, model and messages.
+
+    ``hashlib``, not ``hash()``: string hashes change from process to process.
+    """
+    material = json.dumps(
+        [base, request.options.get("seed"), request.model, request.messages],
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+        default=repr,
+    )
+    digest = hashlib.sha256(material.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def _text(content: Any) -> str:
+    """The text of a message's content: a string or a list of parts (OpenAI shape)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def _last_user_text(messages: list[dict[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return _text(message.get("content"))
+    return ""
+
+
+def _estimate_tokens(messages: list[dict[str, Any]]) -> int:
+    # About four characters to a token for English text; never zero.
+    chars = sum(len(_text(message.get("content"))) for message in messages)
+    return max(1, (chars + 3) // 4)
