@@ -16,8 +16,7 @@ import orjson
 
 from sluice import config
 from sluice.config import Settings
-from sluice.dialects import Dialect
-from sluice.dialects import openai_chat, text
+from sluice.dialects import Dialect, openai_chat, text
 from sluice.dialects.openai_chat import OpenAIChatDialect
 from sluice.dialects.text import TextDialect
 from sluice.errors import MethodNotAllowed, NotFound, SluiceError
@@ -79,9 +78,9 @@ class Gateway:
         for name, deployment in self.settings.models.items():
             if deployment.provider == "simulator":
                 log.warning(
-                    "model %s is served by the offline simulator (no upstream key configured):"
-                    " its answers are generated text, not a real model",
-                    "every model" if name == "*" else repr(name),
+                    "%s served by the offline simulator (no upstream key configured):"
+                    " answers are generated text, not a real model",
+                    "every model is" if name == "*" else f"model {name!r} is",
                 )
             else:
                 log.info("model %s → %s at %s", name, deployment.provider, deployment.base_url)
@@ -152,7 +151,9 @@ class Gateway:
             await self._fail(exchange, dialect, exc)
         except Exception as exc:
             log.exception("unexpected error serving %s %s (request %s)", method, path, record.id)
-            await self._fail(exchange, dialect, SluiceError(f"internal error: {type(exc).__name__}"))
+            await self._fail(
+                exchange, dialect, SluiceError(f"internal error: {type(exc).__name__}")
+            )
         finally:
             record.ended_at = time.time()
             record.duration_ms = (time.perf_counter() - t0) * 1000
@@ -225,7 +226,7 @@ class Gateway:
                 await exchange.write(encoder.error(exc), more=False)
         finally:
             watcher.cancel()
-        if record.input_tokens is None and record.outcome != "ok":
+        if record.input_tokens is None:
             self._estimate_usage(request, record)
 
     @staticmethod

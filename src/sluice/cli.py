@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import codecs
 import http.client
 import json
 import logging
@@ -26,7 +25,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"sluice: configuration error: {exc}", file=sys.stderr)
         return 2
     level = (args.log_level or settings.log_level).lower()
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     options: dict[str, object] = {
         "host": settings.host,
         "port": settings.port,

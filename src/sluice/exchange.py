@@ -47,9 +47,7 @@ class Exchange:
         self.disconnected = False
         self.status = 0
         self._query: dict[str, str] | None = None
-        self.response_headers: list[tuple[bytes, bytes]] = [
-            (b"x-request-id", record.id.encode())
-        ]
+        self.response_headers: list[tuple[bytes, bytes]] = [(b"x-request-id", record.id.encode())]
 
     @property
     def query(self) -> dict[str, str]:

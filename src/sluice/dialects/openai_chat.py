@@ -92,12 +92,16 @@ def decode(body: bytes) -> ChatRequest:
     for name, (low, high) in _NUMBER_FIELDS.items():
         value = data.get(name)
         if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
         ):
             raise _fail(f"'{name}' must be a number between {low:g} and {high:g}", name)
     for name in _POSITIVE_INT_FIELDS:
         value = data.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
             raise _fail(f"'{name}' must be a positive integer", name)
     user = data.get("user")
     if user is not None and not isinstance(user, str):
@@ -143,7 +147,6 @@ class StreamEncoder:
                 "object": "chat.completion.chunk",
                 "created": int(time.time()),
                 "model": request.model,
-                "system_fingerprint": None,
             }
         )
         # Everything up to the choices, reused by every chunk this encoder writes.
@@ -284,7 +287,6 @@ class CompletionEncoder:
                 "completion_tokens": usage.output_tokens if usage else 0,
                 "total_tokens": (usage.input_tokens + usage.output_tokens) if usage else 0,
             },
-            "system_fingerprint": None,
         }
         return orjson.dumps(body)
 

@@ -7,7 +7,6 @@ from typing import Protocol
 
 from sluice.events import ChatRequest, StreamEvent
 
-
 Batch = list[StreamEvent]
 
 
@@ -15,9 +14,10 @@ class Provider(Protocol):
     """Turns a request into batches of events; raises ``sluice.errors`` exceptions.
 
     A batch is what one upstream read gave: events that arrived together are written
-    to the client together. Any failure before the first event is raised from the first ``__anext__``; a
-    failure after it is raised from a later one. The caller owns the iterator and
-    closes it (``aclose``), which must release the upstream connection at once.
+    to the client together. Any failure before the first event is raised from the
+    first ``__anext__``; a failure after it from a later one. The caller owns the
+    iterator and closes it (``aclose``), which must release the upstream connection
+    at once.
     """
 
     #: Shown as ``owned_by`` in ``/v1/models``.

@@ -240,9 +240,7 @@ class OpenAIProvider:
             raise ModelNotFound(f"upstream: {message}", param="model")
         error_cls: type[UpstreamError | RequestError] = UpstreamStatusError
         if status in (400, 413, 422):
-            raise RequestError(
-                f"upstream: {message}", code=code, status=upstream_status(status)
-            )
+            raise RequestError(f"upstream: {message}", code=code, status=upstream_status(status))
         raise error_cls(
             f"upstream answered {status}: {message}",
             status=upstream_status(status),

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.gateway import RunningGateway, run_gateway
+from tests.upstream.fixture import start_upstream
+
+StartGateway = Callable[..., RunningGateway]
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[Any]:
+    """The project's test upstream, a real HTTP server in its own process."""
+    with start_upstream() as server:
+        yield server
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
+    """Start gateways for this test; each is stopped (by PID) at the end."""
+    with ExitStack() as stack:
+        count = 0
+
+        def start(
+            config: Any = None, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+        ) -> RunningGateway:
+            nonlocal count
+            count += 1
+            return stack.enter_context(run_gateway(tmp_path / f"gw{count}", config, env, args))
+
+        yield start
+
+
+def upstream_config(upstream_url: str, **extra: Any) -> dict[str, Any]:
+    """Every model name passes through to the test upstream (the name picks the scenario)."""
+    config: dict[str, Any] = {
+        "default_model": "normal",
+        "models": {
+            "*": {
+                "provider": "openai",
+                "base_url": upstream_url,
+                "api_key_env": "TEST_UPSTREAM_KEY",
+            }
+        },
+        "keepalive_interval": 0.2,
+    }
+    config.update(extra)
+    return config

@@ -1,0 +1,93 @@
+"""A real upstream nobody here wrote: llama.cpp's server, relayed through the gateway."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from tests.conftest import StartGateway
+from tests.gateway import RunningGateway
+from tests.llama.fixture import LLAMA_MODEL, start_llama_server
+
+MESSAGES: list[Any] = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Say hi."},
+]
+
+
+@pytest.fixture(scope="module")
+def llama_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with start_llama_server(tmp_path_factory.mktemp("llama")) as url:
+        yield url
+
+
+@pytest.fixture
+def gateway(start_gateway: StartGateway, llama_url: str) -> RunningGateway:
+    config = {
+        "default_model": "tiny-alias",
+        "models": {
+            # Same name upstream: chunks are forwarded as they came.
+            LLAMA_MODEL: {"provider": "openai", "base_url": llama_url},
+            # Another public name: chunks are re-encoded under it.
+            "tiny-alias": {"provider": "openai", "base_url": llama_url, "model": LLAMA_MODEL},
+        },
+    }
+    return start_gateway(config)
+
+
+def _stream(client: openai.OpenAI, model: str, **extra: Any) -> tuple[str, str | None, list[Any]]:
+    chunks = list(
+        client.chat.completions.create(
+            model=model,
+            messages=MESSAGES,
+            stream=True,
+            temperature=0,
+            seed=1,
+            max_tokens=40,
+            **extra,
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = next(
+        (c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason),
+        None,
+    )
+    return text, finish, chunks
+
+
+@pytest.mark.parametrize("model", [LLAMA_MODEL, "tiny-alias"])
+def test_relay_is_unchanged_in_content(gateway: RunningGateway, llama_url: str, model: str) -> None:
+    direct = openai.OpenAI(base_url=llama_url, api_key="unused", max_retries=0)
+    through = openai.OpenAI(base_url=gateway.api, api_key="unused", max_retries=0)
+    want_text, want_finish, _ = _stream(direct, LLAMA_MODEL)
+    got_text, got_finish, chunks = _stream(through, model)
+    assert want_text
+    assert got_text == want_text
+    assert got_finish == want_finish
+    if model == "tiny-alias":
+        assert {c.model for c in chunks} == {"tiny-alias"}
+
+    # Non-streaming through the gateway gives the same text.
+    completion = through.chat.completions.create(
+        model=model, messages=MESSAGES, temperature=0, seed=1, max_tokens=40
+    )
+    assert completion.choices[0].message.content == want_text
+
+
+def test_usage_is_estimated_when_the_upstream_does_not_report_it(gateway: RunningGateway) -> None:
+    """llama.cpp sends no usage chunk when streaming: the record says the count is estimated."""
+    client = openai.OpenAI(base_url=gateway.api, api_key="unused", max_retries=0)
+    _stream(client, LLAMA_MODEL, stream_options={"include_usage": True})
+    rows = gateway.wait_records(1)
+    assert rows[-1]["outcome"] == "ok"
+    assert rows[-1]["usage_source"] == "estimated"
+    assert rows[-1]["output_tokens"] > 0
+
+
+def test_sdk_sees_the_models(gateway: RunningGateway, tmp_path: Path) -> None:
+    client = openai.OpenAI(base_url=gateway.api, api_key="unused", max_retries=0)
+    assert {m.id for m in client.models.list().data} == {LLAMA_MODEL, "tiny-alias"}

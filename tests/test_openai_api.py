@@ -1,0 +1,151 @@
+"""The OpenAI-compatible API through the official SDK, against the test upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests import openapi
+from tests.conftest import StartGateway, upstream_config
+from tests.gateway import RunningGateway
+from tests.upstream.scenarios import expected_text
+
+KEY_ENV = {"TEST_UPSTREAM_KEY": "sk-upstream-secret"}
+MESSAGES: list[Any] = [{"role": "user", "content": "Tell me a story"}]
+
+
+@pytest.fixture
+def gateway(start_gateway: StartGateway, upstream: Any) -> RunningGateway:
+    return start_gateway(upstream_config(upstream.url), env=KEY_ENV)
+
+
+def sdk(gateway: RunningGateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.api, api_key="unused", max_retries=0, timeout=20)
+
+
+def test_streaming_with_the_sync_sdk(gateway: RunningGateway, upstream: Any) -> None:
+    stream = sdk(gateway).chat.completions.create(model="normal", messages=MESSAGES, stream=True)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected_text("normal")
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert all(c.usage is None for c in chunks)
+    sent = upstream.log()["requests"][-1]
+    assert sent["body"]["stream"] is True
+    assert sent["body"]["stream_options"] == {"include_usage": True}
+    assert sent["headers"]["authorization"] == "Bearer sk-upstream-secret"
+
+
+def test_streaming_with_the_async_sdk(gateway: RunningGateway) -> None:
+    async def main() -> tuple[str, Any]:
+        client = openai.AsyncOpenAI(base_url=gateway.api, api_key="unused", max_retries=0)
+        async with client:
+            stream = await client.chat.completions.create(
+                model="paced:n=8,interval=0.01",
+                messages=MESSAGES,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            parts, usage = [], None
+            async for chunk in stream:
+                if chunk.choices:
+                    parts.append(chunk.choices[0].delta.content or "")
+                if chunk.usage:
+                    usage = chunk.usage
+            return "".join(parts), usage
+
+    text, usage = asyncio.run(main())
+    assert text == expected_text("paced:n=8,interval=0.01")
+    assert usage is not None and usage.completion_tokens == 8
+
+
+def test_usage_chunk_only_when_asked(gateway: RunningGateway) -> None:
+    client = sdk(gateway)
+    chunks = list(
+        client.chat.completions.create(
+            model="normal",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+    assert all(c.choices for c in chunks[:-1])
+
+
+def test_non_streaming_sync_and_async(gateway: RunningGateway) -> None:
+    completion = sdk(gateway).chat.completions.create(model="normal", messages=MESSAGES)
+    assert completion.object == "chat.completion"
+    assert completion.choices[0].message.content == expected_text("normal")
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+    openapi.validator("CreateChatCompletionResponse").validate(
+        completion.model_dump(exclude_unset=True)
+    )
+
+    async def main() -> str | None:
+        async with openai.AsyncOpenAI(base_url=gateway.api, api_key="x", max_retries=0) as c:
+            done = await c.chat.completions.create(model="normal", messages=MESSAGES)
+            return done.choices[0].message.content
+
+    assert asyncio.run(main()) == expected_text("normal")
+
+
+def test_models_list(gateway: RunningGateway) -> None:
+    models = sdk(gateway).models.list()
+    assert [m.id for m in models.data] == ["normal"]
+
+
+def _raw_stream(gateway: RunningGateway, body: dict[str, Any]) -> tuple[httpx.Response, bytes]:
+    with (
+        httpx.Client(timeout=20) as client,
+        client.stream("POST", f"{gateway.api}/chat/completions", json=body) as response,
+    ):
+        return response, b"".join(response.iter_raw())
+
+
+def test_wire_format(gateway: RunningGateway) -> None:
+    response, raw = _raw_stream(
+        gateway,
+        {
+            "model": "normal",
+            "messages": MESSAGES,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["cache-control"] == "no-cache"
+    assert response.headers["x-accel-buffering"] == "no"
+    lines = raw.decode().split("\n")
+    assert not [line for line in lines if line.startswith(("id:", "retry:", "event:"))]
+    assert raw.endswith(b"data: [DONE]\n\n")
+    assert raw.count(b"[DONE]") == 1
+    chunks = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+    validator = openapi.validator("CreateChatCompletionStreamResponse")
+    for chunk in chunks:
+        validator.validate(chunk)
+
+
+def test_requests_are_recorded(gateway: RunningGateway) -> None:
+    client = sdk(gateway)
+    list(client.chat.completions.create(model="normal", messages=MESSAGES, stream=True))
+    client.chat.completions.create(model="normal", messages=MESSAGES)
+    rows = gateway.wait_records(2)
+    assert [r["outcome"] for r in rows] == ["ok", "ok"]
+    for row in rows:
+        assert row["route"] == "/v1/chat/completions"
+        assert row["model"] == "normal"
+        assert row["status"] == 200
+        assert row["input_tokens"] > 0 and row["output_tokens"] > 0
+        assert row["usage_source"] == "reported"
+        assert row["ttft_ms"] is not None and row["duration_ms"] >= row["ttft_ms"]
+        assert row["chunks"] > 0
+        assert row["prompt"] is None and row["response"] is None
+    assert "sk-upstream-secret" not in gateway.log()
