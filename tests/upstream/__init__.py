@@ -1,0 +1,1 @@
+"""The project's test upstream: a real OpenAI-compatible server with failure scenarios."""
