@@ -400,3 +400,18 @@ def test_errors_in_a_file_name_the_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         config.load(path, env={})
     assert str(info.value).startswith(f"{path} line 4: models.gpt.provider: ")
+
+
+def test_openai_key_is_not_sent_to_a_base_url_written_in_the_config() -> None:
+    env = {"OPENAI_API_KEY": "sk-secret"}
+    text = (
+        "models:\n"
+        "  local: {provider: openai, base_url: 'http://127.0.0.1:9/v1'}\n"
+        "  openai: {provider: openai, base_url: 'https://api.openai.com/v1'}\n"
+        "  default: {provider: openai}\n"
+    )
+    settings = config.parse(text, env)
+    assert settings.models["local"].api_key is None
+    for name in ("openai", "default"):
+        key = settings.models[name].api_key
+        assert key is not None and key.get() == "sk-secret"

@@ -232,16 +232,21 @@ def _deployment(name: str, spec: Any, env: Mapping[str, str], timeouts: Timeouts
             (*at, "provider"), f"unknown provider {provider!r}; known: {', '.join(PROVIDERS)}"
         )
     assert provider is not None
+    url = _str(data, "base_url", at, None)
+    base_url = _env_base_url(env) if url is None else _http_url(url, (*at, "base_url"))
+    # OPENAI_API_KEY goes with OPENAI_BASE_URL, as in the SDK: it is never sent to a
+    # base URL written here unless that is OpenAI's own, or the entry names it.
+    default_key_env = None
+    if provider == "openai" and (url is None or base_url == OPENAI_DEFAULT_BASE_URL):
+        default_key_env = "OPENAI_API_KEY"
     api_key: Secret | None = None
-    key_env = _str(data, "api_key_env", at, "OPENAI_API_KEY" if provider == "openai" else None)
+    key_env = _str(data, "api_key_env", at, default_key_env)
     if key_env:
         value = env.get(key_env, "")
         if value:
             api_key = Secret(value)
         elif "api_key_env" in data:
             raise _fail((*at, "api_key_env"), f"environment variable {key_env} is not set")
-    url = _str(data, "base_url", at, None)
-    base_url = _env_base_url(env) if url is None else _http_url(url, (*at, "base_url"))
     headers = _mapping(data, "headers", at)
     base = SimulatorSettings()
     sim = SimulatorSettings(

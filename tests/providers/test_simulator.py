@@ -50,13 +50,13 @@ def text_of(events: list[StreamEvent]) -> str:
 
 
 def finish_of(events: list[StreamEvent]) -> str:
-    last = events[-1]
-    assert isinstance(last, Finish)
-    return last.reason
+    finish = events[-2]
+    assert isinstance(finish, Finish)
+    return finish.reason
 
 
 def usage_of(events: list[StreamEvent]) -> Usage:
-    usage = events[-2]
+    usage = events[-1]
     assert isinstance(usage, Usage)
     return usage
 
@@ -69,11 +69,12 @@ def test_is_a_provider() -> None:
 
 def test_event_order_and_shape() -> None:
     batches = run_batches()
-    assert batches[-1] == [usage_of(batches[-1]), Finish("stop")]
+    # The order OpenAI uses: the finish, then the usage.
+    assert batches[-1] == [Finish("stop"), usage_of(batches[-1])]
     events = [event for batch in batches for event in batch]
     deltas = [e for e in events if isinstance(e, TextDelta)]
     assert len(deltas) == len(events) - 2
-    assert isinstance(events[-2], Usage) and isinstance(events[-1], Finish)
+    assert isinstance(events[-2], Finish) and isinstance(events[-1], Usage)
     # One word per delta, with its leading space or paragraph break.
     assert deltas[0].text[0].isupper() and " " not in deltas[0].text
     for delta in deltas[1:]:

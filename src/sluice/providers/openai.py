@@ -127,6 +127,8 @@ class OpenAIProvider:
                 headers["Authorization"] = f"Bearer {key}"
         headers.update(deployment.headers)
         self._headers = headers
+        connect = deployment.timeouts.connect or None
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect, connect=connect)
         if "openai.com" not in deployment.base_url:
             self.owned_by = f"openai-compatible ({deployment.base_url.split('/')[2]})"
 
@@ -148,11 +150,16 @@ class OpenAIProvider:
         response: aiohttp.ClientResponse | None = None
         finished = False
         try:
-            async with asyncio.timeout(min(deadline, first_deadline)) as timer:
+            async with asyncio.timeout_at(min(deadline, first_deadline)) as timer:
                 try:
                     response = await self._session.post(
-                        self._url, data=self.payload(request), headers=self._headers
+                        self._url,
+                        data=self.payload(request),
+                        headers=self._headers,
+                        timeout=self._timeout,
                     )
+                except aiohttp.ConnectionTimeoutError as exc:
+                    raise UpstreamTimeout("timed out connecting to the upstream") from exc
                 except aiohttp.ClientConnectorError as exc:
                     raise UpstreamConnectError(
                         f"cannot connect to the upstream: {exc.os_error or exc}"
@@ -202,6 +209,8 @@ class OpenAIProvider:
                             raise UpstreamProtocolError("the upstream sent an unexpected event")
                         error = chunk.get("error")
                         if error is not None:
+                            if batch:  # what came before the error still reaches the client
+                                yield batch
                             message, _ = _error_message(payload)
                             raise UpstreamProtocolError(f"upstream error: {message}")
                         chunk_events(chunk, payload, batch)

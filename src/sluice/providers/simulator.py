@@ -90,7 +90,7 @@ class SimulatorProvider:
             output_tokens=produced,
             source="reported",
         )
-        yield [usage, Finish(reason)]
+        yield [Finish(reason), usage]
 
     async def aclose(self) -> None:
         # Nothing is held between streams; each stream's own aclose() stops it.
