@@ -1,0 +1,1 @@
+"""Side-by-side benchmark of Sluice, direct-to-upstream and third-party gateways."""
