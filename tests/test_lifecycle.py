@@ -180,7 +180,9 @@ def test_seed_endpoint_late_failure_is_a_final_line(gateway: RunningGateway) -> 
 
 
 def test_timeouts(start_gateway: StartGateway, upstream: Any) -> None:
-    config = upstream_config(upstream.url, timeouts={"first_token": 0.3, "idle": 0.3})
+    config = upstream_config(
+        upstream.url, timeouts={"first_token": 0.3, "idle": 0.3}, keepalive_interval=10
+    )
     gateway = start_gateway(config, env=KEY_ENV)
     client = openai.OpenAI(base_url=gateway.api, api_key="x", max_retries=0)
     with pytest.raises(openai.APIStatusError) as caught:

@@ -194,7 +194,9 @@ class Gateway:
         if self.settings.store_content:
             record.prompt = json.dumps(request.messages, ensure_ascii=False)
         assert self._handler is not None, "the gateway has not started"
-        call = Call(record=record, headers=exchange.headers)
+        call = Call(
+            record=record, headers=exchange.headers, response_headers=exchange.response_headers
+        )
         stream = self._handler(request, call)
         encoder = dialect.encoder(request, f"chatcmpl-{record.id}", call.passthrough)
         task = asyncio.current_task()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sluice.config import Deployment
 from sluice.events import ChatRequest
@@ -23,7 +24,13 @@ class Call:
     """What the gateway knows about one request while it is served."""
 
     record: Record
+    #: Request headers, names lowercased.
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: Headers to add to the response (rate-limit state, cache status, ...). Policies
+    #: append before the first event; after the head is out they are ignored.
+    response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: The authenticated virtual key, when keys are in use.
+    key: Any = None
     deployment: Deployment | None = None
     #: The upstream speaks the client's wire format and names the model as asked, so
     #: its chunks may be forwarded unchanged.

@@ -111,6 +111,76 @@ def chunk_events(chunk: dict[str, Any], raw: bytes, out: list[StreamEvent]) -> N
         out[start].raw = raw
 
 
+class _Watchdog:
+    """First-token, idle and total timeouts for one stream, firing on their own.
+
+    Each read only stores the time it started waiting; a timer armed on the loop checks
+    that lazily and re-arms itself, so there is no per-read timer churn. Time spent
+    writing to a slow client is not counted as upstream idleness. On expiry the error
+    is set on the response stream, which wakes the pending read with it.
+    """
+
+    __slots__ = (
+        "_content",
+        "_handle",
+        "_idle",
+        "_loop",
+        "_total",
+        "first",
+        "wait_start",
+        "waiting",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        content: aiohttp.StreamReader,
+        first_deadline: float,
+        idle: float,
+        deadline: float,
+    ) -> None:
+        self._loop = loop
+        self._content = content
+        self._idle = idle
+        self.first = True
+        self.waiting = True
+        self.wait_start = loop.time()
+        self._handle: asyncio.TimerHandle | None = None
+        self._total: asyncio.TimerHandle | None = None
+        if first_deadline != float("inf"):
+            self._handle = loop.call_at(first_deadline, self._expire, "first token")
+        if deadline != float("inf"):
+            self._total = loop.call_at(deadline, self._expire, "total time")
+
+    def got_first(self) -> None:
+        self.first = False
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._idle:
+            self._handle = self._loop.call_at(self._loop.time() + self._idle, self._check)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        due = (self.wait_start if self.waiting else now) + self._idle
+        if self.waiting and now >= due - 0.001:
+            self._expire("next chunk")
+        else:
+            self._handle = self._loop.call_at(due, self._check)
+
+    def _expire(self, what: str) -> None:
+        self.cancel()
+        self._content.set_exception(
+            UpstreamTimeout(f"the upstream timed out waiting for the {what}")
+        )
+
+    def cancel(self) -> None:
+        for handle in (self._handle, self._total):
+            if handle is not None:
+                handle.cancel()
+        self._handle = self._total = None
+
+
 class OpenAIProvider:
     owned_by = "openai"
 
@@ -145,90 +215,87 @@ class OpenAIProvider:
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + timeouts.total if timeouts.total else float("inf")
-        phase = "first token"
         first_deadline = started + timeouts.first_token if timeouts.first_token else float("inf")
         response: aiohttp.ClientResponse | None = None
+        watchdog: _Watchdog | None = None
         finished = False
         try:
-            async with asyncio.timeout_at(min(deadline, first_deadline)) as timer:
-                try:
+            try:
+                # The request and its response head: nothing is yielded in here, so a
+                # timeout context is safe (one that spans a yield would cancel whichever
+                # task happens to be running when it fires).
+                async with asyncio.timeout_at(min(deadline, first_deadline)):
                     response = await self._session.post(
                         self._url,
                         data=self.payload(request),
                         headers=self._headers,
                         timeout=self._timeout,
                     )
-                except aiohttp.ConnectionTimeoutError as exc:
-                    raise UpstreamTimeout("timed out connecting to the upstream") from exc
-                except aiohttp.ClientConnectorError as exc:
-                    raise UpstreamConnectError(
-                        f"cannot connect to the upstream: {exc.os_error or exc}"
-                    ) from exc
+            except TimeoutError as exc:
+                what = "total time" if loop.time() >= deadline else "first token"
+                raise UpstreamTimeout(f"the upstream timed out waiting for the {what}") from exc
+            except aiohttp.ConnectionTimeoutError as exc:
+                raise UpstreamTimeout("timed out connecting to the upstream") from exc
+            except aiohttp.ClientConnectorError as exc:
+                raise UpstreamConnectError(
+                    f"cannot connect to the upstream: {exc.os_error or exc}"
+                ) from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamConnectError(f"upstream request failed: {exc}") from exc
+            if response.status >= 400:
+                await self._raise_status(response)
+            content = response.content
+            watchdog = _Watchdog(loop, content, first_deadline, timeouts.idle, deadline)
+            decoder = SSEDecoder()
+            feed = decoder.feed
+            loads = orjson.loads
+            saw_finish = False
+            while True:
+                watchdog.wait_start = loop.time()
+                watchdog.waiting = True
+                try:
+                    data = await content.readany()
+                except aiohttp.ClientPayloadError as exc:
+                    raise UpstreamProtocolError("the upstream connection broke mid-stream") from exc
                 except aiohttp.ClientError as exc:
-                    raise UpstreamConnectError(f"upstream request failed: {exc}") from exc
-                if response.status >= 400:
-                    await self._raise_status(response)
-                decoder = SSEDecoder()
-                feed = decoder.feed
-                loads = orjson.loads
-                idle = timeouts.idle
-                seen_event = False
-                saw_finish = False
-                content = response.content
-                while True:
+                    raise UpstreamProtocolError(f"upstream read failed: {exc}") from exc
+                watchdog.waiting = False
+                if not data:
+                    if saw_finish:
+                        finished = True
+                        return
+                    raise UpstreamProtocolError("the upstream closed the stream before it finished")
+                batch: list[StreamEvent] = []
+                for event in feed(data):
+                    payload = event.data
+                    if payload == b"[DONE]":
+                        if batch:
+                            yield batch
+                        finished = True
+                        return
                     try:
-                        data = await content.readany()
-                    except aiohttp.ClientPayloadError as exc:
+                        chunk = loads(payload)
+                    except orjson.JSONDecodeError as exc:
                         raise UpstreamProtocolError(
-                            "the upstream connection broke mid-stream"
+                            "the upstream sent an event that is not JSON"
                         ) from exc
-                    except aiohttp.ClientError as exc:
-                        raise UpstreamProtocolError(f"upstream read failed: {exc}") from exc
-                    if not data:
-                        if saw_finish:
-                            finished = True
-                            return
-                        raise UpstreamProtocolError(
-                            "the upstream closed the stream before it finished"
-                        )
-                    batch: list[StreamEvent] = []
-                    for event in feed(data):
-                        payload = event.data
-                        if payload == b"[DONE]":
-                            if batch:
-                                yield batch
-                            finished = True
-                            return
-                        try:
-                            chunk = loads(payload)
-                        except orjson.JSONDecodeError as exc:
-                            raise UpstreamProtocolError(
-                                "the upstream sent an event that is not JSON"
-                            ) from exc
-                        if not isinstance(chunk, dict):
-                            raise UpstreamProtocolError("the upstream sent an unexpected event")
-                        error = chunk.get("error")
-                        if error is not None:
-                            if batch:  # what came before the error still reaches the client
-                                yield batch
-                            message, _ = _error_message(payload)
-                            raise UpstreamProtocolError(f"upstream error: {message}")
-                        chunk_events(chunk, payload, batch)
-                    if batch:
-                        if not seen_event:
-                            seen_event = True
-                            phase = "next chunk"
-                        saw_finish = saw_finish or any(type(e) is Finish for e in batch)
-                        yield batch
-                    # One timer per stream, moved after each read: cheap, and it fires
-                    # on its own even when nothing arrives.
-                    if seen_event:
-                        now = loop.time()
-                        timer.reschedule(min(deadline, now + idle) if idle else deadline)
-        except TimeoutError as exc:
-            what = "total time" if loop.time() >= deadline else phase
-            raise UpstreamTimeout(f"the upstream timed out waiting for the {what}") from exc
+                    if not isinstance(chunk, dict):
+                        raise UpstreamProtocolError("the upstream sent an unexpected event")
+                    if chunk.get("error") is not None:
+                        if batch:  # what came before the error still reaches the client
+                            yield batch
+                        message, _ = _error_message(payload)
+                        raise UpstreamProtocolError(f"upstream error: {message}")
+                    chunk_events(chunk, payload, batch)
+                if batch:
+                    if watchdog.first:
+                        watchdog.got_first()
+                    if not saw_finish:
+                        saw_finish = any(type(e) is Finish for e in batch)
+                    yield batch
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             if response is not None:
                 if finished:
                     response.release()

@@ -31,6 +31,10 @@ class Record:
     error: str | None = None
     prompt: str | None = None  # only when configured to store content
     response: str | None = None
+    key_id: str | None = None  # the virtual key that made the request
+    cost_usd: float | None = None
+    cache: str | None = None  # hit | miss | coalesced | bypass
+    attempts: int = 0  # upstream attempts made (retries and fallbacks included)
 
 
 class RecordStore(Protocol):

@@ -90,3 +90,14 @@ def m001_requests(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX requests_model ON requests (model)")
     db.execute("CREATE INDEX requests_outcome ON requests (outcome)")
     db.execute("CREATE INDEX requests_id ON requests (id)")
+
+
+@migration
+def m002_policy_columns(db: sqlite3.Connection) -> None:
+    # Who asked (the virtual key), what it cost, how the cache answered, and how many
+    # upstream attempts routing made.
+    db.execute("ALTER TABLE requests ADD COLUMN key_id TEXT")
+    db.execute("ALTER TABLE requests ADD COLUMN cost_usd REAL")
+    db.execute("ALTER TABLE requests ADD COLUMN cache TEXT")
+    db.execute("ALTER TABLE requests ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+    db.execute("CREATE INDEX requests_key_id ON requests (key_id)")
