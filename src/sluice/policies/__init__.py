@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from sluice.config import Deployment
 from sluice.events import ChatRequest
 from sluice.providers import Batch
-from sluice.store import Record
+from sluice.store import Record, VirtualKey
 
 
 @dataclass(slots=True)
@@ -30,7 +29,7 @@ class Call:
     #: append before the first event; after the head is out they are ignored.
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     #: The authenticated virtual key, when keys are in use.
-    key: Any = None
+    key: VirtualKey | None = None
     deployment: Deployment | None = None
     #: The upstream speaks the client's wire format and names the model as asked, so
     #: its chunks may be forwarded unchanged.

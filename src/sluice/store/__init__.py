@@ -49,3 +49,22 @@ class RecordStore(Protocol):
     async def close(self) -> None: ...
 
     async def recent(self, limit: int) -> list[Record]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualKey:
+    """A client key the gateway issued. Only its hash is stored; the key itself is
+    shown once, when it is created."""
+
+    id: str
+    name: str
+    #: Public model names this key may use; empty means every model.
+    models: tuple[str, ...] = ()
+    rpm: int | None = None  # requests per minute
+    tpm: int | None = None  # tokens per minute
+    budget_usd: float | None = None
+    expires_at: float | None = None  # unix seconds
+    revoked: bool = False
+    created_at: float = 0.0
+    #: The master key (``SLUICE_MASTER_KEY``): admin, and a client key with no limits.
+    master: bool = False
