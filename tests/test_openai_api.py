@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -149,3 +150,37 @@ def test_requests_are_recorded(gateway: RunningGateway) -> None:
         assert row["chunks"] > 0
         assert row["prompt"] is None and row["response"] is None
     assert "sk-upstream-secret" not in gateway.log()
+
+
+def test_content_is_stored_only_when_configured(start_gateway: StartGateway, upstream: Any) -> None:
+    gateway = start_gateway(
+        upstream_config(upstream.url, record={"store_content": True}), env=KEY_ENV
+    )
+    sdk(gateway).chat.completions.create(model="normal", messages=MESSAGES)
+    row = gateway.wait_records(1)[-1]
+    assert json.loads(row["prompt"]) == MESSAGES
+    assert row["response"] == expected_text("normal")
+
+
+def test_a_failing_record_store_never_breaks_a_stream(
+    start_gateway: StartGateway, upstream: Any, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    config = upstream_config(upstream.url, record={"path": str(blocker / "records.db")})
+    gateway = start_gateway(config, env=KEY_ENV)
+    stream = sdk(gateway).chat.completions.create(model="normal", messages=MESSAGES, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == expected_text("normal")
+    assert gateway.process.poll() is None
+
+
+def test_a_clean_shutdown_loses_no_record(start_gateway: StartGateway, upstream: Any) -> None:
+    gateway = start_gateway(
+        upstream_config(upstream.url, record={"flush_interval": 60}), env=KEY_ENV
+    )
+    client = sdk(gateway)
+    for _ in range(25):
+        client.chat.completions.create(model="normal", messages=MESSAGES)
+    gateway.stop()  # SIGTERM: uvicorn shuts down gracefully, then re-raises the signal
+    assert "Application shutdown complete" in gateway.log()
+    assert len([r for r in gateway.records() if r["route"] == "/v1/chat/completions"]) == 25
