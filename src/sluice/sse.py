@@ -61,6 +61,18 @@ class SSEDecoder:
             if buffer.startswith(_BOM):
                 buffer = buffer[len(_BOM) :]
         events: list[ServerSentEvent] = []
+        if not self._data and self._event is None and self._retry is None and b"\r" not in buffer:
+            # Fast path for the common framing (LF only, one ``data: `` line per event):
+            # split whole events in C; anything else in a block takes the line-by-line path.
+            blocks = buffer.split(b"\n\n")
+            buffer = blocks.pop()
+            for block in blocks:
+                if block[:6] == b"data: " and b"\n" not in block:
+                    events.append(ServerSentEvent(block[6:], "message", self._id))
+                else:
+                    for line in block.split(b"\n"):
+                        self._line(line, events)
+                    self._line(b"", events)
         start = 0
         end = len(buffer)
         find = buffer.find
