@@ -1,0 +1,37 @@
+"""The benchmark harness still runs: a seconds-long pass over Sluice and direct.
+
+No timing is asserted; only that the harness measures both targets, writes its JSON
+and Markdown, and that no stream failed or came back short.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_bench_measures_sluice_and_direct(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "bench.run", "--quick", "--only", "sluice,direct"]
+    argv += ["--profiles", "burst,single", "--out", str(tmp_path), "--no-chart"]
+    argv += ["--wait-quiet", "0"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    run = json.loads((tmp_path / "latest.json").read_text())
+    assert (tmp_path / "latest.md").read_text().startswith("# Sluice bench")
+    assert set(run["targets"]) == {"direct", "sluice"}
+    for name, target in run["targets"].items():
+        assert target["status"] == "ok", (name, target.get("reason"))
+        assert set(target["profiles"]) == {"burst", "single"}, name
+        for profile, data in target["profiles"].items():
+            assert data["streams"] > 0, (name, profile)
+            assert data["failed"] == 0, (name, profile, data["rounds"])
+    sluice = run["targets"]["sluice"]["headline"]
+    assert sluice["cpu_ms_per_1k"] is not None
+    assert sluice["ttft_added_p50"] is not None
+    assert "burst_chunks_per_s" in run["ratios"]
+    assert "direct" in done.stdout and "sluice" in done.stdout
