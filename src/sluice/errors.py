@@ -5,10 +5,13 @@
     │   ├── BodyTooLarge             413
     │   ├── NotFound                 404  (unknown route)
     │   ├── MethodNotAllowed         405
-    │   └── ModelNotFound            404  model_not_found
+    │   ├── ModelNotFound            404  model_not_found
+    │   └── ContextWindowExceeded    400  context_length_exceeded (the upstream said so)
     ├── AuthenticationError          401
     ├── PermissionDenied             403
     ├── RateLimited                  429
+    │   └── BudgetExceeded           429  insufficient_quota (as OpenAI; not retryable)
+    ├── ServiceUnavailable           503  service_unavailable (a shared dependency is down)
     └── UpstreamError                502  upstream_error
         ├── UpstreamStatusError      the upstream answered with an error status
         ├── UpstreamConnectError     503
@@ -71,6 +74,13 @@ class ModelNotFound(RequestError):
     code = "model_not_found"
 
 
+class ContextWindowExceeded(RequestError):
+    """The messages do not fit the model's context window (the upstream said so).
+    Routing may fall back to a model with a larger window."""
+
+    code = "context_length_exceeded"
+
+
 class AuthenticationError(SluiceError):
     status = 401
     type = "authentication_error"
@@ -89,6 +99,26 @@ class RateLimited(SluiceError):
     code = "rate_limit_exceeded"
 
 
+class BudgetExceeded(RateLimited):
+    """The key spent its budget. OpenAI answers an exhausted quota with 429
+    ``insufficient_quota``, which clients already handle; ``x-should-retry: false``
+    tells the SDKs that retrying will not help."""
+
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"x-should-retry": "false"})
+
+
+class ServiceUnavailable(SluiceError):
+    """Something the gateway needs for this request is down (Redis, when rate limits
+    are configured to fail closed); retrying later can help."""
+
+    status = 503
+    code = "service_unavailable"
+
+
 class UpstreamError(SluiceError):
     status = 502
     type = "upstream_error"
@@ -98,6 +128,9 @@ class UpstreamError(SluiceError):
 class UpstreamStatusError(UpstreamError):
     """The upstream answered with an error status; the status is kept for the client
     when it is one the client can act on (400, 401→502, 404, 429, ...)."""
+
+    #: The status the upstream answered with (the client may be shown another one).
+    upstream_status: int = 0
 
 
 class UpstreamConnectError(UpstreamError):

@@ -18,10 +18,10 @@ import orjson
 
 from sluice.config import Deployment
 from sluice.errors import (
+    ContextWindowExceeded,
     ModelNotFound,
     RequestError,
     UpstreamConnectError,
-    UpstreamError,
     UpstreamProtocolError,
     UpstreamStatusError,
     UpstreamTimeout,
@@ -29,12 +29,9 @@ from sluice.errors import (
 from sluice.events import (
     ChatRequest,
     Finish,
-    ReasoningDelta,
     StreamEvent,
-    TextDelta,
-    ToolCallDelta,
-    Usage,
 )
+from sluice.providers.openai_wire import DecodeError, chunk_events, decode_chunk
 from sluice.sse import SSEDecoder
 
 _MAX_ERROR_BODY = 64 * 1024
@@ -57,58 +54,50 @@ def upstream_status(status: int) -> int:
     return 502  # 401/403 (our upstream credentials) and 5xx are the gateway's problem
 
 
-def _error_message(body: bytes) -> tuple[str, str | None]:
+def _error_fields(body: bytes) -> tuple[str, str | None, str | None]:
+    """The message, code and type of an upstream error body."""
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
         text = body.decode("utf-8", "replace").strip()
-        return (text[:500] or "no body"), None
+        return (text[:500] or "no body"), None, None
     error = parsed.get("error") if isinstance(parsed, dict) else None
     if isinstance(error, dict):
-        code = error.get("code")
-        return str(error.get("message") or error), (str(code) if code is not None else None)
-    if isinstance(error, str):
-        return error, None
-    return str(parsed)[:500], None
-
-
-def chunk_events(chunk: dict[str, Any], raw: bytes, out: list[StreamEvent]) -> None:
-    """Map one ``chat.completion.chunk`` to events, appended to ``out``.
-
-    ``raw`` rides on the event only when the chunk maps to exactly one event, so a
-    dialect that forwards raw payloads never forwards one twice.
-    """
-    start = len(out)
-    for choice in chunk.get("choices") or ():
-        if choice.get("index", 0) != 0:
-            continue
-        delta = choice.get("delta") or {}
-        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-        if reasoning:
-            out.append(ReasoningDelta(reasoning))
-        content = delta.get("content")
-        if content is not None or (not reasoning and "role" in delta):
-            out.append(TextDelta(content or ""))
-        for call in delta.get("tool_calls") or ():
-            function = call.get("function") or {}
-            out.append(
-                ToolCallDelta(
-                    index=call.get("index", 0),
-                    id=call.get("id"),
-                    name=function.get("name"),
-                    arguments=function.get("arguments") or "",
-                )
-            )
-        finish = choice.get("finish_reason")
-        if finish:
-            out.append(Finish(finish))
-    usage = chunk.get("usage")
-    if usage:
-        out.append(
-            Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        code, kind = error.get("code"), error.get("type")
+        return (
+            str(error.get("message") or error),
+            str(code) if code is not None else None,
+            str(kind) if kind is not None else None,
         )
-    if len(out) - start == 1:
-        out[start].raw = raw
+    if isinstance(error, str):
+        return error, None, None
+    return str(parsed)[:500], None, None
+
+
+def _error_message(body: bytes) -> tuple[str, str | None]:
+    message, code, _ = _error_fields(body)
+    return message, code
+
+
+#: How OpenAI-compatible servers say that the prompt does not fit. OpenAI, Azure and
+#: Groq set the code; llama.cpp sets the type; vLLM, Mistral and others say it only in
+#: the message ("This model's maximum context length is 4096 tokens...").
+_CONTEXT_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error"})
+_CONTEXT_PHRASES = (
+    "context length",
+    "context window",
+    "context size",
+    "maximum model length",
+    "prompt is too long",
+)
+
+
+def is_context_window_error(message: str, code: str | None, kind: str | None) -> bool:
+    """Whether a 4xx error body says the messages exceed the model's context window."""
+    if code in _CONTEXT_CODES or kind in _CONTEXT_CODES:
+        return True
+    lowered = message.lower()
+    return any(phrase in lowered for phrase in _CONTEXT_PHRASES)
 
 
 class _Watchdog:
@@ -248,7 +237,7 @@ class OpenAIProvider:
             watchdog = _Watchdog(loop, content, first_deadline, timeouts.idle, deadline)
             decoder = SSEDecoder()
             feed = decoder.feed
-            loads = orjson.loads
+            decode = decode_chunk
             saw_finish = False
             while True:
                 watchdog.wait_start = loop.time()
@@ -274,14 +263,12 @@ class OpenAIProvider:
                         finished = True
                         return
                     try:
-                        chunk = loads(payload)
-                    except orjson.JSONDecodeError as exc:
+                        chunk = decode(payload)
+                    except DecodeError as exc:
                         raise UpstreamProtocolError(
-                            "the upstream sent an event that is not JSON"
+                            f"the upstream sent an event that is not a chat completion chunk: {exc}"
                         ) from exc
-                    if not isinstance(chunk, dict):
-                        raise UpstreamProtocolError("the upstream sent an unexpected event")
-                    if chunk.get("error") is not None:
+                    if chunk.error is not None:
                         if batch:  # what came before the error still reaches the client
                             yield batch
                         message, _ = _error_message(payload)
@@ -306,7 +293,7 @@ class OpenAIProvider:
         body = b""
         with contextlib.suppress(aiohttp.ClientError):
             body = await response.content.read(_MAX_ERROR_BODY)
-        message, code = _error_message(body)
+        message, code, kind = _error_fields(body)
         status = response.status
         headers = {}
         retry_after = response.headers.get("retry-after")
@@ -314,15 +301,18 @@ class OpenAIProvider:
             headers["Retry-After"] = retry_after
         if status == 404 and (code == "model_not_found" or "model" in message.lower()):
             raise ModelNotFound(f"upstream: {message}", param="model")
-        error_cls: type[UpstreamError | RequestError] = UpstreamStatusError
         if status in (400, 413, 422):
+            if is_context_window_error(message, code, kind):
+                raise ContextWindowExceeded(f"upstream: {message}", param="messages")
             raise RequestError(f"upstream: {message}", code=code, status=upstream_status(status))
-        raise error_cls(
+        error = UpstreamStatusError(
             f"upstream answered {status}: {message}",
             status=upstream_status(status),
             code=code if status == 429 else None,
             headers=headers,
         )
+        error.upstream_status = status
+        raise error
 
     async def aclose(self) -> None:
         return None
