@@ -23,10 +23,12 @@ from sluice.errors import MethodNotAllowed, NotFound, SluiceError
 from sluice.events import ChatRequest
 from sluice.exchange import ClientGone, Exchange, Receive, Scope, Send
 from sluice.policies import Call, Handler, pipeline
+from sluice.policies.auth import Authenticator, may_use, model_access, visible_models
 from sluice.policies.route import Router
 from sluice.providers.registry import Providers
 from sluice.relay import relay
 from sluice.store import Record, RecordStore
+from sluice.store.keys import KeyStore
 
 log = logging.getLogger("sluice")
 
@@ -50,6 +52,9 @@ class Gateway:
                 flush_interval=settings.record_flush_interval,
             )
         self.store: RecordStore = store
+        # Keys live in the record database (a worker thread reads them, cached briefly).
+        self.keys = KeyStore(settings.db_path, cache_ttl=settings.key_cache_ttl)
+        self._auth = Authenticator(settings, self.keys)
         self._session: aiohttp.ClientSession | None = None
         self._providers: Providers | None = None
         self._handler: Handler | None = None
@@ -73,7 +78,7 @@ class Gateway:
             skip_auto_headers=("User-Agent",),
         )
         self._providers = Providers(self.settings, self._session)
-        self._handler = pipeline([], Router(self.settings, self._providers))
+        self._handler = pipeline([model_access], Router(self.settings, self._providers))
         await self.store.start()
         for name, deployment in self.settings.models.items():
             if deployment.provider == "simulator":
@@ -91,6 +96,7 @@ class Gateway:
         if self._session is not None:
             await self._session.close()
         await self.store.close()
+        await asyncio.to_thread(self.keys.close)
 
     # -- ASGI --------------------------------------------------------------------
 
@@ -131,6 +137,8 @@ class Gateway:
         dialect: Dialect = self._text if path == "/" else self._openai
         t0 = time.perf_counter()
         try:
+            access = await self._auth.check(method, path, exchange.headers, record)
+            exchange.key, exchange.public = access.key, access.public
             routes = self._routes.get(path)
             if routes is None and path.startswith("/v1/models/"):
                 routes = {"GET": self._model}
@@ -195,7 +203,11 @@ class Gateway:
             record.prompt = json.dumps(request.messages, ensure_ascii=False)
         assert self._handler is not None, "the gateway has not started"
         call = Call(
-            record=record, headers=exchange.headers, response_headers=exchange.response_headers
+            record=record,
+            headers=exchange.headers,
+            response_headers=exchange.response_headers,
+            key=exchange.key,
+            public=exchange.public,
         )
         stream = self._handler(request, call)
         encoder = dialect.encoder(request, f"chatcmpl-{record.id}", call.passthrough)
@@ -242,12 +254,13 @@ class Gateway:
         record.usage_source = "estimated"
 
     async def _models(self, exchange: Exchange) -> None:
-        data = [self._model_object(name) for name in self._model_names()]
+        names = visible_models(exchange.key, self._model_names(), "*" in self.settings.models)
+        data = [self._model_object(name) for name in names]
         await exchange.respond(200, JSON, orjson.dumps({"object": "list", "data": data}))
 
     async def _model(self, exchange: Exchange) -> None:
         name = exchange.scope["path"][len("/v1/models/") :]
-        if self.settings.resolve(name) is None:
+        if self.settings.resolve(name) is None or not may_use(exchange.key, name):
             raise NotFound(f"The model '{name}' does not exist", code="model_not_found")
         await exchange.respond(200, JSON, orjson.dumps(self._model_object(name)))
 

@@ -1,4 +1,4 @@
-"""The command line: ``sluice serve``, ``sluice ask``, ``sluice requests``."""
+"""The command line: ``sluice serve``, ``sluice ask``, ``sluice requests``, ``sluice keys``."""
 
 from __future__ import annotations
 
@@ -20,9 +20,21 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     try:
-        settings = config.load(args.config, host=args.host, port=args.port, workers=args.workers)
+        settings = config.load(
+            args.config,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            insecure=args.insecure or None,
+        )
     except config.ConfigError as exc:
         print(f"sluice: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from sluice.keys_cli import serve_problem
+
+    problem = serve_problem(settings)
+    if problem:
+        print(f"sluice: {problem}", file=sys.stderr)
         return 2
     level = (args.log_level or settings.log_level).lower()
     logging.basicConfig(
@@ -154,6 +166,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="YAML config file (default $SLUICE_CONFIG)")
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve on a non-loopback address even though no API key exists",
+    )
     serve.set_defaults(run=_serve)
 
     ask = commands.add_parser("ask", help="stream an answer to the terminal")
@@ -172,6 +189,10 @@ def parser() -> argparse.ArgumentParser:
     requests.add_argument("--db", help="record database (default from config)")
     requests.add_argument("--config", help="YAML config file (default $SLUICE_CONFIG)")
     requests.set_defaults(run=_requests)
+
+    from sluice.keys_cli import register
+
+    register(commands)
     return root
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from sluice.pricing import Price
+
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 PROVIDERS = ("openai", "simulator")
 #: What uvicorn and ``logging`` both accept.
@@ -99,6 +101,16 @@ class Settings:
     record_flush_interval: float = 0.5
     log_level: str = "info"
     source: str = "defaults"
+    #: ``SLUICE_MASTER_KEY``: admin, and a client key with no limits.
+    master_key: Secret | None = None
+    #: Serve on a non-loopback address although no key exists (``--insecure``).
+    insecure: bool = False
+    #: ``GET /`` answers without a key (a browser cannot send one), limited per address.
+    public_seed: bool = False
+    #: Seconds a key lookup is cached: the bound on how late a revocation takes effect.
+    key_cache_ttl: float = 2.0
+    #: USD per million tokens, by public or upstream model name, over the defaults.
+    pricing: Mapping[str, Price] = field(default_factory=dict)
 
     def resolve(self, model: str) -> Deployment | None:
         found = self.models.get(model)
@@ -278,6 +290,9 @@ _TOP_KEYS = {
     "timeouts",
     "record",
     "log_level",
+    "insecure",
+    "auth",
+    "pricing",
 }
 
 
@@ -363,7 +378,39 @@ def _settings(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Se
         record_flush_interval=_number(record, "flush_interval", ("record",), 0.5),
         log_level=level,
         source=origin,
+        **_access(raw, env),
     )
+
+
+def _access(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Keys, authentication and prices: the ``insecure``, ``auth`` and ``pricing`` keys."""
+    insecure = raw.get("insecure", False)
+    if not isinstance(insecure, bool):
+        raise _fail(("insecure",), f"expected true or false, got {insecure!r}")
+    auth = _mapping(raw, "auth", ())
+    _check_keys(auth, {"public_seed", "cache_ttl"}, ("auth",))
+    public_seed = auth.get("public_seed", False)
+    if not isinstance(public_seed, bool):
+        raise _fail(("auth", "public_seed"), f"expected true or false, got {public_seed!r}")
+    pricing: dict[str, Price] = {}
+    for model, spec in _mapping(raw, "pricing", ()).items():
+        at = ("pricing", str(model))
+        data = _as_mapping(spec, at)
+        _check_keys(data, {"input", "output"}, at)
+        for part in ("input", "output"):
+            if part not in data:
+                raise _fail((*at, part), "missing: USD per million tokens")
+        pricing[str(model)] = Price(
+            input=_number(data, "input", at, 0.0), output=_number(data, "output", at, 0.0)
+        )
+    master = env.get("SLUICE_MASTER_KEY", "")
+    return {
+        "master_key": Secret(master) if master else None,
+        "insecure": insecure,
+        "public_seed": public_seed,
+        "key_cache_ttl": _number(auth, "cache_ttl", ("auth",), 2.0),
+        "pricing": pricing,
+    }
 
 
 def default_models(

@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from sluice.errors import BodyTooLarge
-from sluice.store import Record
+from sluice.store import Record, VirtualKey
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -26,6 +26,8 @@ class Exchange:
         "_query",
         "disconnected",
         "headers",
+        "key",
+        "public",
         "receive",
         "record",
         "response_headers",
@@ -46,6 +48,9 @@ class Exchange:
         self.started = False
         self.disconnected = False
         self.status = 0
+        #: Who the request is from (set by authentication, before dispatch).
+        self.key: VirtualKey | None = None
+        self.public = False
         self._query: dict[str, str] | None = None
         self.response_headers: list[tuple[bytes, bytes]] = [(b"x-request-id", record.id.encode())]
 

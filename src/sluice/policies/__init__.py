@@ -30,6 +30,9 @@ class Call:
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     #: The authenticated virtual key, when keys are in use.
     key: VirtualKey | None = None
+    #: Served without a key on a route configured public (``auth.public_seed``):
+    #: limited per client address (``record.client``) instead of per key.
+    public: bool = False
     deployment: Deployment | None = None
     #: The upstream speaks the client's wire format and names the model as asked, so
     #: its chunks may be forwarded unchanged.

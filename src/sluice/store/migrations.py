@@ -101,3 +101,26 @@ def m002_policy_columns(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE requests ADD COLUMN cache TEXT")
     db.execute("ALTER TABLE requests ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
     db.execute("CREATE INDEX requests_key_id ON requests (key_id)")
+
+
+@migration
+def m003_keys(db: sqlite3.Connection) -> None:
+    # Virtual keys. Only a hash of each key is kept, and a short prefix to tell keys
+    # apart in listings; ``models`` is a JSON list (NULL: every model).
+    db.execute(
+        """
+        CREATE TABLE keys (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            hash TEXT NOT NULL UNIQUE,
+            prefix TEXT NOT NULL,
+            models TEXT,
+            rpm INTEGER,
+            tpm INTEGER,
+            budget_usd REAL,
+            expires_at REAL,
+            created_at REAL NOT NULL,
+            revoked_at REAL
+        )
+        """
+    )

@@ -1,0 +1,179 @@
+"""Who is asking: virtual keys, the master key, the public seed route, the safe default.
+
+Authentication is on when ``SLUICE_MASTER_KEY`` is set or any key exists in the store
+(revoked and expired ones count: revoking every key must not open the gateway). Then
+every route but ``/healthz`` and ``/readyz`` needs ``Authorization: Bearer <key>``,
+except ``GET /`` when ``auth.public_seed`` is set: a browser cannot send the header, so
+that route is served without a key and limited per client address instead.
+
+The app calls ``Authenticator.check`` for every request before dispatch, so rejections
+are recorded like any other; ``model_access`` is the first policy of the pipeline and
+refuses a model the key may not use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import socket
+import time
+from collections.abc import AsyncGenerator, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sluice.config import Settings
+from sluice.errors import AuthenticationError, PermissionDenied
+from sluice.events import ChatRequest
+from sluice.policies import Call, Handler
+from sluice.providers import Batch
+from sluice.store import Record, VirtualKey
+from sluice.store.keys import KeyStore
+
+#: Routes that never need a key: probes for load balancers and orchestrators.
+OPEN_ROUTES = frozenset({"/healthz", "/readyz"})
+SEED_ROUTE = "/"
+
+MASTER = VirtualKey(id="master", name="master", master=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """What a request may do: as ``key``, or as the public (``public``), or, with
+    authentication off, as anybody (neither)."""
+
+    key: VirtualKey | None = None
+    public: bool = False
+
+
+def bearer(headers: Mapping[str, str]) -> str | None:
+    value = headers.get("authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
+
+
+def _when(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class Authenticator:
+    def __init__(self, settings: Settings, keys: KeyStore) -> None:
+        self._keys = keys
+        self._master = _digest(settings.master_key.get()) if settings.master_key else None
+        self._public_seed = settings.public_seed
+
+    async def enabled(self) -> bool:
+        return self._master is not None or await self._keys.any_keys()
+
+    async def check(
+        self, method: str, path: str, headers: Mapping[str, str], record: Record
+    ) -> Access:
+        """Who the request is from; raises ``AuthenticationError`` (401) if it may not
+        be served. The key's id goes on the record, refused or not."""
+        if path in OPEN_ROUTES:
+            return Access()
+        token = bearer(headers)
+        if token is None:
+            if self._public_seed and path == SEED_ROUTE and method == "GET":
+                return Access(public=True)
+            if not await self.enabled():
+                return Access()
+            raise AuthenticationError(
+                "You didn't provide an API key. Send it in the Authorization header as"
+                " 'Authorization: Bearer YOUR_KEY'.",
+                code="missing_api_key",
+            )
+        if self._master is not None and hmac.compare_digest(_digest(token), self._master):
+            record.key_id = MASTER.id
+            return Access(MASTER)
+        if not await self.enabled():
+            # Authentication is off: clients (the openai SDK) send a key anyway; ignore it.
+            return Access()
+        key = await self._keys.lookup(token)
+        if key is None:
+            raise AuthenticationError("Incorrect API key provided.")
+        record.key_id = key.id
+        if key.revoked:
+            raise AuthenticationError(
+                f"The API key {key.id} ({key.name}) has been revoked.", code="key_revoked"
+            )
+        if key.expires_at is not None and key.expires_at <= time.time():
+            raise AuthenticationError(
+                f"The API key {key.id} ({key.name}) expired at {_when(key.expires_at)}.",
+                code="key_expired",
+            )
+        return Access(key)
+
+
+def may_use(key: VirtualKey | None, model: str) -> bool:
+    return key is None or not key.models or model in key.models
+
+
+def visible_models(key: VirtualKey | None, names: Iterable[str], wildcard: bool) -> list[str]:
+    """The model names to list for ``key``: the configured ones it may use, and with a
+    catch-all deployment (``*``) every name the key is allowed."""
+    shown = [name for name in names if may_use(key, name)]
+    if key is not None and key.models and wildcard:
+        shown += [name for name in key.models if name not in shown]
+    return shown
+
+
+def model_access(handler: Handler) -> Handler:
+    """The first policy: a key restricted to some models may use only those (403)."""
+
+    def handle(request: ChatRequest, call: Call) -> AsyncGenerator[Batch, None]:
+        # Not a generator itself: no per-chunk hop, and the refusal comes at once.
+        if not may_use(call.key, request.model):
+            assert call.key is not None
+            raise PermissionDenied(
+                f"The API key {call.key.id} may not use the model '{request.model}'.",
+                param="model",
+                code="model_not_allowed",
+            )
+        return handler(request, call)
+
+    return handle
+
+
+# -- the safe default -------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only listens where other machines cannot reach it."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return False
+    return bool(infos) and all(
+        ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]).is_loopback for info in infos
+    )
+
+
+def exposure_problem(settings: Settings, keys: KeyStore) -> str | None:
+    """Why the gateway must not start as configured, or None.
+
+    Without a master key and without any key, anyone who reaches the gateway uses its
+    upstream keys: that is only allowed on loopback, or when told ``insecure``."""
+    if settings.insecure or settings.master_key or is_loopback(settings.host):
+        return None
+    if keys.count() > 0:
+        return None
+    return (
+        f"refusing to serve on {settings.host}, a non-loopback address, without"
+        " authentication: no API key exists and SLUICE_MASTER_KEY is not set, so anyone"
+        " who can reach it could use the upstream keys. Create a key (sluice keys create"
+        " --name NAME), set SLUICE_MASTER_KEY, serve on 127.0.0.1, or pass --insecure"
+        " (config: insecure: true) to serve without keys anyway."
+    )

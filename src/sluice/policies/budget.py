@@ -1,0 +1,139 @@
+"""Budgets: what each request cost, and refusing a key that spent its budget.
+
+``settle`` puts a request's cost on its record and, for a key with a budget, adds it to
+the key's running spend in the shared state (``spend:<key id>``), so that every
+instance sees it. It runs once per request that reached the pipeline: for a key with a
+budget, in the policy as soon as the stream is complete (before the client sees its
+end, so its next request is checked against it); otherwise in the app once usage is
+final (reported by the upstream, or estimated after the client left or the stream
+broke). A cache hit or a coalesced reader called no upstream: it costs 0.
+
+``Budgets.policy`` refuses a key whose running spend reached its budget, before the
+upstream is called: 429 ``insufficient_quota``, as OpenAI answers an exhausted quota.
+Requests already in flight when the budget is crossed finish, so the spend may pass
+the budget by what those cost.
+
+The records are the durable truth. The running spend is seeded from them
+(SUM(cost_usd) of the key's records) when the shared state has none — after a restart
+with the memory backend, or a Redis that lost its data — and re-read from them every
+``RESEED_INTERVAL`` seconds, which also repairs increments lost while the shared state
+was unreachable. While it is unreachable, the check reads the spend from the records
+(neither failing open nor closed; they lag by the record writer's flush interval).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncGenerator
+
+from sluice.errors import BudgetExceeded
+from sluice.events import ChatRequest
+from sluice.policies import Call, Handler
+from sluice.pricing import PriceTable
+from sluice.providers import Batch
+from sluice.state import SharedState, StateUnavailable
+from sluice.store import VirtualKey
+from sluice.store.keys import KeyStore
+
+log = logging.getLogger("sluice.budget")
+
+#: Seconds between re-reads of a key's running spend from the records.
+RESEED_INTERVAL = 600.0
+#: Record.cache values that mean this request called no upstream.
+_FREE = frozenset({"hit", "coalesced"})
+
+
+def _spend_key(key_id: str) -> str:
+    return f"spend:{key_id}"
+
+
+class Budgets:
+    def __init__(self, prices: PriceTable, state: SharedState, keys: KeyStore) -> None:
+        self._prices = prices
+        self._state = state
+        self._keys = keys
+        #: Keys whose increment was lost to an outage: re-read from the records next time.
+        self._unsynced: set[str] = set()
+        self._degraded = False
+
+    # -- the policy -------------------------------------------------------------------------
+
+    def policy(self, handler: Handler) -> Handler:
+        def handle(request: ChatRequest, call: Call) -> AsyncGenerator[Batch, None]:
+            key = call.key
+            if key is None or key.budget_usd is None:
+                return handler(request, call)  # no budget: no hop at all
+            return self._guarded(handler, request, call, key, key.budget_usd)
+
+        return handle
+
+    async def _guarded(
+        self, handler: Handler, request: ChatRequest, call: Call, key: VirtualKey, budget: float
+    ) -> AsyncGenerator[Batch, None]:
+        spent = await self.spent(key)
+        if spent >= budget:
+            raise BudgetExceeded(
+                f"You exceeded your current quota: the API key {key.id} ({key.name}) has"
+                f" spent ${spent:.4f} of its ${budget:.2f} budget."
+            )
+        stream = handler(request, call)
+        async with contextlib.aclosing(stream):
+            async for batch in stream:
+                yield batch
+        # A complete stream: count it before the client sees the end, so that the
+        # client's next request is checked against it. Other ends are settled by the app.
+        await self.settle(request, call)
+
+    # -- the running spend ------------------------------------------------------------------
+
+    async def spent(self, key: VirtualKey) -> float:
+        """The key's running spend, seeded from the records when the shared state has none."""
+        state = self._state
+        name = _spend_key(key.id)
+        try:
+            raw = await state.get(name)
+            due = await state.add(f"spend-seeded:{key.id}", b"1", RESEED_INTERVAL)
+            if raw is not None and not due and key.id not in self._unsynced:
+                self._recovered()
+                return float(raw)
+            total = await self._keys.spend(key.id)
+            # SET, not DELETE + INCR: concurrent seeders all write the same total.
+            await state.set(name, repr(total).encode())
+            self._unsynced.discard(key.id)
+            self._recovered()
+            return total
+        except StateUnavailable:
+            self._lost()
+            return await self._keys.spend(key.id)
+
+    async def settle(self, request: ChatRequest, call: Call) -> None:
+        """Put the request's cost on its record and add it to the key's running spend.
+        Once per request: a record that has a cost is settled already."""
+        record = call.record
+        if record.cost_usd is not None:
+            return
+        if record.cache in _FREE:
+            record.cost_usd = 0.0
+            return
+        upstream = call.deployment.upstream_model(request.model) if call.deployment else None
+        price = self._prices.price(request.model, upstream)
+        record.cost_usd = self._prices.cost(price, record.input_tokens, record.output_tokens)
+        key = call.key
+        if not record.cost_usd or key is None or key.budget_usd is None:
+            return
+        try:
+            await self._state.incr(_spend_key(key.id), record.cost_usd)
+        except StateUnavailable:
+            self._unsynced.add(key.id)
+            self._lost()
+
+    def _lost(self) -> None:
+        if not self._degraded:
+            self._degraded = True
+            log.warning("budgets: shared state unavailable; reading spend from the request records")
+
+    def _recovered(self) -> None:
+        if self._degraded:
+            self._degraded = False
+            log.warning("budgets: shared state available again")
