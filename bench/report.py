@@ -22,6 +22,7 @@ FIGURES: list[tuple[str, str, str, bool, int]] = [
     ("paced_held", "paced streams held, added p99 gap ≤ 10 ms", "streams", False, 0),
     ("kb_per_idle_stream", "memory per idle open stream (largest level)", "KB", True, 1),
     ("failed", "failed or short streams", "", True, 0),
+    ("other_cpu_pct", "others' CPU during burst/paced, max", "%", True, 0),
 ]
 GAP_LIMIT_MS = 10.0
 
@@ -74,6 +75,23 @@ def _added(value: float | None, reference: float | None) -> float | None:
     return value - reference
 
 
+#: Above this the load core (client + fake upstream) is itself late: a level measured so
+#: is shown, but not counted as held.
+LOAD_LIMIT_PCT = 85.0
+OTHER_LIMIT_PCT = 10.0
+
+
+def _valid(level: dict[str, Any], reference: dict[str, Any] | None) -> bool:
+    for lv in (level, reference):
+        if lv is None:
+            return False
+        if (lv.get("load_cpu_pct") or 0) > LOAD_LIMIT_PCT:
+            return False
+        if (lv.get("other_cpu_pct") or 0) > OTHER_LIMIT_PCT:
+            return False
+    return True
+
+
 def headline(entry: dict[str, Any], direct: dict[str, Any] | None) -> dict[str, Any]:
     profiles = entry.get("profiles", {})
     ref = (direct or {}).get("profiles", {})
@@ -94,19 +112,26 @@ def headline(entry: dict[str, Any], direct: dict[str, Any] | None) -> dict[str, 
     rp = ref.get("paced")
     if p and rp:
         ref_levels = {lv["concurrency"]: lv for lv in rp["levels"]}
-        held = 0
         for level in p["levels"]:
             r = ref_levels.get(level["concurrency"])
-            added = _added(level["gap_p99_ms"], r["gap_p99_ms"] if r else None)
+            level["valid"] = _valid(level, r)
             level["added_gap_p50_ms"] = _added(level["gap_p50_ms"], r["gap_p50_ms"] if r else None)
-            level["added_gap_p99_ms"] = added
+            level["added_gap_p99_ms"] = _added(level["gap_p99_ms"], r["gap_p99_ms"] if r else None)
             level["added_ttft_p50_ms"] = _added(
                 level["ttft_p50_ms"], r["ttft_p50_ms"] if r else None
             )
+        held, limit = 0, "top"
+        for level in p["levels"]:
+            added = level["added_gap_p99_ms"]
             if added is None or added > GAP_LIMIT_MS or level["failed"]:
+                limit = "failed" if level["failed"] else "gap"
+                break
+            if not level["valid"]:
+                limit = "load"
                 break
             held = level["concurrency"]
         out["paced_held"] = held
+        out["paced_limit"] = limit
     i = profiles.get("idle")
     if i:
         measured = [lv for lv in i["levels"] if lv.get("kb_per_stream") is not None]
@@ -115,6 +140,9 @@ def headline(entry: dict[str, Any], direct: dict[str, Any] | None) -> dict[str, 
             out["idle_open"] = measured[-1]["open"]
     if profiles:
         out["failed"] = failed_streams(entry)
+        others = [b["other_cpu_pct"]] if b else []
+        others += [lv["other_cpu_pct"] for lv in (p or {}).get("levels", [])]
+        out["other_cpu_pct"] = max(others) if others else None
     return out
 
 
@@ -127,7 +155,7 @@ def add_comparisons(run: dict[str, Any]) -> None:
     ratios: dict[str, dict[str, dict[str, float]]] = {}
     measured = [n for n, e in targets.items() if e.get("status") == "ok"]
     for key, *_ in FIGURES:
-        if key in ("failed", "burst_vs_direct"):
+        if key in ("failed", "burst_vs_direct", "other_cpu_pct"):
             continue
         # Added latency and streams held are measured against direct: it has no ratio.
         relative = key.startswith("ttft_added") or key == "paced_held"
@@ -164,9 +192,9 @@ def _rows(run: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             value = h.get(key)
             if key == "paced_held" and value is not None:
                 levels = entry["profiles"]["paced"]["levels"]
-                top = levels[-1]["concurrency"] if levels else 0
-                if value and value == top and value == max(run["sizes"]["paced_levels"]):
-                    value = f"≥ {value:,}"
+                limit = h.get("paced_limit")
+                if limit in ("top", "load"):
+                    value = f"≥ {value:,}" + (" (load-bound above)" if limit == "load" else "")
                 elif not value:
                     value = f"< {levels[0]['concurrency']:,}" if levels else None
             if key == "kb_per_idle_stream" and value is not None:
@@ -247,6 +275,8 @@ def _paced_lines(run: dict[str, Any], markdown: bool) -> list[str]:
         "failed",
         "gateway CPU %",
         "load CPU %",
+        "others' CPU %",
+        "valid",
     ]
     for name, entry in run["targets"].items():
         p = entry.get("profiles", {}).get("paced")
@@ -263,6 +293,8 @@ def _paced_lines(run: dict[str, Any], markdown: bool) -> list[str]:
                 f"{lv['failed']}/{lv['streams']}",
                 fmt(lv["gateway_cpu_pct"], 0),
                 fmt(lv["load_cpu_pct"], 0),
+                fmt(lv.get("other_cpu_pct"), 0),
+                {True: "yes", False: "no"}.get(lv.get("valid"), "—"),
             ]
             for lv in p["levels"]
         ]

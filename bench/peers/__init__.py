@@ -39,10 +39,12 @@ class Peer(Protocol):
         """Start the gateway listening on 127.0.0.1:``port``, relaying to ``upstream_base``.
 
         ``upstream_base`` looks like ``http://127.0.0.1:PORT/v1``. The returned
-        process is the root of the gateway's process tree; the harness waits for the
-        port to accept connections, and ends the tree by PID. The command may be
-        wrapped by the harness in ``taskset``: use ``argv`` lists, not a shell.
-        Write logs to a file under ``cache``, not to a pipe nobody reads.
+        process is the root of the gateway's process tree; the harness waits (up to
+        120 s) for the port to accept connections, and ends the tree by PID. It calls
+        ``start`` from a thread pinned to the gateway's cores, with the open-file limit
+        already raised: the process inherits both, so don't change either. Use
+        ``argv`` lists, not a shell. Write logs to a file under ``cache``, not to a
+        pipe nobody reads.
         """
         ...
 
