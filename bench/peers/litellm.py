@@ -1,0 +1,204 @@
+"""LiteLLM proxy as a bench peer: its own venv under the cache, one wildcard route.
+
+Installed with ``python -m venv <cache>/litellm-venv`` and ``pip install
+'litellm[proxy]==VERSION'`` into it (about a minute and 750 MB; never the project's
+environment). Started as ``litellm --config <cache>/litellm-PORT.yaml --host
+127.0.0.1 --port PORT --num_workers 1``: one Python process (uvicorn in-process, no
+children), listening after about 6-7 s of start-up.
+
+The config routes every model name through ``openai/*`` to the upstream, with no
+database, no master key (so no auth work, like ``sluice serve``), no callbacks,
+``drop_params`` and the cost map read from the package rather than fetched.
+
+One LiteLLM quirk shapes :meth:`LiteLLM.request`: a ``model`` containing a comma
+is taken as a list of models and fanned out (``abatch_completion``), which fails
+on a stream. The fake upstream's scenarios have commas (``paced:n=64,interval=0.02``),
+so the scenario rides in the ``x-upstream-scenario`` header, which the upstream
+prefers over ``model`` and which LiteLLM forwards (``forward_client_headers_to_llm_api``
+forwards every ``x-`` header); ``model`` is then the scenario itself when it has no
+comma, else just its name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Literal
+
+from bench.peers import Peer
+
+__all__ = ["PEERS", "LiteLLM", "config_text"]
+
+#: The version the config below was checked against; bump both together.
+REQUIREMENT = "litellm[proxy]==1.108.7"
+VENV_TIMEOUT = 120.0
+PIP_TIMEOUT = 900.0
+PROMPT = "Tell me a story"
+
+
+def config_text(upstream_base: str) -> str:
+    """The proxy config: any model name, passed through to ``upstream_base``.
+
+    Written as JSON, which is YAML too, so no YAML library is needed here.
+    """
+    config = {
+        "model_list": [
+            {
+                "model_name": "*",
+                "litellm_params": {
+                    "model": "openai/*",
+                    "api_base": upstream_base,
+                    "api_key": "sk-fake",
+                },
+            }
+        ],
+        "litellm_settings": {
+            "drop_params": True,
+            "telemetry": False,
+        },
+        "general_settings": {
+            # No master key: requests are not authenticated, as with `sluice serve`.
+            "dangerously_permit_weak_or_unset_master_key": True,
+            # Forward x- headers: the scenario travels in x-upstream-scenario.
+            "forward_client_headers_to_llm_api": True,
+        },
+    }
+    return json.dumps(config, indent=2) + "\n"
+
+
+class LiteLLM:
+    name = "litellm"
+    kind: Literal["sse", "text"] = "sse"
+
+    @staticmethod
+    def venv(cache: Path) -> Path:
+        return cache / "litellm-venv"
+
+    def _marker(self, cache: Path) -> Path:
+        return self.venv(cache) / ".sluice-bench-installed"
+
+    def installed(self, cache: Path) -> bool:
+        marker = self._marker(cache)
+        return (
+            marker.is_file()
+            and marker.read_text().strip() == REQUIREMENT
+            and (self.venv(cache) / "bin" / "litellm").is_file()
+        )
+
+    def install(self, cache: Path) -> str | None:
+        cache = cache.resolve()  # commands run in other folders
+        if self.installed(cache):
+            return None
+        cache.mkdir(parents=True, exist_ok=True)
+        venv = self.venv(cache)
+        log = cache / "litellm-install.log"
+        log.write_bytes(b"")
+        if not (venv / "bin" / "python").is_file():
+            why = _run(
+                [sys.executable, "-m", "venv", str(venv)], cwd=cache, log=log, timeout=VENV_TIMEOUT
+            )
+            if why is not None:
+                return f"litellm: creating its venv failed: {why}"
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+        pip += ["--disable-pip-version-check", REQUIREMENT]
+        why = _run(pip, cwd=cache, log=log, timeout=PIP_TIMEOUT)
+        if why is not None:
+            return f"litellm: pip install {REQUIREMENT!r} {why}"
+        if not (venv / "bin" / "litellm").is_file():
+            return f"litellm: {REQUIREMENT} installed no `litellm` command (log: {log})"
+        self._marker(cache).write_text(REQUIREMENT + "\n")
+        return None
+
+    def start(self, upstream_base: str, port: int, cache: Path) -> subprocess.Popen[bytes]:
+        cache = cache.resolve()  # commands run in other folders
+        config = cache / f"litellm-{port}.yaml"
+        config.write_text(config_text(upstream_base))
+        argv = [str(self.venv(cache) / "bin" / "litellm"), "--config", str(config)]
+        argv += ["--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
+        env = {k: v for k, v in os.environ.items() if not _foreign(k)}
+        env.update(
+            LITELLM_LOG="ERROR",
+            # The cost map ships in the package; don't try to fetch a newer one.
+            LITELLM_LOCAL_MODEL_COST_MAP="True",
+            LITELLM_DONT_SHOW_FEEDBACK_BOX="true",
+            DISABLE_ADMIN_UI="True",
+            PYTHONUNBUFFERED="1",
+        )
+        with (cache / f"litellm-{port}.log").open("wb") as log:
+            return subprocess.Popen(
+                argv,
+                cwd=cache,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def request(self, scenario: str) -> tuple[str, str, bytes, dict[str, str]]:
+        model = scenario.partition(":")[0] if "," in scenario else scenario
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": PROMPT}],
+            "stream": True,
+        }
+        headers = {
+            "content-type": "application/json",
+            "accept": "text/event-stream",
+            "x-upstream-scenario": scenario,
+        }
+        return "POST", "/v1/chat/completions", json.dumps(body).encode(), headers
+
+
+def _foreign(key: str) -> bool:
+    """Environment that would change what LiteLLM does: a database, keys, its own settings."""
+    return (
+        key in {"DATABASE_URL", "DIRECT_URL", "REDIS_URL", "REDIS_HOST", "STORE_MODEL_IN_DB"}
+        or key.startswith(("LITELLM_", "OPENAI_", "PROXY_", "UI_"))
+        or key.endswith("_API_KEY")
+    )
+
+
+def _run(argv: list[str], *, cwd: Path, log: Path, timeout: float) -> str | None:
+    """Run ``argv`` with its output appended to ``log``; None, or why it failed (one line)."""
+    with log.open("ab") as out:
+        out.write(f"$ {shlex.join(argv)}\n".encode())
+        out.flush()
+        try:
+            process = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return f"could not run: {exc}"
+        try:
+            status = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return f"timed out after {timeout:g} s (log: {log})"
+    if status != 0:
+        return f"failed (exit {status}): {_last_error(log)} (log: {log})"
+    return None
+
+
+def _last_error(log: Path) -> str:
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines()]
+    lines = [line for line in lines if line and not line.startswith("WARNING:")]
+    errors = [line for line in lines if line.startswith("ERROR")]
+    last = (errors or lines or ["no output"])[-1]
+    return last[:200]
+
+
+PEERS: list[Peer] = [LiteLLM()]
