@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.cluster import RedisServer, run_redis
 from tests.gateway import RunningGateway, run_gateway
 from tests.upstream.fixture import start_upstream
 
@@ -51,3 +52,24 @@ def upstream_config(upstream_url: str, **extra: Any) -> dict[str, Any]:
     }
     config.update(extra)
     return config
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real ``redis-server`` for the whole run (tests/cluster.py starts it)."""
+    with run_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Config for one shared-state backend: ``{}`` (memory) or ``{"redis_url": ...}``
+    pointing at an emptied Redis. Features with shared state run against both:
+    ``start_gateway(upstream_config(url, **backend, ...))``."""
+    if request.param == "memory":
+        return {}
+    server: RedisServer = request.getfixturevalue("redis_server")
+    if not server.running:
+        server.start()
+    server.flush()
+    return {"redis_url": server.url}

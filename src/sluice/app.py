@@ -24,9 +24,11 @@ from sluice.events import ChatRequest
 from sluice.exchange import ClientGone, Exchange, Receive, Scope, Send
 from sluice.policies import Call, Handler, pipeline
 from sluice.policies.auth import Authenticator, may_use, model_access, visible_models
+from sluice.policies.ratelimit import RateLimits
 from sluice.policies.route import Router
 from sluice.providers.registry import Providers
 from sluice.relay import relay
+from sluice.state import SharedState, open_state
 from sluice.store import Record, RecordStore
 from sluice.store.keys import KeyStore
 
@@ -58,6 +60,7 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self._providers: Providers | None = None
         self._handler: Handler | None = None
+        self._state: SharedState | None = None
         self._text = TextDialect()
         self._openai = OpenAIChatDialect()
         self._routes: dict[str, dict[str, Route]] = {
@@ -67,6 +70,13 @@ class Gateway:
             "/healthz": {"GET": self._health},
             "/readyz": {"GET": self._ready},
         }
+
+    @property
+    def state(self) -> SharedState:
+        """What every instance shares (memory, or Redis with ``redis_url``); opened in
+        ``startup`` before the pipeline is built, closed in ``shutdown``."""
+        assert self._state is not None, "the gateway has not started"
+        return self._state
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -78,7 +88,13 @@ class Gateway:
             skip_auto_headers=("User-Agent",),
         )
         self._providers = Providers(self.settings, self._session)
-        self._handler = pipeline([model_access], Router(self.settings, self._providers))
+        redis_url = self.settings.redis_url
+        self._state = open_state(redis_url.get() if redis_url else None)
+        await self._state.start()
+        self._handler = pipeline(
+            [model_access, RateLimits(self.settings.limits, self._state)],
+            Router(self.settings, self._providers),
+        )
         await self.store.start()
         for name, deployment in self.settings.models.items():
             if deployment.provider == "simulator":
@@ -97,6 +113,8 @@ class Gateway:
             await self._session.close()
         await self.store.close()
         await asyncio.to_thread(self.keys.close)
+        if self._state is not None:
+            await self._state.close()
 
     # -- ASGI --------------------------------------------------------------------
 

@@ -86,6 +86,26 @@ class Deployment:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelLimits:
+    rpm: int | None = None  # requests per minute
+    tpm: int | None = None  # tokens per minute
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """The ``limits:`` section: per-model rate limits and what to do without Redis."""
+
+    #: "open" serves unlimited while the shared state is down; "closed" answers 503.
+    fail: str = "open"
+    #: Requests per minute per client address on the public ``GET /`` route.
+    public_rpm: int | None = None
+    #: Public model name (or ``*``, each other model) → its limits, across all keys.
+    models: Mapping[str, ModelLimits] = field(default_factory=dict)
+    #: Output tokens charged up front when a request sets no ``max_tokens``.
+    output_estimate: int = 256
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -111,6 +131,10 @@ class Settings:
     key_cache_ttl: float = 2.0
     #: USD per million tokens, by public or upstream model name, over the defaults.
     pricing: Mapping[str, Price] = field(default_factory=dict)
+    #: Redis or Valkey shared by every instance (``redis_url`` or ``SLUICE_REDIS_URL``);
+    #: None keeps shared state in this process.
+    redis_url: Secret | None = None
+    limits: LimitSettings = field(default_factory=LimitSettings)
 
     def resolve(self, model: str) -> Deployment | None:
         found = self.models.get(model)
@@ -293,6 +317,8 @@ _TOP_KEYS = {
     "insecure",
     "auth",
     "pricing",
+    "redis_url",
+    "limits",
 }
 
 
@@ -379,6 +405,7 @@ def _settings(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Se
         log_level=level,
         source=origin,
         **_access(raw, env),
+        **_shared(raw, env),
     )
 
 
@@ -410,6 +437,43 @@ def _access(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         "public_seed": public_seed,
         "key_cache_ttl": _number(auth, "cache_ttl", ("auth",), 2.0),
         "pricing": pricing,
+    }
+
+
+def _optional_int(raw: Mapping[str, Any], key: str, at: Keys) -> int | None:
+    return _int(raw, key, at, 0, minimum=1) if raw.get(key) is not None else None
+
+
+def _shared(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Shared state and rate limits: the ``redis_url`` and ``limits`` keys."""
+    url = _str(raw, "redis_url", (), None) or env.get("SLUICE_REDIS_URL") or None
+    if url is not None and url.split("://", 1)[0] not in ("redis", "rediss", "unix"):
+        # Never the URL itself in the message: it may carry a password.
+        url_at: Keys = ("redis_url",) if raw.get("redis_url") else ()
+        name = "redis_url" if url_at else "SLUICE_REDIS_URL"
+        raise ConfigError(f"{name}: expected a redis://, rediss:// or unix:// URL", url_at)
+    at: Keys = ("limits",)
+    data = _mapping(raw, "limits", ())
+    _check_keys(data, {"fail", "public_rpm", "models", "output_estimate"}, at)
+    fail = _str(data, "fail", at, "open")
+    if fail not in ("open", "closed"):
+        raise _fail((*at, "fail"), f"expected open or closed, got {fail!r}")
+    models: dict[str, ModelLimits] = {}
+    for name, spec in _mapping(data, "models", at).items():
+        where = (*at, "models", str(name))
+        limits = _as_mapping(spec, where)
+        _check_keys(limits, {"rpm", "tpm"}, where)
+        models[str(name)] = ModelLimits(
+            rpm=_optional_int(limits, "rpm", where), tpm=_optional_int(limits, "tpm", where)
+        )
+    return {
+        "redis_url": Secret(url) if url else None,
+        "limits": LimitSettings(
+            fail=fail or "open",
+            public_rpm=_optional_int(data, "public_rpm", at),
+            models=models,
+            output_estimate=_int(data, "output_estimate", at, 256, minimum=1),
+        ),
     }
 
 

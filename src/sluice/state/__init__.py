@@ -1,18 +1,26 @@
 """State shared by every gateway instance: counters, flags, cache entries.
 
 Two backends behind one small seam: ``memory`` (this process only, the embedded
-default) and ``redis`` (Redis or Valkey, with ``SLUICE_REDIS_URL``), so any number of
-gateway processes behind a load balancer act as one. Only this package and
-``sluice.journal`` know a backend.
+default) and ``redis`` (Redis or Valkey, with ``SLUICE_REDIS_URL`` or the config's
+``redis_url``), so any number of gateway processes behind a load balancer act as one.
+Only this package and ``sluice.journal`` know a backend; ``open_state`` picks one.
 
 A backend that cannot reach its server raises ``StateUnavailable`` (the cause kept);
 each caller decides whether that fails open or closed. The backend logs an outage once
-and its recovery once, never per call.
+and its recovery once, never per call, and while it is down it fails fast for a short,
+growing back-off instead of reconnecting on every call.
+
+Work done with another library over the same server (the ``limits`` storage built from
+``limits_uri`` and ``limits_options``, or commands on ``client()``) goes through
+``run``, so that it gets the same outage handling as the backend's own methods.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class StateUnavailable(Exception):
@@ -22,10 +30,17 @@ class StateUnavailable(Exception):
 class SharedState(Protocol):
     #: "memory" or "redis".
     name: str
-    #: Storage URI for the ``limits`` library: "memory://" or "async+redis://…".
+    #: Storage URI for the ``limits`` library: "async+memory://" or "async+redis://…".
+    #: It may hold a password: never log it.
     limits_uri: str
+    #: Keyword arguments for ``limits.storage.storage_from_string`` with ``limits_uri``
+    #: (the redis backend hands over its own connection pool).
+    limits_options: Mapping[str, Any]
 
-    async def start(self) -> None: ...
+    async def start(self) -> None:
+        """Connect if needed. An unreachable server is logged, not raised: the
+        gateway starts anyway and each caller fails open or closed."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -40,9 +55,32 @@ class SharedState(Protocol):
     async def delete(self, key: str) -> None: ...
 
     async def incr(self, key: str, amount: float, ttl: float | None = None) -> float:
-        """Add ``amount`` to a float counter and return the new value."""
+        """Add ``amount`` to a float counter and return the new value. ``ttl`` is set
+        when the counter is created; later increments keep its expiry."""
+        ...
+
+    async def run(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Await ``operation()`` (which talks to this backend's server through
+        ``client()`` or a ``limits`` storage) under the backend's outage handling:
+        ``StateUnavailable`` at once while the server is known to be down, any error
+        of the server's client mapped to ``StateUnavailable``."""
         ...
 
     def client(self) -> Any:
         """The backend's native client (``redis.asyncio.Redis``) or None for memory."""
         ...
+
+
+def open_state(url: str | None) -> SharedState:
+    """The memory backend without a URL; Redis for ``redis://``, ``rediss://`` and
+    ``unix://`` URLs. Nothing connects until ``start()``."""
+    if not url:
+        from sluice.state.memory import MemoryState
+
+        return MemoryState()
+    from sluice.state.redis import RedisState, is_redis_url
+
+    if not is_redis_url(url):
+        scheme = url.split("://", 1)[0] if "://" in url else "(none)"
+        raise ValueError(f"unsupported shared-state URL scheme {scheme!r}")
+    return RedisState(url)
