@@ -29,17 +29,21 @@ from bench.targets import CACHE, Target, openai_request, sluice_launch, start, s
 #: Layers of the hot path, matched in order against each frame (file:function); a
 #: sample is charged to the innermost frame that matches a layer.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("JSON decode (orjson.loads)", ("orjson", "loads")),
+    ("garbage collector (gc_collect_main)", ("gc_collect",)),
+    ("libc: socket syscalls, malloc", ("(libc.so",)),
+    ("JSON decode (msgspec / orjson)", ("msgspec", "orjson")),
     ("SSE decode (sluice/sse.py)", ("sluice/sse.py",)),
-    ("chunk → events (providers/openai.py chunk_events)", ("chunk_events",)),
-    ("encode (dialects/)", ("sluice/dialects/",)),
-    ("relay loop (relay.py)", ("sluice/relay.py",)),
-    ("upstream read (aiohttp)", ("aiohttp/",)),
-    ("client write (uvicorn send, httptools)", ("uvicorn/",)),
-    ("provider stream (providers/openai.py)", ("sluice/providers/",)),
-    ("record store (store/)", ("sluice/store/",)),
+    ("chunk -> events (providers/openai_wire.py)", ("openai_wire.py", "chunk_events")),
+    ("encode (sluice/dialects/)", ("sluice/dialects/",)),
+    ("relay loop (sluice/relay.py)", ("sluice/relay.py",)),
+    ("upstream read (aiohttp)", ("aiohttp/", "_http_parser")),
+    ("client write (uvicorn send, httptools)", ("uvicorn/", "httptools")),
+    ("provider stream (sluice/providers/)", ("sluice/providers/",)),
+    ("policies, routing (sluice/policies/)", ("sluice/policies/",)),
+    ("journal (sluice/journal/)", ("sluice/journal/",)),
+    ("record store (sluice/store/)", ("sluice/store/",)),
     ("app / exchange", ("sluice/app.py", "sluice/exchange.py")),
-    ("event loop (asyncio, uvloop)", ("asyncio/", "uvloop", "<frozen", "threading.py")),
+    ("event loop (uvloop, asyncio)", ("asyncio/", "uvloop", "loop.c", "core.c", "<frozen")),
 ]
 
 

@@ -1,0 +1,209 @@
+"""Cost on every record, spend per key, and budgets, against the memory and Redis backends."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.cluster import RedisServer
+from tests.conftest import StartGateway
+from tests.gateway import RunningGateway
+from tests.policies.keys import (
+    KEY_ENV,
+    MESSAGES,
+    create_key,
+    gateway_config,
+    list_keys,
+    wait_records,
+)
+
+#: $0.10 a token. The test upstream's "normal" answer to MESSAGES is 4 prompt tokens
+#: (words) and 10 completion tokens (chunks): $1.40 a request.
+PRICED = {"normal": {"input": 100_000, "output": 100_000}}
+PER_REQUEST = 1.4
+
+
+def ask(gateway: RunningGateway, key: str, model: str = "normal", stream: bool = True) -> str:
+    with openai.OpenAI(base_url=gateway.api, api_key=key, max_retries=0, timeout=20) as sdk:
+        if not stream:
+            answer = sdk.chat.completions.create(model=model, messages=MESSAGES)
+            return answer.choices[0].message.content or ""
+        chunks = sdk.chat.completions.create(model=model, messages=MESSAGES, stream=True)
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def refused(gateway: RunningGateway, key: str) -> openai.RateLimitError:
+    with pytest.raises(openai.RateLimitError) as caught:
+        ask(gateway, key)
+    return caught.value
+
+
+def test_requests_succeed_until_the_budget_is_spent_then_are_refused(
+    tmp_path: Path, start_gateway: StartGateway, upstream: Any, backend: dict[str, Any]
+) -> None:
+    db = tmp_path / "sluice.db"
+    small = create_key(db, "small", "--budget-usd", "3")
+    free = create_key(db, "unlimited")
+    config = gateway_config(upstream.url, db, pricing=PRICED, **backend)
+    gateway = start_gateway(config, env=KEY_ENV)
+
+    # $0 → 1.40 → 2.80 → 4.20: the third is admitted (2.80 < 3), the fourth is not.
+    for _ in range(3):
+        assert ask(gateway, small["key"])
+    error = refused(gateway, small["key"])
+    assert error.status_code == 429
+    assert error.code == "insufficient_quota"
+    assert error.type == "insufficient_quota"
+    assert error.response.headers["x-should-retry"] == "false"
+    assert f"the API key {small['id']} (small) has spent $4.2000 of its $3.00 budget" in (
+        error.message
+    )
+    assert ask(gateway, free["key"])  # other keys are not affected
+
+    rows = wait_records(db, 5)
+    mine = [r for r in rows if r["key_id"] == small["id"]]
+    assert [(r["outcome"], r["status"]) for r in mine] == [("ok", 200)] * 3 + [("rejected", 429)]
+    assert [r["cost_usd"] for r in mine[:3]] == [pytest.approx(PER_REQUEST)] * 3
+    assert mine[3]["cost_usd"] is None
+    assert "exceeded your current quota" in mine[3]["error"]
+    spend = {row["id"]: row["spend_usd"] for row in list_keys(db)}
+    assert spend == {small["id"]: pytest.approx(3 * PER_REQUEST), free["id"]: pytest.approx(1.4)}
+
+
+def test_spend_survives_a_restart(
+    tmp_path: Path,
+    start_gateway: StartGateway,
+    upstream: Any,
+    backend: dict[str, Any],
+    request: pytest.FixtureRequest,
+) -> None:
+    db = tmp_path / "sluice.db"
+    key = create_key(db, "small", "--budget-usd", "3")
+    config = gateway_config(upstream.url, db, pricing=PRICED, **backend)
+    first = start_gateway(config, env=KEY_ENV)
+    assert ask(first, key["key"])
+    assert ask(first, key["key"])
+    first.stop()
+
+    second = start_gateway(config, env=KEY_ENV)
+    assert ask(second, key["key"])  # 2.80 < 3: admitted
+    refused(second, key["key"])
+    second.stop()
+
+    if backend:
+        # Redis kept the running spend so far; without it, it comes from the records.
+        server: RedisServer = request.getfixturevalue("redis_server")
+        server.flush()
+    third = start_gateway(config, env=KEY_ENV)
+    assert refused(third, key["key"]).code == "insufficient_quota"
+
+
+def test_a_disconnected_stream_is_charged_its_estimated_usage(
+    tmp_path: Path, start_gateway: StartGateway, upstream: Any, backend: dict[str, Any]
+) -> None:
+    db = tmp_path / "sluice.db"
+    key = create_key(db, "tiny", "--budget-usd", "0.000001")
+    slow = {
+        "provider": "openai",
+        "base_url": upstream.url,
+        "api_key_env": "TEST_UPSTREAM_KEY",
+        "model": "paced:n=1000,interval=0.02",
+    }
+    config = gateway_config(
+        upstream.url,
+        db,
+        models={"slow": slow},
+        pricing={"slow": {"input": 1, "output": 1}},
+        **backend,
+    )
+    gateway = start_gateway(config, env=KEY_ENV)
+    body = json.dumps({"model": "slow", "messages": MESSAGES, "stream": True}).encode()
+    port = int(gateway.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {key['key']}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        received = b""
+        while received.count(b"data: ") < 5:
+            received += sock.recv(65536)
+    (row,) = wait_records(db, 1)
+    assert row["outcome"] == "client_disconnected"
+    assert row["usage_source"] == "estimated"
+    assert row["output_tokens"] >= 4
+    assert row["cost_usd"] == pytest.approx((row["input_tokens"] + row["output_tokens"]) / 1e6)
+    # It counted against the budget: the next request is refused.
+    with pytest.raises(openai.RateLimitError):
+        ask(gateway, key["key"], "slow")
+
+
+def test_cost_on_every_record(tmp_path: Path, start_gateway: StartGateway, upstream: Any) -> None:
+    db = tmp_path / "sluice.db"
+
+    def to(model: str) -> dict[str, Any]:
+        return {
+            "provider": "openai",
+            "base_url": upstream.url,
+            "api_key_env": "TEST_UPSTREAM_KEY",
+            "model": model,
+        }
+
+    models = {
+        "gpt-4o-mini": to("normal"),  # the built-in price of the public name
+        "alias": to("normal"),  # no price of its own: the upstream model's
+        "unpriced": to("paced:n=3,interval=0.001"),
+    }
+    config = gateway_config(upstream.url, db, models=models, pricing=PRICED)
+    gateway = start_gateway(config, env=KEY_ENV)
+    for model in models:
+        assert ask(gateway, "any", model)
+    assert ask(gateway, "any", "alias", stream=False)
+    costs = {(r["model"], r["stream"]): r["cost_usd"] for r in wait_records(db, 4)}
+    assert costs == {
+        ("gpt-4o-mini", 1): pytest.approx((4 * 0.15 + 10 * 0.60) / 1e6),
+        ("alias", 1): pytest.approx(PER_REQUEST),
+        ("alias", 0): pytest.approx(PER_REQUEST),
+        ("unpriced", 1): None,  # unknown, never a silent zero
+    }
+
+
+def test_budget_checks_read_the_records_while_redis_is_down(
+    tmp_path: Path, start_gateway: StartGateway, upstream: Any, redis_server: RedisServer
+) -> None:
+    if not redis_server.running:
+        redis_server.start()
+    redis_server.flush()
+    db = tmp_path / "sluice.db"
+    spent = create_key(db, "spent", "--budget-usd", "1")
+    fresh = create_key(db, "fresh", "--budget-usd", "100")
+    config = gateway_config(
+        upstream.url, db, pricing=PRICED, redis_url=redis_server.url, limits={"fail": "open"}
+    )
+    gateway = start_gateway(config, env=KEY_ENV)
+    assert ask(gateway, spent["key"])
+    wait_records(db, 1)
+    redis_server.stop()
+    try:
+        assert refused(gateway, spent["key"]).code == "insufficient_quota"
+        assert ask(gateway, fresh["key"])
+    finally:
+        redis_server.start()
+    # Back: the increment lost during the outage is re-read from the records.
+    deadline = time.monotonic() + 10
+    while True:
+        page = httpx.get(f"{gateway.url}/healthz")
+        if page.status_code == 200 and redis_server.running:
+            break
+        assert time.monotonic() < deadline
+    assert refused(gateway, spent["key"]).code == "insufficient_quota"
+    wait_records(db, 4)
+    (row,) = [r for r in list_keys(db) if r["id"] == fresh["id"]]
+    assert row["spend_usd"] == pytest.approx(PER_REQUEST)
