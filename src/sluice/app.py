@@ -24,8 +24,10 @@ from sluice.events import ChatRequest
 from sluice.exchange import ClientGone, Exchange, Receive, Scope, Send
 from sluice.policies import Call, Handler, pipeline
 from sluice.policies.auth import Authenticator, may_use, model_access, visible_models
+from sluice.policies.budget import Budgets
 from sluice.policies.ratelimit import RateLimits
 from sluice.policies.route import Router
+from sluice.pricing import PriceTable
 from sluice.providers.registry import Providers
 from sluice.relay import relay
 from sluice.state import SharedState, open_state
@@ -57,6 +59,7 @@ class Gateway:
         # Keys live in the record database (a worker thread reads them, cached briefly).
         self.keys = KeyStore(settings.db_path, cache_ttl=settings.key_cache_ttl)
         self._auth = Authenticator(settings, self.keys)
+        self._budgets: Budgets | None = None
         self._session: aiohttp.ClientSession | None = None
         self._providers: Providers | None = None
         self._handler: Handler | None = None
@@ -91,8 +94,9 @@ class Gateway:
         redis_url = self.settings.redis_url
         self._state = open_state(redis_url.get() if redis_url else None)
         await self._state.start()
+        self._budgets = Budgets(PriceTable(self.settings.pricing), self._state, self.keys)
         self._handler = pipeline(
-            [model_access, RateLimits(self.settings.limits, self._state)],
+            [model_access, RateLimits(self.settings.limits, self._state), self._budgets.policy],
             Router(self.settings, self._providers),
         )
         await self.store.start()
@@ -260,6 +264,8 @@ class Gateway:
             watcher.cancel()
         if record.input_tokens is None:
             self._estimate_usage(request, record)
+        assert self._budgets is not None
+        await self._budgets.settle(request, call)
 
     @staticmethod
     def _estimate_usage(request: ChatRequest, record: Record) -> None:
