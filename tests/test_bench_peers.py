@@ -6,17 +6,22 @@ import json
 import re
 import tomllib
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from bench.peers import peers
-from bench.peers.litellm import REQUIREMENT, LiteLLM, config_text
+from bench.peers.litellm import REQUIREMENT, LiteLLM, config_text, model_name
 from bench.peers.portkey import Portkey
 from bench.peers.seed import BUNDLE, SOURCE, SeedWorkerd, SeedWrangler
 
-from tests.upstream import scenarios as sc
-
-SCENARIOS = ["burst:n=200", "paced:n=64,interval=0.02", "slow_first:n=10,delay=5.0", "normal"]
+SCENARIOS = [
+    "burst:n=200",
+    "paced:n=64,interval=0.02",
+    "slow_first:n=10,delay=5.0",
+    "error_status:status=429,retry_after=2.0",
+    "normal",
+]
 BASE = "http://127.0.0.1:9/v1"
 
 
@@ -32,31 +37,54 @@ def test_registry_lists_every_peer_once() -> None:
     }
 
 
+def litellm_route(config: dict[str, Any], model: str) -> str:
+    """The upstream model LiteLLM's wildcard router picks for ``model``.
+
+    As its PatternMatchRouter does: each ``*`` of a route's model_name becomes a
+    group, the longest pattern that matches wins, and the groups replace the ``*``
+    of the route's litellm_params model one by one.
+    """
+    routes = {
+        re.escape(r["model_name"]).replace(r"\*", "(.*)"): r["litellm_params"]["model"]
+        for r in config["model_list"]
+    }
+    for pattern in sorted(routes, key=len, reverse=True):
+        match = re.match(pattern, model)
+        if match:
+            target = routes[pattern]
+            for segment in match.groups():
+                target = target.replace("*", segment, 1)
+            return str(target)
+    raise AssertionError(f"no route for {model!r}")
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_litellm_request_carries_the_scenario_in_a_header(scenario: str) -> None:
+def test_litellm_routes_the_scenario_to_the_upstream_unchanged(scenario: str) -> None:
     method, path, body, headers = LiteLLM().request(scenario)
     assert (method, path) == ("POST", "/v1/chat/completions")
+    assert headers["content-type"] == "application/json"
     payload = json.loads(body)
     assert payload["stream"] is True
     # A comma would make LiteLLM fan the request out to several models.
     assert "," not in payload["model"]
-    assert headers["x-upstream-scenario"] == scenario
-    assert headers["content-type"] == "application/json"
-    # The model alone would still name the same scenario (with default parameters).
-    assert sc.parse_spec(payload["model"]).name == sc.parse_spec(scenario).name
-    if "," not in scenario:
-        assert payload["model"] == scenario
-
-
-def test_litellm_config_routes_any_model_to_the_upstream() -> None:
     config = json.loads(config_text(BASE))  # JSON is YAML
-    [route] = config["model_list"]
-    assert route["model_name"] == "*"
-    assert route["litellm_params"] == {"model": "openai/*", "api_base": BASE, "api_key": "sk-fake"}
+    assert litellm_route(config, payload["model"]) == f"openai/{scenario}"
+    for route in config["model_list"]:
+        assert route["litellm_params"]["api_base"] == BASE
+
+
+def test_litellm_config_has_no_extra_work() -> None:
+    config = json.loads(config_text(BASE))
     assert config["litellm_settings"]["drop_params"] is True
-    assert config["general_settings"]["forward_client_headers_to_llm_api"] is True
-    assert "database_url" not in config["general_settings"]
+    assert set(config["general_settings"]) == {"dangerously_permit_weak_or_unset_master_key"}
     assert re.fullmatch(r"litellm\[proxy\]==[\d.]+", REQUIREMENT)
+
+
+def test_litellm_refuses_what_it_cannot_route() -> None:
+    with pytest.raises(ValueError):
+        model_name("weird;name")
+    with pytest.raises(ValueError):
+        model_name("paced:" + ",".join(["n=1"] * 20))
 
 
 def test_portkey_request_names_the_upstream_it_was_started_with() -> None:

@@ -10,13 +10,14 @@ The config routes every model name through ``openai/*`` to the upstream, with no
 database, no master key (so no auth work, like ``sluice serve``), no callbacks,
 ``drop_params`` and the cost map read from the package rather than fetched.
 
-One LiteLLM quirk shapes :meth:`LiteLLM.request`: a ``model`` containing a comma
-is taken as a list of models and fanned out (``abatch_completion``), which fails
-on a stream. The fake upstream's scenarios have commas (``paced:n=64,interval=0.02``),
-so the scenario rides in the ``x-upstream-scenario`` header, which the upstream
-prefers over ``model`` and which LiteLLM forwards (``forward_client_headers_to_llm_api``
-forwards every ``x-`` header); ``model`` is then the scenario itself when it has no
-comma, else just its name.
+One LiteLLM quirk shapes the routes: a ``model`` containing a comma is taken as a
+list of models and fanned out (``abatch_completion``), which fails on a stream. The
+fake upstream's scenarios have commas (``paced:n=64,interval=0.02``), so
+:meth:`LiteLLM.request` sends them with ``;`` instead, and the config has one
+wildcard route per number of separators (``*;*`` -> ``openai/*,*``, and so on) that
+puts the commas back: the upstream sees the scenario name unchanged. LiteLLM
+matches a requested model against its wildcard routes anyway; these are a few
+more patterns of the same kind.
 """
 
 from __future__ import annotations
@@ -33,43 +34,51 @@ from typing import Literal
 
 from bench.peers import Peer
 
-__all__ = ["PEERS", "LiteLLM", "config_text"]
+__all__ = ["PEERS", "LiteLLM", "config_text", "model_name"]
 
 #: The version the config below was checked against; bump both together.
 REQUIREMENT = "litellm[proxy]==1.108.7"
 VENV_TIMEOUT = 120.0
 PIP_TIMEOUT = 900.0
 PROMPT = "Tell me a story"
+#: Stands for "," in model names (a comma makes LiteLLM fan a request out).
+SEPARATOR = ";"
+#: Routes for scenario names of up to this many comma-separated parts.
+MAX_PARTS = 8
 
 
 def config_text(upstream_base: str) -> str:
     """The proxy config: any model name, passed through to ``upstream_base``.
 
+    ``*``, ``*;*``, ``*;*;*``, ... route to ``openai/*``, ``openai/*,*``, ...: the
+    ``;`` of a requested model become the commas of the upstream's scenario name.
     Written as JSON, which is YAML too, so no YAML library is needed here.
     """
+    routes = [
+        {
+            "model_name": SEPARATOR.join(["*"] * parts),
+            "litellm_params": {
+                "model": "openai/" + ",".join(["*"] * parts),
+                "api_base": upstream_base,
+                "api_key": "sk-fake",
+            },
+        }
+        for parts in range(1, MAX_PARTS + 1)
+    ]
     config = {
-        "model_list": [
-            {
-                "model_name": "*",
-                "litellm_params": {
-                    "model": "openai/*",
-                    "api_base": upstream_base,
-                    "api_key": "sk-fake",
-                },
-            }
-        ],
-        "litellm_settings": {
-            "drop_params": True,
-            "telemetry": False,
-        },
-        "general_settings": {
-            # No master key: requests are not authenticated, as with `sluice serve`.
-            "dangerously_permit_weak_or_unset_master_key": True,
-            # Forward x- headers: the scenario travels in x-upstream-scenario.
-            "forward_client_headers_to_llm_api": True,
-        },
+        "model_list": routes,
+        "litellm_settings": {"drop_params": True, "telemetry": False},
+        # No master key: requests are not authenticated, as with `sluice serve`.
+        "general_settings": {"dangerously_permit_weak_or_unset_master_key": True},
     }
     return json.dumps(config, indent=2) + "\n"
+
+
+def model_name(scenario: str) -> str:
+    """The model to ask LiteLLM for so that the upstream is asked for ``scenario``."""
+    if SEPARATOR in scenario or scenario.count(",") >= MAX_PARTS:
+        raise ValueError(f"litellm: can't route scenario {scenario!r}")
+    return scenario.replace(",", SEPARATOR)
 
 
 class LiteLLM:
@@ -142,17 +151,12 @@ class LiteLLM:
             )
 
     def request(self, scenario: str) -> tuple[str, str, bytes, dict[str, str]]:
-        model = scenario.partition(":")[0] if "," in scenario else scenario
         body = {
-            "model": model,
+            "model": model_name(scenario),
             "messages": [{"role": "user", "content": PROMPT}],
             "stream": True,
         }
-        headers = {
-            "content-type": "application/json",
-            "accept": "text/event-stream",
-            "x-upstream-scenario": scenario,
-        }
+        headers = {"content-type": "application/json", "accept": "text/event-stream"}
         return "POST", "/v1/chat/completions", json.dumps(body).encode(), headers
 
 
