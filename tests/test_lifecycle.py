@@ -21,7 +21,10 @@ MESSAGES: list[Any] = [{"role": "user", "content": "Tell me a story"}]
 
 @pytest.fixture
 def gateway(start_gateway: StartGateway, upstream: Any) -> RunningGateway:
-    return start_gateway(upstream_config(upstream.url), env=KEY_ENV)
+    # One attempt per request: these tests are about the relay, and retries (see
+    # tests/policies/test_route.py) outlast the short keep-alive interval, after which
+    # an error can only be in-band.
+    return start_gateway(upstream_config(upstream.url, routing={"retries": 0}), env=KEY_ENV)
 
 
 def _open_stream(gateway: RunningGateway, model: str) -> socket.socket:

@@ -97,7 +97,7 @@ class Gateway:
         self._budgets = Budgets(PriceTable(self.settings.pricing), self._state, self.keys)
         self._handler = pipeline(
             [model_access, RateLimits(self.settings.limits, self._state), self._budgets.policy],
-            Router(self.settings, self._providers),
+            Router(self.settings, self._providers, self._state),
         )
         await self.store.start()
         for name, deployment in self.settings.models.items():

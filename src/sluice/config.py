@@ -80,9 +80,51 @@ class Deployment:
     timeouts: Timeouts = field(default_factory=Timeouts)
     simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: Share of the model's requests under the ``weighted`` strategy.
+    weight: float = 1.0
+    #: Position among the model's deployments.
+    index: int = 0
 
     def upstream_model(self, public: str) -> str:
         return self.model or public
+
+    @property
+    def key(self) -> str:
+        """Names this deployment uniquely, the same in every instance with this config."""
+        return f"{self.name}#{self.index}"
+
+
+STRATEGIES = ("weighted", "least-busy")
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """How requests are spread, retried and cooled down: the defaults for every model."""
+
+    strategy: str = "weighted"
+    #: Attempts after the first one within a model, before its fallbacks.
+    retries: int = 2
+    #: Seconds: the n-th retry of a deployment waits up to base * 2**n (full jitter).
+    backoff_base: float = 0.25
+    backoff_max: float = 5.0
+    #: Consecutive failures after which a deployment cools down (0: never).
+    allowed_fails: int = 3
+    #: Seconds a deployment is skipped once it cooled down.
+    cooldown: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRoute:
+    """A public model name: its deployments and what to do when they fail."""
+
+    name: str
+    deployments: tuple[Deployment, ...]
+    strategy: str = "weighted"
+    retries: int = 2
+    #: Other public models to try, in order, when every attempt here failed.
+    fallbacks: tuple[str, ...] = ()
+    #: The same after a context-window error (by default the same list).
+    context_window_fallbacks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +177,12 @@ class Settings:
     #: None keeps shared state in this process.
     redis_url: Secret | None = None
     limits: LimitSettings = field(default_factory=LimitSettings)
+    #: Public model name → its deployments, fallbacks and strategy (``models`` holds
+    #: each one's first deployment). The key ``*`` catches every other name.
+    routes: Mapping[str, ModelRoute] = field(default_factory=dict)
+    routing: Routing = field(default_factory=Routing)
+    #: Problems that did not stop the start (e.g. LiteLLM keys Sluice ignores), logged once.
+    warnings: tuple[str, ...] = ()
 
     def resolve(self, model: str) -> Deployment | None:
         found = self.models.get(model)
@@ -142,9 +190,20 @@ class Settings:
             found = self.models.get("*")
         return found
 
+    def route(self, model: str) -> ModelRoute | None:
+        """Where requests for ``model`` go: every deployment, retries and fallbacks."""
+        found = self.routes.get(model) or self.routes.get("*")
+        if found is None and not self.routes:
+            deployment = self.resolve(model)
+            if deployment is not None:
+                strategy, retries = self.routing.strategy, self.routing.retries
+                found = ModelRoute(deployment.name, (deployment,), strategy, retries)
+        return found
+
     @property
     def uses_simulator(self) -> bool:
-        return any(d.provider == "simulator" for d in self.models.values())
+        deployments = [d for r in self.routes.values() for d in r.deployments]
+        return any(d.provider == "simulator" for d in [*self.models.values(), *deployments])
 
 
 #: Keys from the top of the document down to one value, e.g. ("models", "gpt", "provider").
@@ -244,7 +303,11 @@ _DEPLOYMENT_KEYS = {
     "ttft",
     "tokens_per_second",
     "max_tokens",
+    "weight",
+    "api_key",
 }
+#: Keys of a model entry about routing rather than about one deployment.
+_ROUTE_KEYS = {"strategy", "retries", "fallbacks", "context_window_fallbacks"}
 
 
 def _http_url(url: str, at: Keys, name: str = "") -> str:
@@ -258,8 +321,15 @@ def _env_base_url(env: Mapping[str, str]) -> str:
     return _http_url(url, (), name="OPENAI_BASE_URL")
 
 
-def _deployment(name: str, spec: Any, env: Mapping[str, str], timeouts: Timeouts) -> Deployment:
-    at = ("models", name)
+def _deployment(
+    name: str,
+    spec: Any,
+    env: Mapping[str, str],
+    timeouts: Timeouts,
+    at: Keys | None = None,
+    index: int = 0,
+) -> Deployment:
+    at = ("models", name) if at is None else at
     data = _as_mapping(spec, at)
     _check_keys(data, _DEPLOYMENT_KEYS, at)
     provider = _str(data, "provider", at, "openai")
@@ -277,6 +347,15 @@ def _deployment(name: str, spec: Any, env: Mapping[str, str], timeouts: Timeouts
         default_key_env = "OPENAI_API_KEY"
     api_key: Secret | None = None
     key_env = _str(data, "api_key_env", at, default_key_env)
+    literal = data.get("api_key")
+    if isinstance(literal, Secret):  # only a converted LiteLLM config holds one
+        api_key, key_env = literal, None
+    elif literal is not None:
+        raise _fail(
+            (*at, "api_key"),
+            "keys do not belong in config files: put it in an environment variable"
+            " and name that with api_key_env",
+        )
     if key_env:
         value = env.get(key_env, "")
         if value:
@@ -300,7 +379,96 @@ def _deployment(name: str, spec: Any, env: Mapping[str, str], timeouts: Timeouts
         timeouts=_timeouts(data, at, timeouts),
         simulator=sim,
         headers={str(k): str(v) for k, v in headers.items()},
+        weight=_weight(data, at),
+        index=index,
     )
+
+
+def _weight(data: Mapping[str, Any], at: Keys) -> float:
+    weight = _number(data, "weight", at, 1.0)
+    if weight <= 0:
+        raise _fail((*at, "weight"), f"expected a number above 0, got {data['weight']!r}")
+    return weight
+
+
+def _names(data: Mapping[str, Any], key: str, at: Keys) -> tuple[str, ...]:
+    value = data.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _fail((*at, key), f"expected a list of model names, got {value!r}")
+    return tuple(value)
+
+
+def _routing(raw: Mapping[str, Any]) -> Routing:
+    """The top-level ``routing`` section: defaults for every model."""
+    at: Keys = ("routing",)
+    data = _mapping(raw, "routing", ())
+    _check_keys(data, {"strategy", "retries", "backoff", "allowed_fails", "cooldown"}, at)
+    backoff = _mapping(data, "backoff", at)
+    _check_keys(backoff, {"base", "max"}, (*at, "backoff"))
+    base = Routing()
+    return Routing(
+        strategy=_strategy(data, at, base.strategy),
+        retries=_int(data, "retries", at, base.retries, maximum=10),
+        backoff_base=_number(backoff, "base", (*at, "backoff"), base.backoff_base),
+        backoff_max=_number(backoff, "max", (*at, "backoff"), base.backoff_max),
+        allowed_fails=_int(data, "allowed_fails", at, base.allowed_fails),
+        cooldown=_number(data, "cooldown", at, base.cooldown),
+    )
+
+
+def _strategy(data: Mapping[str, Any], at: Keys, default: str) -> str:
+    strategy = _str(data, "strategy", at, default)
+    if strategy not in STRATEGIES:
+        raise _fail((*at, "strategy"), f"expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    return strategy
+
+
+def _route(
+    name: str, spec: Any, env: Mapping[str, str], timeouts: Timeouts, routing: Routing
+) -> ModelRoute:
+    """One entry of ``models``: a single deployment, or ``deployments: [...]``."""
+    at: Keys = ("models", name)
+    data = _as_mapping(spec, at)
+    if "deployments" in data:
+        _check_keys(data, {"deployments", "timeouts", *_ROUTE_KEYS}, at)
+        items = data["deployments"]
+        if not isinstance(items, list) or not items:
+            raise _fail((*at, "deployments"), f"expected a non-empty list, got {items!r}")
+        base = _timeouts(data, at, timeouts)
+        deployments = tuple(
+            _deployment(name, item, env, base, (*at, "deployments", str(i)), i)
+            for i, item in enumerate(items)
+        )
+    else:
+        _check_keys(data, _DEPLOYMENT_KEYS | _ROUTE_KEYS, at)
+        single = {k: v for k, v in data.items() if k not in _ROUTE_KEYS}
+        deployments = (_deployment(name, single, env, timeouts, at),)
+    fallbacks = _names(data, "fallbacks", at)
+    if "context_window_fallbacks" in data:
+        context_fallbacks = _names(data, "context_window_fallbacks", at)
+    else:
+        context_fallbacks = fallbacks
+    return ModelRoute(
+        name=name,
+        deployments=deployments,
+        strategy=_strategy(data, at, routing.strategy),
+        retries=_int(data, "retries", at, routing.retries, maximum=10),
+        fallbacks=fallbacks,
+        context_window_fallbacks=context_fallbacks,
+    )
+
+
+def _check_fallbacks(routes: Mapping[str, ModelRoute]) -> None:
+    for name, route in routes.items():
+        for key in ("fallbacks", "context_window_fallbacks"):
+            for other in getattr(route, key):
+                if other == name:
+                    raise _fail(("models", name, key), f"{name!r} cannot fall back to itself")
+                if other not in routes and "*" not in routes:
+                    raise _fail(
+                        ("models", name, key),
+                        f"falls back to {other!r}, which is not a configured model",
+                    )
 
 
 _TOP_KEYS = {
@@ -319,6 +487,7 @@ _TOP_KEYS = {
     "pricing",
     "redis_url",
     "limits",
+    "routing",
 }
 
 
@@ -326,6 +495,11 @@ def _line_of(node: yaml.Node | None, path: Keys) -> int | None:
     """The line of the deepest key on ``path`` that the document has (1-based)."""
     line = None
     for key in path:
+        if isinstance(node, yaml.SequenceNode) and key.isdigit() and int(key) < len(node.value):
+            node = node.value[int(key)]
+            mark = node.start_mark
+            line = mark.line + 1 if mark is not None else line
+            continue
         if not isinstance(node, yaml.MappingNode):
             break
         found = None
@@ -374,12 +548,18 @@ def _settings(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Se
     store_content = record.get("store_content", False)
     if not isinstance(store_content, bool):
         raise _fail(("record", "store_content"), f"expected true or false, got {store_content!r}")
-    models_raw = _mapping(raw, "models", ())
-    models = {
-        str(name): _deployment(str(name), spec, env, timeouts) for name, spec in models_raw.items()
+    routing = _routing(raw)
+    routes = {
+        str(name): _route(str(name), spec, env, timeouts, routing)
+        for name, spec in _mapping(raw, "models", ()).items()
     }
-    if not models:
-        models = default_models(env, timeouts)
+    _check_fallbacks(routes)
+    if not routes:
+        routes = {
+            name: ModelRoute(name, (deployment,), routing.strategy, routing.retries)
+            for name, deployment in default_models(env, timeouts).items()
+        }
+    models = {name: route.deployments[0] for name, route in routes.items()}
     default_model = _str(raw, "default_model", (), None) or env.get(
         "SLUICE_DEFAULT_MODEL", "gpt-4o-mini"
     )
@@ -396,6 +576,8 @@ def _settings(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Se
         workers=_int(raw, "workers", (), 1, minimum=1),
         default_model=default_model,
         models=models,
+        routes=routes,
+        routing=routing,
         keepalive_interval=_number(raw, "keepalive_interval", (), 15.0),
         max_body_bytes=_int(raw, "max_body_bytes", (), 4 * 1024 * 1024, minimum=1),
         db_path=db_path,

@@ -32,6 +32,9 @@ Scenarios (parameters with defaults):
     An OpenAI-shaped JSON error with that status (400, 401, 403, 404, 429, 500,
     503, or any other 4xx/5xx). 429 also sends ``retry-after`` (whole seconds,
     rounded up) and ``retry-after-ms``.
+``context_length`` (no parameters)
+    A 400 ``context_length_exceeded`` error, as OpenAI answers when the messages do
+    not fit the model's context window.
 ``midstream_error`` (after=3)
     ``after`` content chunks, then ``data: {"error": {...}}`` and a clean end of the
     HTTP body without ``[DONE]``. Without ``stream``: a 500 error.
@@ -102,6 +105,7 @@ SCENARIOS: dict[str, dict[str, ParamValue]] = {
     "paced": {"n": 10, "interval": 0.05},
     "burst": {"n": 200},
     "error_status": {"status": 500, "retry_after": 1.0},
+    "context_length": {},
     "midstream_error": {"after": 3},
     "drop": {"after": 3, "rst": 0},
     "stall": {"after": 3},
@@ -214,7 +218,7 @@ def content_chunks(spec: Spec) -> list[str]:
         return list(SEPARATOR_CHUNKS)
     if name == "large":
         return [_large_chunk(i, spec.integer("size")) for i in range(spec.integer("n"))]
-    if name in ("error_status", "tool_call"):
+    if name in ("error_status", "context_length", "tool_call"):
         return []
     return _words("word", spec.integer("n"))
 
@@ -366,6 +370,15 @@ def status_error(status: int) -> Any:
         default = ("invalid_request_error", None, f"Simulated error {status}.")
     type_, code, message = _STATUS_ERRORS.get(status, default)
     return error_body(message, type_, code)
+
+
+CONTEXT_LENGTH_ERROR = error_body(
+    "This model's maximum context length is 128000 tokens. However, your messages"
+    " resulted in 131072 tokens. Please reduce the length of the messages.",
+    "invalid_request_error",
+    "context_length_exceeded",
+    "messages",
+)
 
 
 def retry_after_headers(spec: Spec) -> list[tuple[str, str]]:

@@ -447,6 +447,9 @@ async def run_scenario(call: Call) -> None:
         extra.append(("x-request-id", f"req_{call.request_id}"))
         send_json(call.conn, status, sc.status_error(status), call.keep_alive, extra)
         return
+    if spec.name == "context_length":
+        send_json(call.conn, 400, sc.CONTEXT_LENGTH_ERROR, call.keep_alive)
+        return
     if spec.name == "slow_first":
         await asyncio.sleep(spec.number("delay"))
     if not call.stream:

@@ -25,9 +25,9 @@ class Providers:
         self._built: dict[str, Provider] = {}
 
     def get(self, deployment: Deployment) -> Provider:
-        provider = self._built.get(deployment.name)
+        provider = self._built.get(deployment.key)
         if provider is None:
-            provider = self._built[deployment.name] = build(deployment, self._session)
+            provider = self._built[deployment.key] = build(deployment, self._session)
         return provider
 
     async def aclose(self) -> None:

@@ -1,0 +1,426 @@
+"""Routing: load balancing, retries, fallbacks and the circuit breaker.
+
+The parts on their own first (the balancer with a seeded generator, the breaker over
+the real state backends), then real gateway processes in front of two test upstreams
+(two processes: two deployments), with the openai SDK as the client. Which upstream
+served a request is read from the upstreams' own logs and from the gateway's records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from sluice.config import Deployment, Routing
+from sluice.policies.balance import Balancer
+from sluice.policies.breaker import Breaker
+from sluice.state import open_state
+from tests.cluster import RedisServer
+from tests.conftest import StartGateway
+from tests.gateway import RunningGateway, free_port
+from tests.upstream.fixture import Upstream, start_upstream
+from tests.upstream.scenarios import expected_text
+
+KEY_ENV = {"TEST_UPSTREAM_KEY": "sk-test"}
+MESSAGES: list[Any] = [{"role": "user", "content": "Tell me a story"}]
+#: A weight that makes a deployment the first choice in all but one case in a million.
+FIRST = 1_000_000
+
+# -- the balancer and the breaker on their own -------------------------------------
+
+
+def _deployments(*weights: float) -> list[Deployment]:
+    return [
+        Deployment(name="m", provider="openai", weight=w, index=i) for i, w in enumerate(weights)
+    ]
+
+
+def test_weighted_choice_follows_the_weights() -> None:
+    balancer = Balancer(random.Random(7))
+    a, b = _deployments(3, 1)
+    picks = [balancer.choose([a, b], "weighted").index for _ in range(4000)]
+    assert 2800 < picks.count(0) < 3200  # 3000 expected
+
+
+def test_least_busy_takes_the_deployment_with_fewest_in_flight() -> None:
+    balancer = Balancer(random.Random(7))
+    a, b, c = _deployments(1, 1, 1)
+    balancer.started(a)
+    balancer.started(b)
+    assert all(balancer.choose([a, b, c], "least-busy") is c for _ in range(50))
+    balancer.started(c)
+    balancer.started(c)
+    balancer.finished(a)
+    assert all(balancer.choose([a, b, c], "least-busy") is a for _ in range(50))
+    assert (balancer.in_flight(a), balancer.in_flight(b), balancer.in_flight(c)) == (0, 1, 2)
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_breaker_opens_after_consecutive_failures_and_half_opens(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    url = None
+    if kind == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        if not server.running:
+            server.start()
+        server.flush()
+        url = server.url
+
+    async def scenario() -> None:
+        state = open_state(url)
+        await state.start()
+        try:
+            routing = Routing(allowed_fails=3, cooldown=0.3)
+            breaker, other = Breaker(routing, state), Breaker(routing, state)
+            (d,) = _deployments(1)
+            assert not await breaker.failed(d, "boom")
+            breaker.succeeded(d)  # a success resets the count
+            assert not await breaker.failed(d, "boom")
+            assert not await breaker.failed(d, "boom")
+            assert not await breaker.cooling(d)
+            assert await breaker.failed(d, "boom")  # the third in a row
+            assert await breaker.cooling(d)
+            # Another instance knows of it through the shared state.
+            assert await other.cooling(d)
+            await asyncio.sleep(0.4)
+            assert not await breaker.cooling(d)  # half-open: it may be tried again
+            assert await breaker.failed(d, "boom")  # one failure opens it again
+            assert await breaker.cooling(d)
+            await asyncio.sleep(0.4)
+            breaker.succeeded(d)  # a success closes it
+            assert not await breaker.failed(d, "boom")
+        finally:
+            await state.close()
+
+    asyncio.run(scenario())
+
+
+def test_breaker_keeps_its_cooldowns_when_the_shared_state_is_down() -> None:
+    async def scenario() -> None:
+        # A Redis that is not there: every call raises StateUnavailable.
+        state = open_state(f"redis://127.0.0.1:{free_port()}/0")
+        await state.start()
+        try:
+            breaker = Breaker(Routing(allowed_fails=1, cooldown=30), state)
+            (d,) = _deployments(1)
+            assert not await breaker.cooling(d)
+            assert await breaker.failed(d, "boom")
+            assert await breaker.cooling(d)
+        finally:
+            await state.close()
+
+    asyncio.run(scenario())
+
+
+# -- through the gateway ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ups() -> Iterator[tuple[Upstream, Upstream]]:
+    """Two test upstreams: two deployments that can be told apart."""
+    with start_upstream() as a, start_upstream() as b:
+        yield a, b
+
+
+@pytest.fixture
+def a_b(ups: tuple[Upstream, Upstream]) -> tuple[Upstream, Upstream]:
+    for up in ups:
+        up.reset()
+    return ups
+
+
+def deployment(up: Upstream | str, model: str, **extra: Any) -> dict[str, Any]:
+    base_url = up if isinstance(up, str) else up.url
+    spec = {"provider": "openai", "base_url": base_url, "api_key_env": "TEST_UPSTREAM_KEY"}
+    return {**spec, "model": model, **extra}
+
+
+def gateway_config(models: dict[str, Any], **routing: Any) -> dict[str, Any]:
+    return {"models": models, "routing": routing, "keepalive_interval": 15}
+
+
+def calls(up: Upstream) -> int:
+    return sum(r["path"] == "/v1/chat/completions" for r in up.log()["requests"])
+
+
+def host(up: Upstream) -> str:
+    return up.base.split("://", 1)[1]
+
+
+def sdk(gateway: RunningGateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.api, api_key="unused", max_retries=0, timeout=30)
+
+
+def ask(gateway: RunningGateway, model: str = "m") -> str:
+    stream = sdk(gateway).chat.completions.create(model=model, messages=MESSAGES, stream=True)
+    return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+
+def test_weighted_split_follows_the_weights(
+    start_gateway: StartGateway, a_b: tuple[Upstream, Upstream]
+) -> None:
+    a, b = a_b
+    models = {"m": {"deployments": [deployment(a, "normal", weight=3), deployment(b, "normal")]}}
+    gateway = start_gateway(gateway_config(models), env=KEY_ENV)
+    client = sdk(gateway)
+    for _ in range(200):
+        client.chat.completions.create(model="m", messages=MESSAGES)
+    assert calls(a) + calls(b) == 200
+    assert 120 <= calls(a) <= 180  # 150 expected; the bounds are 5 standard deviations
+    rows = gateway.wait_records(200)
+    assert sum(host(a) in r["upstream"] for r in rows) == calls(a)
+    assert {r["attempts"] for r in rows} == {1}
+
+
+def test_least_busy_prefers_the_idle_deployment(
+    start_gateway: StartGateway, a_b: tuple[Upstream, Upstream]
+) -> None:
+    a, b = a_b
+    long = "paced:n=200,interval=0.05"
+    models = {
+        "m": {
+            # Equally busy, the weight decides: a first. Then b, being idle, whatever
+            # its weight.
+            "deployments": [deployment(a, long, weight=FIRST), deployment(b, long)],
+            "strategy": "least-busy",
+        }
+    }
+    gateway = start_gateway(gateway_config(models), env=KEY_ENV)
+    client = sdk(gateway)
+    for _ in range(3):
+        first = client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+        next(iter(first))
+        second = client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+        next(iter(second))
+        assert (calls(a), calls(b)) == (1, 1)
+        first.close()
+        second.close()
+        # Once both have ended, both are idle again.
+        a.wait_log(lambda log: all(c["closed_at"] for c in log["connections"]))
+        b.wait_log(lambda log: all(c["closed_at"] for c in log["connections"]))
+        a.reset()
+        b.reset()
+        time.sleep(0.2)  # the gateway noticed the closes too
+
+
+@pytest.mark.parametrize(
+    "failure", ["error_status:status=429,retry_after=0.1", "error_status:status=500", "refused"]
+)
+def test_a_failed_attempt_is_retried_on_the_other_deployment(
+    start_gateway: StartGateway, a_b: tuple[Upstream, Upstream], failure: str
+) -> None:
+    a, b = a_b
+    failing = (
+        deployment(f"http://127.0.0.1:{free_port()}/v1", "normal", weight=FIRST)
+        if failure == "refused"
+        else deployment(a, failure, weight=FIRST)
+    )
+    models = {"m": {"deployments": [failing, deployment(b, "normal")]}}
+    gateway = start_gateway(gateway_config(models, retries=2), env=KEY_ENV)
+    assert ask(gateway) == expected_text("normal")
+    assert calls(a) == (0 if failure == "refused" else 1)
+    assert calls(b) == 1
+    (row,) = gateway.wait_records(1)
+    assert row["attempts"] == 2
+    assert host(b) in row["upstream"]
+    assert row["outcome"] == "ok"
+
+
+def test_the_same_deployment_is_retried_with_backoff(
+    start_gateway: StartGateway, a_b: tuple[Upstream, Upstream]
+) -> None:
+    a, _ = a_b
+    models = {"m": deployment(a, "error_status:status=503")}
+    gateway = start_gateway(
+        gateway_config(models, retries=2, backoff={"base": 0.05, "max": 0.2}), env=KEY_ENV
+    )
+    with pytest.raises(openai.InternalServerError) as caught:
+        ask(gateway)
+    assert caught.value.status_code == 503
+    assert calls(a) == 3
+    (row,) = gateway.wait_records(1)
+    assert (row["attempts"], row["status"], row["outcome"]) == (3, 503, "error")
+
+
+def test_a_client_error_is_not_retried(
+    start_gateway: StartGateway, a_b: tuple[Upstream, Upstream]
+) -> None:
+    a, b = a_b
+    models = {
+        "m": {
+            "deployments": [
+                deployment(a, "error_status:status=400", weight=FIRST),
+                deployment(b, "normal"),
+            ]
+        }
+    }
+    gateway = start_gateway(gateway_config(models, retries=2), env=KEY_ENV)
+    with pytest.raises(openai.BadRequestError):
+        ask(gateway)
+    assert (calls(a), calls(b)) == (1, 0)
+    assert gateway.wait_records(1)[0]["attempts"] == 1
+
+
+def test_no_retry_after_the_first_byte(
+    start_gateway: StartGateway, a_b: tuple[Upstream, Upstream]
+) -> None:
+    a, b = a_b
+    models = {
+        "m": {
+            "deployments": [deployment(a, "drop:after=3", weight=FIRST), deployment(b, "normal")],
+            "fallbacks": ["backup"],
+        },
+        "backup": deployment(b, "normal"),
+    }
+    gateway = start_gateway(gateway_config(models, retries=2), env=KEY_ENV)
+    text: list[str] = []
+    stream = sdk(gateway).chat.completions.create(model="m", messages=MESSAGES, stream=True)
+    with pytest.raises(openai.APIError):
+        for chunk in stream:
+            text.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
+    # What came before the failure, once, and nothing from anywhere else.
+    assert "".join(text) == expected_text("drop:after=3")
+    assert (calls(a), calls(b)) == (1, 0)
+    (row,) = gateway.wait_records(1)
+    assert (row["attempts"], row["outcome"]) == (1, "error")
+    assert host(a) in row["upstream"]
+
+
+def test_fallback_to_another_model_when_every_attempt_failed(
+    start_gateway: StartGateway, a_b: tuple[Upstream, Upstream]
+) -> None:
+    a, b = a_b
+    models = {
+        "m": {**deployment(a, "error_status:status=500"), "retries": 1, "fallbacks": ["backup"]},
+        "backup": deployment(b, "normal"),
+    }
+    gateway = start_gateway(
+        gateway_config(models, backoff={"base": 0.01, "max": 0.05}), env=KEY_ENV
+    )
+    assert ask(gateway) == expected_text("normal")
+    assert (calls(a), calls(b)) == (2, 1)
+    (row,) = gateway.wait_records(1)
+    assert (row["model"], row["attempts"], row["outcome"]) == ("m", 3, "ok")
+    assert host(b) in row["upstream"] and "normal" in row["upstream"]
+
+
+def test_fallback_on_a_first_token_timeout(
+    start_gateway: StartGateway, a_b: tuple[Upstream, Upstream]
+) -> None:
+    a, b = a_b
+    slow = deployment(a, "slow_first:delay=5", timeouts={"first_token": 0.3})
+    models = {"m": {**slow, "fallbacks": ["backup"]}, "backup": deployment(b, "normal")}
+    # A timed-out deployment is not tried again for the same request, retries or not.
+    gateway = start_gateway(gateway_config(models, retries=2), env=KEY_ENV)
+    assert ask(gateway) == expected_text("normal")
+    assert (calls(a), calls(b)) == (1, 1)
+    (row,) = gateway.wait_records(1)
+    assert (row["attempts"], row["outcome"]) == (2, "ok")
+    assert host(b) in row["upstream"]
+
+
+def test_fallback_on_a_context_window_error(
+    start_gateway: StartGateway, a_b: tuple[Upstream, Upstream]
+) -> None:
+    a, b = a_b
+    models = {
+        "m": {
+            **deployment(a, "context_length"),
+            "fallbacks": ["other"],
+            "context_window_fallbacks": ["big"],
+        },
+        "big": deployment(b, "normal"),
+        "other": deployment(b, "normal:n=2"),
+        "alone": deployment(a, "context_length"),
+    }
+    gateway = start_gateway(gateway_config(models, retries=2), env=KEY_ENV)
+    # Straight to the larger window: retrying the same one would not help.
+    assert ask(gateway) == expected_text("normal")
+    assert (calls(a), calls(b)) == (1, 1)
+    # Without a fallback the client sees OpenAI's own error.
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask(gateway, "alone")
+    error: Any = caught.value
+    assert error.code == "context_length_exceeded"
+    rows = gateway.wait_records(2)
+    assert [r["attempts"] for r in rows] == [2, 1]
+    assert rows[1]["status"] == 400
+
+
+def _breaker_models(a: Upstream, b: Upstream) -> dict[str, Any]:
+    failing = deployment(a, "error_status:status=500", weight=FIRST)
+    return {"m": {"deployments": [failing, deployment(b, "normal")]}}
+
+
+def _breaker_config(a: Upstream, b: Upstream, **extra: Any) -> dict[str, Any]:
+    routing = {"retries": 1, "allowed_fails": 2, "cooldown": 2, "backoff": {"base": 0.01}}
+    return {**gateway_config(_breaker_models(a, b), **routing), **extra}
+
+
+def test_breaker_skips_a_failing_deployment_until_the_cooldown_passes(
+    start_gateway: StartGateway, a_b: tuple[Upstream, Upstream], backend: dict[str, Any]
+) -> None:
+    a, b = a_b
+    gateway = start_gateway(_breaker_config(a, b, **backend), env=KEY_ENV)
+    for _ in range(2):  # a fails twice: it cools down
+        assert ask(gateway) == expected_text("normal")
+    assert calls(a) == 2
+    opened = time.monotonic()
+    for _ in range(5):  # skipped while it cools down
+        assert ask(gateway) == expected_text("normal")
+    assert time.monotonic() - opened < 2, "the test machine is too slow for this cooldown"
+    assert (calls(a), calls(b)) == (2, 7)
+    time.sleep(2.2)
+    assert ask(gateway) == expected_text("normal")  # half-open: tried once more, fails
+    assert calls(a) == 3
+    assert ask(gateway) == expected_text("normal")  # cooling again at once
+    assert (calls(a), calls(b)) == (3, 9)
+    rows = gateway.wait_records(9)
+    assert [r["attempts"] for r in rows] == [2, 2, 1, 1, 1, 1, 1, 2, 1]
+    assert all(host(b) in r["upstream"] for r in rows)
+    assert "cools down" in gateway.log()
+
+
+def test_cooldown_is_shared_by_gateways_through_redis(
+    start_gateway: StartGateway, a_b: tuple[Upstream, Upstream], redis_server: RedisServer
+) -> None:
+    a, b = a_b
+    if not redis_server.running:
+        redis_server.start()
+    redis_server.flush()
+    config = _breaker_config(a, b, redis_url=redis_server.url)
+    config["routing"]["cooldown"] = 30
+    first = start_gateway(config, env=KEY_ENV)
+    second = start_gateway(config, env=KEY_ENV)
+    for _ in range(2):
+        assert ask(first) == expected_text("normal")
+    assert calls(a) == 2
+    for _ in range(3):  # the other gateway never saw a failure, yet skips a
+        assert ask(second) == expected_text("normal")
+    assert calls(a) == 2
+    assert [r["attempts"] for r in second.wait_records(3)] == [1, 1, 1]
+
+
+def test_cooldown_holds_in_memory_while_redis_is_down(
+    start_gateway: StartGateway, a_b: tuple[Upstream, Upstream], redis_server: RedisServer
+) -> None:
+    a, b = a_b
+    if not redis_server.running:
+        redis_server.start()
+    config = _breaker_config(a, b, redis_url=redis_server.url)
+    config["routing"]["cooldown"] = 30
+    gateway = start_gateway(config, env=KEY_ENV)
+    redis_server.stop()
+    try:
+        for _ in range(5):
+            assert ask(gateway) == expected_text("normal")
+        assert calls(a) == 2  # tripped after two failures, then skipped
+    finally:
+        redis_server.start()
