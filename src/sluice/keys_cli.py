@@ -208,14 +208,21 @@ def serve_problem(settings: config.Settings) -> str | None:
     keys = KeyStore(settings.db_path)
     try:
         problem = exposure_problem(settings, keys)
+        exposed = (
+            problem is None
+            and settings.insecure
+            and not settings.master_key
+            and not is_loopback(settings.host)
+            and keys.count() == 0
+        )
     except (sqlite3.Error, OSError) as exc:
         return f"cannot read the key database {settings.db_path}: {exc}"
     finally:
         keys.close()
-    if problem is None and settings.insecure and not is_loopback(settings.host):
+    if exposed:
         print(
-            f"sluice: warning: --insecure: serving on {settings.host} without requiring keys"
-            " unless some exist or SLUICE_MASTER_KEY is set",
+            f"sluice: warning: --insecure: serving on {settings.host} without keys; anyone who"
+            " can reach it can use the upstream keys until a key exists",
             file=sys.stderr,
         )
     return problem

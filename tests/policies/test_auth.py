@@ -54,6 +54,8 @@ def test_keys_wrong_revoked_expired_and_missing(
     assert wrong.value.status_code == 401
     assert wrong.value.code == "invalid_api_key"
     assert "Incorrect API key" in wrong.value.message
+    with pytest.raises(openai.AuthenticationError):
+        ask(gateway, "sk-proj-not-one-of-ours")
 
     with pytest.raises(openai.AuthenticationError) as gone:
         ask(gateway, revoked["key"])
@@ -74,7 +76,8 @@ def test_keys_wrong_revoked_expired_and_missing(
     not_bearer = httpx.get(f"{gateway.api}/models", headers={"authorization": good["key"]})
     assert not_bearer.status_code == 401
 
-    rows = wait_records(db, 6)
+    rows = wait_records(db, 7)
+    del rows[2]  # the key that is not ours, refused like the wrong one
     assert [(r["outcome"], r["status"], r["key_id"]) for r in rows] == [
         ("ok", 200, good["id"]),
         ("rejected", 401, None),

@@ -28,7 +28,7 @@ from sluice.events import ChatRequest
 from sluice.policies import Call, Handler
 from sluice.providers import Batch
 from sluice.store import Record, VirtualKey
-from sluice.store.keys import KeyStore
+from sluice.store.keys import KEY_PREFIX, KeyStore
 
 #: Routes that never need a key: probes for load balancers and orchestrators.
 OPEN_ROUTES = frozenset({"/healthz", "/readyz"})
@@ -97,7 +97,9 @@ class Authenticator:
         if not await self.enabled():
             # Authentication is off: clients (the openai SDK) send a key anyway; ignore it.
             return Access()
-        key = await self._keys.lookup(token)
+        # Every key the gateway issues has the prefix: anything else is wrong without a
+        # look in the database (a flood of made-up keys costs no thread and no query).
+        key = await self._keys.lookup(token) if token.startswith(KEY_PREFIX) else None
         if key is None:
             raise AuthenticationError("Incorrect API key provided.")
         record.key_id = key.id

@@ -18,13 +18,17 @@ The records are the durable truth. The running spend is seeded from them
 with the memory backend, or a Redis that lost its data — and re-read from them every
 ``RESEED_INTERVAL`` seconds, which also repairs increments lost while the shared state
 was unreachable. While it is unreachable, the check reads the spend from the records
-(neither failing open nor closed; they lag by the record writer's flush interval).
+(neither failing open nor closed; they lag by the record writer's flush interval, and
+the answer is kept for a second). If the records cannot be read either, the request is
+served and that is logged once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
+import time
 from collections.abc import AsyncGenerator
 
 from sluice.errors import BudgetExceeded
@@ -55,7 +59,10 @@ class Budgets:
         self._keys = keys
         #: Keys whose increment was lost to an outage: re-read from the records next time.
         self._unsynced: set[str] = set()
+        #: While the shared state is down: key id → (monotonic deadline, spend).
+        self._from_records: dict[str, tuple[float, float]] = {}
         self._degraded = False
+        self._records_failing = False
 
     # -- the policy -------------------------------------------------------------------------
 
@@ -97,7 +104,9 @@ class Budgets:
             if raw is not None and not due and key.id not in self._unsynced:
                 self._recovered()
                 return float(raw)
-            total = await self._keys.spend(key.id)
+            total = await self._recorded(key)
+            if total is None:  # the records cannot be read: keep the running spend
+                return float(raw) if raw is not None else 0.0
             # SET, not DELETE + INCR: concurrent seeders all write the same total.
             await state.set(name, repr(total).encode())
             self._unsynced.discard(key.id)
@@ -105,7 +114,32 @@ class Budgets:
             return total
         except StateUnavailable:
             self._lost()
-            return await self._keys.spend(key.id)
+        # Neither Redis nor the records: serve (logged), rather than refuse every key.
+        return await self._recorded(key, cached=True) or 0.0
+
+    async def _recorded(self, key: VirtualKey, cached: bool = False) -> float | None:
+        """The key's spend in the records; while the shared state is down the answer is
+        kept for a second, so that a busy key does not re-add its history per request."""
+        now = time.monotonic()
+        if cached:
+            hit = self._from_records.get(key.id)
+            if hit is not None and hit[0] > now:
+                return hit[1]
+        try:
+            total = await self._keys.spend(key.id)
+        except (sqlite3.Error, OSError) as exc:
+            if not self._records_failing:
+                self._records_failing = True
+                log.error("budgets: cannot read spend from the request records: %s", exc)
+            return None
+        if self._records_failing:
+            self._records_failing = False
+            log.warning("budgets: reading spend from the request records again")
+        if cached:
+            if len(self._from_records) > 10_000:
+                self._from_records.clear()
+            self._from_records[key.id] = (now + 1.0, total)
+        return total
 
     async def settle(self, request: ChatRequest, call: Call) -> None:
         """Put the request's cost on its record and add it to the key's running spend.
