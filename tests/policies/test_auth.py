@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from sluice import config
 from tests.conftest import StartGateway
 from tests.gateway import RunningGateway, free_port
 from tests.policies.keys import (
@@ -314,3 +315,39 @@ def test_a_loopback_name_is_fine_without_keys(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.communicate(timeout=15)
+
+
+# -- configuration ------------------------------------------------------------------------
+
+
+def _config_error(text: str) -> str:
+    with pytest.raises(config.ConfigError) as info:
+        config.parse(text, {}, origin="sluice.yaml")
+    return str(info.value)
+
+
+def test_auth_settings() -> None:
+    master = "sk-master-do-not-print-0123456789"
+    settings = config.parse(
+        "insecure: true\nauth:\n  public_seed: true\n  cache_ttl: 0.5\n",
+        {"SLUICE_MASTER_KEY": master},
+    )
+    assert settings.insecure and settings.public_seed and settings.key_cache_ttl == 0.5
+    assert settings.master_key is not None and settings.master_key.get() == master
+    assert master not in repr(settings) and master not in str(settings)
+    defaults = config.parse("", {})
+    assert (defaults.insecure, defaults.public_seed, defaults.master_key) == (False, False, None)
+    assert defaults.key_cache_ttl == 2.0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("insecure: yes please\n", "sluice.yaml line 1: insecure: expected true or false"),
+        ("port: 1\nauth:\n  public_seed: 1\n", "line 3: auth.public_seed: expected true or false"),
+        ("auth:\n  cache_ttl: -1\n", "line 2: auth.cache_ttl: expected a non-negative number"),
+        ("auth:\n  public_routes: ['/']\n", "line 2: auth: unknown key(s) 'public_routes'"),
+    ],
+)
+def test_bad_auth_settings_name_the_line(text: str, message: str) -> None:
+    assert message in _config_error(text)

@@ -12,6 +12,8 @@ import httpx
 import openai
 import pytest
 
+from sluice import config
+from sluice.pricing import DEFAULT_PRICES, Price, PriceTable
 from tests.cluster import RedisServer
 from tests.conftest import StartGateway
 from tests.gateway import RunningGateway
@@ -207,3 +209,47 @@ def test_budget_checks_read_the_records_while_redis_is_down(
     wait_records(db, 4)
     (row,) = [r for r in list_keys(db) if r["id"] == fresh["id"]]
     assert row["spend_usd"] == pytest.approx(PER_REQUEST)
+
+
+def test_prices() -> None:
+    table = PriceTable(config.parse(PRICING_YAML, {}).pricing)
+    assert table.price("gpt-4o-mini") == Price(0.15, 0.60)
+    assert table.price("gpt-4o") == Price(1.0, 2.0)  # configured over the default
+    assert table.price("local", "gpt-4.1") == Price(0.0, 0.0)  # the public name first
+    assert table.price("unknown", "gpt-4.1-nano-2025-04-14") == Price(0.10, 0.40)
+    assert table.price("unknown", None) is None
+    assert table.cost(Price(2.5, 10.0), 1_000, 500) == pytest.approx(0.0075)
+    assert table.cost(None, 1_000, 500) is None
+    assert table.cost(Price(2.5, 10.0), None, 500) is None
+    assert set(DEFAULT_PRICES) >= {
+        "gpt-4o",
+        "gpt-4o-mini",
+        "gpt-4.1",
+        "gpt-4.1-mini",
+        "gpt-4.1-nano",
+        "o3",
+        "o4-mini",
+        "gpt-3.5-turbo",
+    }
+
+
+PRICING_YAML = """
+pricing:
+  gpt-4o: {input: 1, output: 2}
+  local: {input: 0, output: 0}
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("pricing:\n  m: {input: 1}\n", "line 2: pricing.m.output: missing"),
+        ("pricing:\n  m: {input: -1, output: 1}\n", "pricing.m.input: expected a non-negative"),
+        ("pricing:\n  m: {input: 1, output: 1, cached: 0.5}\n", "unknown key(s) 'cached'"),
+        ("pricing:\n  m: 3\n", "pricing.m: expected a mapping"),
+    ],
+)
+def test_bad_prices_name_the_line(text: str, message: str) -> None:
+    with pytest.raises(config.ConfigError) as info:
+        config.parse(text, {}, origin="sluice.yaml")
+    assert message in str(info.value)
