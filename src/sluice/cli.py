@@ -40,6 +40,8 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for warning in settings.warnings:  # once, here, not in each worker
+        logging.getLogger("sluice.config").warning("%s", warning)
     options: dict[str, object] = {
         "host": settings.host,
         "port": settings.port,

@@ -533,6 +533,10 @@ def parse(text: str, env: Mapping[str, str], origin: str = "<config>") -> Settin
         loaded = {}
     if not isinstance(loaded, Mapping):
         raise ConfigError(f"{origin}: expected a mapping at the top, got {type(loaded).__name__}")
+    if "model_list" in loaded:
+        from sluice.config_litellm import parse_litellm
+
+        return parse_litellm(loaded, root, env, origin)
     try:
         return _settings(loaded, env, origin)
     except ConfigError as exc:

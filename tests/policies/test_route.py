@@ -17,7 +17,8 @@ from typing import Any
 import openai
 import pytest
 
-from sluice.config import Deployment, Routing
+from sluice import config
+from sluice.config import ConfigError, Deployment, Routing, Settings
 from sluice.policies.balance import Balancer
 from sluice.policies.breaker import Breaker
 from sluice.state import open_state
@@ -31,6 +32,102 @@ KEY_ENV = {"TEST_UPSTREAM_KEY": "sk-test"}
 MESSAGES: list[Any] = [{"role": "user", "content": "Tell me a story"}]
 #: A weight that makes a deployment the first choice in all but one case in a million.
 FIRST = 1_000_000
+
+# -- the models section ----------------------------------------------------------
+
+
+def _parse(text: str) -> Settings:
+    return config.parse(text, {"KEY_A": "a", "KEY_B": "b"}, origin="sluice.yaml")
+
+
+def _error(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        _parse(text)
+    return str(info.value)
+
+
+def test_a_model_with_several_deployments_and_fallbacks() -> None:
+    settings = _parse(
+        """\
+routing: {strategy: least-busy, retries: 1, backoff: {base: 0.1, max: 2}, cooldown: 10}
+timeouts: {first_token: 50}
+models:
+  gpt:
+    deployments:
+      - {base_url: "http://a/v1", api_key_env: KEY_A, weight: 3}
+      - {base_url: "http://b/v1", api_key_env: KEY_B, model: gpt-b, timeouts: {idle: 5}}
+    timeouts: {first_token: 20}
+    strategy: weighted
+    fallbacks: [small]
+  small: {provider: simulator, retries: 0, context_window_fallbacks: [gpt]}
+"""
+    )
+    gpt = settings.routes["gpt"]
+    a, b = gpt.deployments
+    assert (a.weight, b.weight, a.index, b.index) == (3, 1, 0, 1)
+    assert a.key != b.key
+    assert (a.timeouts.first_token, b.timeouts.first_token, b.timeouts.idle) == (20, 20, 5)
+    assert (gpt.strategy, gpt.retries, gpt.fallbacks) == ("weighted", 1, ("small",))
+    assert gpt.context_window_fallbacks == ("small",)  # the fallbacks, unless said
+    small = settings.routes["small"]
+    assert (small.strategy, small.retries, small.fallbacks) == ("least-busy", 0, ())
+    assert small.context_window_fallbacks == ("gpt",)
+    assert settings.models["gpt"] is a  # the first deployment, for what reads one
+    assert settings.routing == Routing("least-busy", 1, 0.1, 2, 3, 10)
+
+
+def test_settings_without_routes_route_to_their_models() -> None:
+    deployment = Deployment(name="*", provider="simulator")
+    settings = Settings(models={"*": deployment})
+    route = settings.route("anything")
+    assert route is not None and route.deployments == (deployment,)
+    assert Settings(models={"a": deployment}).route("b") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "models:\n  m:\n    deployments:\n      - {base_url: 'http://a/v1'}\n"
+            "      - {base_url: 'http://b/v1', weight: 0}\n",
+            "line 5: models.m.deployments.1.weight: expected a number above 0, got 0",
+        ),
+        (
+            "models:\n  m:\n    deployments:\n      - {base_url: 'http://a/v1', rpm: 3}\n",
+            "line 4: models.m.deployments.0: unknown key(s) 'rpm'",
+        ),
+        ("models:\n  m:\n    deployments: []\n", "line 3: models.m.deployments: expected a non"),
+        (
+            "models:\n  m:\n    provider: openai\n    deployments: [{}]\n",
+            "line 3: models.m: unknown key(s) 'provider'",
+        ),
+        (
+            "models:\n  m:\n    provider: simulator\n    strategy: fastest\n",
+            "line 4: models.m.strategy: expected one of weighted, least-busy, got 'fastest'",
+        ),
+        (
+            "models:\n  m:\n    provider: simulator\n    fallbacks: [n]\n",
+            "line 4: models.m.fallbacks: falls back to 'n', which is not a configured model",
+        ),
+        (
+            "models:\n  m:\n    provider: simulator\n    fallbacks: m\n",
+            "line 4: models.m.fallbacks: expected a list of model names, got 'm'",
+        ),
+        (
+            "models:\n  m:\n    provider: simulator\n    fallbacks: [m]\n",
+            "line 4: models.m.fallbacks: 'm' cannot fall back to itself",
+        ),
+        (
+            "models:\n  m:\n    provider: simulator\n    retries: 11\n",
+            "line 4: models.m.retries: expected an integer from 0 to 10, got 11",
+        ),
+        ("routing:\n  cooldown: -1\n", "line 2: routing.cooldown: expected a non-negative number"),
+        ("routing:\n  backoff: {min: 1}\n", "line 2: routing.backoff: unknown key(s) 'min'"),
+    ],
+)
+def test_bad_routing_config_names_the_key_and_line(text: str, expected: str) -> None:
+    assert expected in _error(text)
+
 
 # -- the balancer and the breaker on their own -------------------------------------
 
