@@ -48,7 +48,7 @@ def upstream_config(upstream_url: str, **extra: Any) -> dict[str, Any]:
                 "api_key_env": "TEST_UPSTREAM_KEY",
             }
         },
-        "keepalive_interval": 0.2,
+        "keepalive_interval": 5,
     }
     config.update(extra)
     return config

@@ -78,8 +78,9 @@ def test_client_disconnect_cancels_the_upstream(
 
 
 def test_keepalive_comments_while_waiting_for_the_first_token(
-    gateway: RunningGateway,
+    start_gateway: StartGateway, upstream: Any
 ) -> None:
+    gateway = start_gateway(upstream_config(upstream.url, keepalive_interval=0.2), env=KEY_ENV)
     body = {"model": "slow_first_body:delay=1", "messages": MESSAGES, "stream": True}
     with (
         httpx.Client(timeout=20) as client,

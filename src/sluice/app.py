@@ -244,6 +244,7 @@ class Gateway:
                     encoder,
                     self.settings.keepalive_interval,
                     keep_text=self.settings.store_content,
+                    admitted=lambda: call.admitted,
                 )
         except asyncio.CancelledError:
             if not exchange.disconnected:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from sluice.dialects import STREAM_HEADERS, Encoder
 from sluice.events import TextDelta, Usage
@@ -26,7 +26,11 @@ async def _next(stream: AsyncIterator[Batch]) -> Batch | None:
 
 
 async def _first(
-    exchange: Exchange, stream: AsyncIterator[Batch], encoder: Encoder, interval: float
+    exchange: Exchange,
+    stream: AsyncIterator[Batch],
+    encoder: Encoder,
+    interval: float,
+    admitted: Callable[[], bool],
 ) -> Batch | None:
     """Wait for the first batch; on a stream, send keep-alives while it takes long.
 
@@ -42,6 +46,8 @@ async def _first(
             done, _ = await asyncio.wait((pending,), timeout=interval)
             if done:
                 return pending.result()
+            if not admitted():
+                continue
             if not exchange.started:
                 await exchange.start(200, head(encoder))
             await exchange.write(keepalive)
@@ -65,11 +71,12 @@ async def relay(
     encoder: Encoder,
     keepalive_interval: float,
     keep_text: bool = False,
+    admitted: Callable[[], bool] = lambda: True,
 ) -> None:
     record = exchange.record
     t0 = time.perf_counter() - (time.time() - record.started_at)
     text: list[str] | None = [] if keep_text else None
-    batch = await _first(exchange, stream, encoder, keepalive_interval)
+    batch = await _first(exchange, stream, encoder, keepalive_interval, admitted)
     encode = encoder.encode
     write = exchange.write
     chunks = 0

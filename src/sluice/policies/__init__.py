@@ -37,6 +37,11 @@ class Call:
     #: The upstream speaks the client's wire format and names the model as asked, so
     #: its chunks may be forwarded unchanged.
     passthrough: bool = False
+    #: Every refusing policy let the request through and an answer is being produced
+    #: (the router called an upstream, or a coalesced request follows another's
+    #: generation). Only then may keep-alives commit the response head: a refusal
+    #: that takes long to decide must still get its own status.
+    admitted: bool = False
 
 
 Handler = Callable[[ChatRequest, Call], AsyncGenerator[Batch, None]]

@@ -152,6 +152,7 @@ class Router:
         return self._serve(request, call, route)
 
     async def _serve(self, request: ChatRequest, call: Call, route: ModelRoute) -> Stream:
+        call.admitted = True
         deployment, stream, first = await self._open(request, call, route)
         try:
             if first is None:
