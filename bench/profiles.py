@@ -173,12 +173,19 @@ async def burst(live: Live, env: Env, sizes: Sizes) -> dict[str, Any]:
     data = request_bytes(live, f"burst:n={n}")
     expect = expect_for(live.target.kind, n)
     # An untimed round first: connections, caches and allocators warm.
-    warm = [Worker(HOST, live.port, data, expect) for _ in range(sizes.burst_concurrency)]
+    warm = [
+        Worker(HOST, live.port, data, expect, stream_timeout=30)
+        for _ in range(sizes.burst_concurrency)
+    ]
     more = counter(sizes.burst_concurrency * 2, sizes.burst_seconds / 4)
     await asyncio.gather(*(w.run(more) for w in warm))
     rounds = []
     for _ in range(sizes.rounds):
-        workers = [Worker(HOST, live.port, data, expect) for _ in range(sizes.burst_concurrency)]
+        # A stream still running 30 s after the round's deadline is counted as failed.
+        workers = [
+            Worker(HOST, live.port, data, expect, stream_timeout=30)
+            for _ in range(sizes.burst_concurrency)
+        ]
         more = counter(sizes.burst_streams, sizes.burst_seconds)
         with Meter(live, env) as meter:
             await asyncio.gather(*(w.run(more, verify_first=i == 0) for i, w in enumerate(workers)))
