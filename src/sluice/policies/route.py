@@ -176,7 +176,7 @@ class Router:
         self, request: ChatRequest, call: Call, route: ModelRoute
     ) -> tuple[Deployment, Stream, Batch | None]:
         """The first deployment, along the model and its fallbacks, that starts to answer."""
-        visited = {route.name}
+        visited = {route.name, request.model}
         model, model_request = route, request
         while True:
             last_resort = all(name in visited for name in route.fallbacks)
