@@ -78,7 +78,6 @@ def _added(value: float | None, reference: float | None) -> float | None:
 #: Above this the load core (client + fake upstream) is itself late: a level measured so
 #: is shown, but not counted as held.
 LOAD_LIMIT_PCT = 85.0
-OTHER_LIMIT_PCT = 10.0
 
 
 def _valid(level: dict[str, Any], reference: dict[str, Any] | None) -> bool:
@@ -86,8 +85,6 @@ def _valid(level: dict[str, Any], reference: dict[str, Any] | None) -> bool:
         if lv is None:
             return False
         if (lv.get("load_cpu_pct") or 0) > LOAD_LIMIT_PCT:
-            return False
-        if (lv.get("other_cpu_pct") or 0) > OTHER_LIMIT_PCT:
             return False
     return True
 
@@ -193,8 +190,10 @@ def _rows(run: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             if key == "paced_held" and value is not None:
                 levels = entry["profiles"]["paced"]["levels"]
                 limit = h.get("paced_limit")
-                if limit in ("top", "load"):
-                    value = f"≥ {value:,}" + (" (load-bound above)" if limit == "load" else "")
+                if limit == "top":
+                    value = f"≥ {value:,}"
+                elif limit == "load":
+                    value = f"≥ {value:,} (load-bound above)" if value else "— (load-bound)"
                 elif not value:
                     value = f"< {levels[0]['concurrency']:,}" if levels else None
             if key == "kb_per_idle_stream" and value is not None:
