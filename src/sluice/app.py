@@ -22,9 +22,11 @@ from sluice.dialects.text import TextDialect
 from sluice.errors import MethodNotAllowed, NotFound, SluiceError
 from sluice.events import ChatRequest
 from sluice.exchange import ClientGone, Exchange, Receive, Scope, Send
+from sluice.journal import journals_for
 from sluice.policies import Call, Handler, pipeline
 from sluice.policies.auth import Authenticator, may_use, model_access, visible_models
 from sluice.policies.budget import Budgets
+from sluice.policies.cache import Cache
 from sluice.policies.ratelimit import RateLimits
 from sluice.policies.route import Router
 from sluice.pricing import PriceTable
@@ -60,6 +62,7 @@ class Gateway:
         self.keys = KeyStore(settings.db_path, cache_ttl=settings.key_cache_ttl)
         self._auth = Authenticator(settings, self.keys)
         self._budgets: Budgets | None = None
+        self._cache: Cache | None = None
         self._session: aiohttp.ClientSession | None = None
         self._providers: Providers | None = None
         self._handler: Handler | None = None
@@ -95,8 +98,17 @@ class Gateway:
         self._state = open_state(redis_url.get() if redis_url else None)
         await self._state.start()
         self._budgets = Budgets(PriceTable(self.settings.pricing), self._state, self.keys)
+        cache = self.settings.cache
+        self._cache = Cache(
+            cache, journals_for(self._state, cache.max_entries, cache.max_bytes), self._state
+        )
         self._handler = pipeline(
-            [model_access, RateLimits(self.settings.limits, self._state), self._budgets.policy],
+            [
+                model_access,
+                RateLimits(self.settings.limits, self._state),
+                self._budgets.policy,
+                self._cache,
+            ],
             Router(self.settings, self._providers, self._state),
         )
         await self.store.start()
@@ -111,6 +123,8 @@ class Gateway:
                 log.info("model %s → %s at %s", name, deployment.provider, deployment.base_url)
 
     async def shutdown(self) -> None:
+        if self._cache is not None:
+            await self._cache.close()  # generations in flight, before their upstreams
         if self._providers is not None:
             await self._providers.aclose()
         if self._session is not None:

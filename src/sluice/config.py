@@ -148,6 +148,42 @@ class LimitSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelCache:
+    """The ``cache.models.NAME`` overrides."""
+
+    enabled: bool | None = None
+    ttl: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """The ``cache:`` section: the response cache and request coalescing."""
+
+    enabled: bool = True
+    #: Seconds an entry is served.
+    ttl: float = 3600.0
+    max_entries: int = 10_000
+    max_bytes: int = 256 * 1024 * 1024
+    #: Replay a hit at the pace the original arrived.
+    paced: bool = False
+    #: Identical cacheable requests in flight share one upstream generation.
+    coalesce: bool = True
+    #: Seconds a coalescing leader's lock lives unless renewed; other instances
+    #: presume a leader dead when it lapses.
+    lease: float = 10.0
+    #: Keep generating (and store the result) after every client of it left.
+    finish_abandoned: bool = False
+    #: Public model name → overrides.
+    models: Mapping[str, ModelCache] = field(default_factory=dict)
+
+    def for_model(self, model: str) -> tuple[bool, float]:
+        """Whether requests for ``model`` may be cached, and for how long."""
+        override = self.models.get(model) or self.models.get("*") or ModelCache()
+        enabled = self.enabled if override.enabled is None else override.enabled
+        return enabled and self.enabled, self.ttl if override.ttl is None else override.ttl
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -177,6 +213,8 @@ class Settings:
     #: None keeps shared state in this process.
     redis_url: Secret | None = None
     limits: LimitSettings = field(default_factory=LimitSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+
     #: Public model name → its deployments, fallbacks and strategy (``models`` holds
     #: each one's first deployment). The key ``*`` catches every other name.
     routes: Mapping[str, ModelRoute] = field(default_factory=dict)
@@ -488,6 +526,7 @@ _TOP_KEYS = {
     "redis_url",
     "limits",
     "routing",
+    "cache",
 }
 
 
@@ -592,6 +631,7 @@ def _settings(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Se
         source=origin,
         **_access(raw, env),
         **_shared(raw, env),
+        cache=_cache(raw),
     )
 
 
@@ -661,6 +701,60 @@ def _shared(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
             output_estimate=_int(data, "output_estimate", at, 256, minimum=1),
         ),
     }
+
+
+def _flag(raw: Mapping[str, Any], key: str, at: Keys, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise _fail((*at, key), f"expected true or false, got {value!r}")
+    return value
+
+
+def _cache(raw: Mapping[str, Any]) -> CacheSettings:
+    """The ``cache`` key: the response cache and coalescing."""
+    at: Keys = ("cache",)
+    data = _mapping(raw, "cache", ())
+    _check_keys(
+        data,
+        {
+            "enabled",
+            "ttl",
+            "max_entries",
+            "max_bytes",
+            "replay",
+            "coalesce",
+            "lease",
+            "finish_abandoned",
+            "models",
+        },
+        at,
+    )
+    replay = _mapping(data, "replay", at)
+    _check_keys(replay, {"paced"}, (*at, "replay"))
+    models: dict[str, ModelCache] = {}
+    for name, spec in _mapping(data, "models", at).items():
+        where = (*at, "models", str(name))
+        override = _as_mapping(spec, where)
+        _check_keys(override, {"enabled", "ttl"}, where)
+        models[str(name)] = ModelCache(
+            enabled=_flag(override, "enabled", where, True) if "enabled" in override else None,
+            ttl=_number(override, "ttl", where, 0.0) if "ttl" in override else None,
+        )
+    base = CacheSettings()
+    lease = _number(data, "lease", at, base.lease)
+    if lease <= 0:
+        raise _fail((*at, "lease"), f"expected a number above 0, got {lease!r}")
+    return CacheSettings(
+        enabled=_flag(data, "enabled", at, base.enabled),
+        ttl=_number(data, "ttl", at, base.ttl),
+        max_entries=_int(data, "max_entries", at, base.max_entries),
+        max_bytes=_int(data, "max_bytes", at, base.max_bytes),
+        paced=_flag(replay, "paced", (*at, "replay"), base.paced),
+        coalesce=_flag(data, "coalesce", at, base.coalesce),
+        lease=lease,
+        finish_abandoned=_flag(data, "finish_abandoned", at, base.finish_abandoned),
+        models=models,
+    )
 
 
 def default_models(

@@ -1,0 +1,268 @@
+"""The cache policy: exact-match response cache and request coalescing.
+
+A request is *cacheable* when the cache is on for its model and it is deterministic
+(``temperature`` 0 or a ``seed``), or when it says ``x-sluice-cache: on``. Its key is a
+hash of the normalised request: model, messages and every option that changes what the
+model writes — not ``stream``, ``stream_options``, ``user`` and the like — so streamed
+and non-streamed requests share entries (both are stored as events).
+
+A cacheable request is, in this order: joined to an identical generation in flight
+(``coalesced``), replayed from a kept entry (``hit``), or generated upstream and kept
+once it completed (``miss``). ``x-sluice-cache: refresh`` skips the entry, ``off`` skips
+the whole policy. A hit is replayed batch by batch through the client's dialect, like
+any other stream (optionally at the original pace), usage included. Only complete
+generations are kept: ended by the upstream with a ``Finish`` and no error.
+
+When the shared state is unreachable the request goes straight upstream (``bypass``).
+The outcome is on the record (``cache``) and in the ``x-sluice-cache`` response header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+import orjson
+
+from sluice.config import CacheSettings
+from sluice.errors import RequestError, UpstreamError
+from sluice.events import ChatRequest
+from sluice.journal import Abandoned, Journal, Journals, Recording, WriterGone
+from sluice.policies import Call, Handler
+from sluice.policies.coalesce import Flights
+from sluice.providers import Batch
+from sluice.state import SharedState, StateUnavailable
+
+HEADER = "x-sluice-cache"
+_HEADER_BYTES = HEADER.encode()
+MODES = ("on", "off", "refresh")
+#: Request fields that do not change what the model writes.
+NOT_IN_KEY = frozenset(
+    {
+        "stream",
+        "stream_options",
+        "user",
+        "safety_identifier",
+        "metadata",
+        "store",
+        "service_tier",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+    }
+)
+#: Bumped when the key's recipe or the stored format changes.
+KEY_VERSION = 1
+
+
+def _canonical(value: Any) -> Any:
+    """JSON with the spellings that mean the same thing made equal: null members
+    dropped, integral floats as integers (``0.0`` is ``0``)."""
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _message(message: Any) -> Any:
+    message = _canonical(message)
+    if isinstance(message, dict):
+        content = message.get("content")
+        # One text part is the same prompt as the plain string.
+        if (
+            isinstance(content, list)
+            and len(content) == 1
+            and isinstance(content[0], dict)
+            and content[0].get("type") == "text"
+            and set(content[0]) == {"type", "text"}
+        ):
+            message["content"] = content[0]["text"]
+    return message
+
+
+def normalise(request: ChatRequest) -> dict[str, Any]:
+    """The parts of a request that decide its answer, in one canonical shape."""
+    options = {k: v for k, v in request.options.items() if k not in NOT_IN_KEY}
+    return {
+        "v": KEY_VERSION,
+        "model": request.model,
+        "messages": [_message(m) for m in request.messages],
+        "options": _canonical(options),
+    }
+
+
+def cache_key(request: ChatRequest) -> str:
+    body = orjson.dumps(normalise(request), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(body).hexdigest()
+
+
+def deterministic(request: ChatRequest) -> bool:
+    options = request.options
+    return options.get("temperature") == 0 or options.get("seed") is not None
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+async def replay(recording: Recording, paced: bool) -> AsyncIterator[Batch]:
+    """A kept generation, batch by batch; ``paced`` waits as long as the original did."""
+    batches, times = recording.batches, recording.times
+    if not paced:
+        for batch in batches:
+            yield batch
+        return
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for batch, elapsed in zip(batches, times, strict=True):
+        delay = start + elapsed - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield batch
+
+
+class _Retry(Exception):
+    """The generation to follow went away before it gave anything: decide again."""
+
+
+class Cache:
+    """The cache-and-coalesce policy (``Handler -> Handler``)."""
+
+    def __init__(self, settings: CacheSettings, journals: Journals, state: SharedState) -> None:
+        self.settings = settings
+        self.journals = journals
+        self.state = state
+        self.flights = Flights(settings, journals, state)
+
+    async def close(self) -> None:
+        await self.flights.close()
+        await self.journals.close()
+
+    def __call__(self, inner: Handler) -> Handler:
+        def handle(request: ChatRequest, call: Call) -> AsyncGenerator[Batch, None]:
+            mode = self.mode(request, call)
+            if mode is None:
+                return inner(request, call)
+            if mode == "off":
+                self._say(call, "bypass")
+                return inner(request, call)
+            return self._serve(inner, request, call, mode)
+
+        return handle
+
+    def mode(self, request: ChatRequest, call: Call) -> str | None:
+        """``on``, ``refresh`` or ``off`` for a request the cache applies to, else None."""
+        asked = call.headers.get(HEADER)
+        if asked is not None:
+            asked = asked.strip().lower()
+            if asked not in MODES:
+                raise RequestError(
+                    f"the {HEADER} header must be one of {', '.join(MODES)}; got {asked!r}",
+                    param=HEADER,
+                )
+        enabled, _ = self.settings.for_model(request.model)
+        if not enabled:
+            return None
+        if asked is not None:
+            return asked
+        return "on" if deterministic(request) else None
+
+    @staticmethod
+    def _say(call: Call, status: str) -> None:
+        call.record.cache = status
+        headers = call.response_headers
+        headers[:] = [h for h in headers if h[0] != _HEADER_BYTES]
+        headers.append((_HEADER_BYTES, status.encode()))
+
+    async def _serve(
+        self, inner: Handler, request: ChatRequest, call: Call, mode: str
+    ) -> AsyncGenerator[Batch, None]:
+        key = cache_key(request)
+        for _ in range(3):
+            try:
+                source = await self._source(inner, request, call, key, mode)
+            except StateUnavailable:
+                break
+            except _Retry:
+                continue
+            yielded = False
+            try:
+                async for batch in source:
+                    yielded = True
+                    yield batch
+                return
+            except (Abandoned, WriterGone):
+                if yielded:
+                    raise
+            except StateUnavailable as exc:
+                if yielded:
+                    raise UpstreamError("lost the shared generation mid-stream") from exc
+                break
+        # The shared state is down, or the generations to share kept going away.
+        self._say(call, "bypass")
+        async with contextlib.aclosing(inner(request, call)) as stream:
+            async for batch in stream:
+                yield batch
+
+    async def _source(
+        self, inner: Handler, request: ChatRequest, call: Call, key: str, mode: str
+    ) -> AsyncIterator[Batch]:
+        """Decide where this request's stream comes from, and say so."""
+        flights = self.flights
+        flight = flights.get(key)
+        if flight is None and mode != "refresh":
+            recording = await self.journals.lookup(key)
+            if recording is not None:
+                self._say(call, "hit")
+                return replay(recording, self.settings.paced)
+            flight = flights.get(key)
+        if flight is not None:
+            self._say(call, "coalesced")
+            return flights.read(flight)
+        _, ttl = self.settings.for_model(request.model)
+        id = _new_id()
+        if not self.settings.coalesce:
+            self._say(call, "miss")
+            return self._tee(inner, request, call, key, id, ttl)
+        lock = None
+        if self.journals.distributed:
+            lock = f"cache:lead:{key}"
+            if not await self.state.add(lock, id.encode(), ttl=self.settings.lease):
+                holder = await self.state.get(lock)
+                flight = flights.get(key)
+                if flight is not None:
+                    self._say(call, "coalesced")
+                    return flights.read(flight)
+                if holder is None:
+                    raise _Retry
+                self._say(call, "coalesced")
+                return flights.follow(holder.decode(), lock)
+        self._say(call, "miss")
+        flight = flights.start(key, id, inner, request, call, ttl=ttl, store=True, lock=lock)
+        return flights.read(flight)
+
+    async def _tee(
+        self, inner: Handler, request: ChatRequest, call: Call, key: str, id: str, ttl: float
+    ) -> AsyncIterator[Batch]:
+        """Without coalescing: stream straight through, and keep the journal if complete."""
+        journal: Journal = self.journals.create(id)
+        try:
+            async with contextlib.aclosing(inner(request, call)) as stream:
+                async for batch in stream:
+                    journal.append(batch)
+                    yield batch
+            journal.complete()
+        finally:
+            if journal.live:
+                journal.fail(Abandoned("the stream ended early"))
+            self.journals.release(journal)
+        await self.journals.seal(journal)
+        if journal.storable():
+            with contextlib.suppress(StateUnavailable):
+                await self.journals.keep(key, journal, ttl)
