@@ -184,3 +184,27 @@ def test_a_clean_shutdown_loses_no_record(start_gateway: StartGateway, upstream:
     gateway.stop()  # SIGTERM: uvicorn shuts down gracefully, then re-raises the signal
     assert "Application shutdown complete" in gateway.log()
     assert len([r for r in gateway.records() if r["route"] == "/v1/chat/completions"]) == 25
+
+
+def test_chunks_are_forwarded_unchanged_when_nothing_needs_to_change(
+    start_gateway: StartGateway, upstream: Any
+) -> None:
+    """Same wire format and model name: the upstream's chunks go out as they came, also
+    behind a policy that starts the router late; an alias makes the gateway re-encode."""
+    config = upstream_config(upstream.url, limits={"models": {"normal": {"rpm": 1000}}})
+    config["models"]["alias"] = {
+        "provider": "openai",
+        "base_url": upstream.url,
+        "api_key_env": "TEST_UPSTREAM_KEY",
+        "model": "normal",
+    }
+    gateway = start_gateway(config, env=KEY_ENV)
+    client = sdk(gateway)
+    forwarded = list(client.chat.completions.create(model="normal", messages=MESSAGES, stream=True))
+    assert {c.created for c in forwarded} == {1700000000}  # the test upstream's stamp
+    assert {c.system_fingerprint for c in forwarded} == {"fp_test"}
+    encoded = list(client.chat.completions.create(model="alias", messages=MESSAGES, stream=True))
+    assert {c.model for c in encoded} == {"alias"}
+    assert 1700000000 not in {c.created for c in encoded}
+    text = "".join(c.choices[0].delta.content or "" for c in encoded if c.choices)
+    assert text == expected_text("normal")

@@ -246,7 +246,7 @@ class Gateway:
             public=exchange.public,
         )
         stream = self._handler(request, call)
-        encoder = dialect.encoder(request, f"chatcmpl-{record.id}", call.passthrough)
+        encoder = dialect.encoder(request, f"chatcmpl-{record.id}")
         task = asyncio.current_task()
         assert task is not None
         watcher = exchange.watch_disconnect(task)
@@ -258,7 +258,7 @@ class Gateway:
                     encoder,
                     self.settings.keepalive_interval,
                     keep_text=self.settings.store_content,
-                    admitted=lambda: call.admitted,
+                    call=call,
                 )
         except asyncio.CancelledError:
             if not exchange.disconnected:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from sluice.dialects import STREAM_HEADERS, Encoder
 from sluice.events import TextDelta, Usage
 from sluice.exchange import Exchange
+from sluice.policies import Call
 from sluice.providers import Batch
 
 
@@ -71,12 +72,16 @@ async def relay(
     encoder: Encoder,
     keepalive_interval: float,
     keep_text: bool = False,
-    admitted: Callable[[], bool] = lambda: True,
+    call: Call | None = None,
 ) -> None:
     record = exchange.record
     t0 = time.perf_counter() - (time.time() - record.started_at)
     text: list[str] | None = [] if keep_text else None
+    admitted = (lambda: call.admitted) if call is not None else (lambda: True)
     batch = await _first(exchange, stream, encoder, keepalive_interval, admitted)
+    if call is not None:
+        # The router has run by now (policies in front of it may start it late).
+        encoder.passthrough = call.passthrough
     encode = encoder.encode
     write = exchange.write
     chunks = 0

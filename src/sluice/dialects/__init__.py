@@ -30,6 +30,9 @@ class Encoder(Protocol):
     content_type: bytes
     #: Bytes to send while waiting for the first token, or None if the format has none.
     keepalive: bytes | None
+    #: Forward upstream payloads that ride on events (``raw``) unchanged. Set once the
+    #: router has picked the deployment, before the first batch is encoded.
+    passthrough: bool
 
     def encode(self, batch: Batch) -> bytes: ...
 
@@ -43,4 +46,4 @@ class Dialect(Protocol):
 
     def error_response(self, exc: SluiceError) -> tuple[int, Headers, bytes]: ...
 
-    def encoder(self, request: ChatRequest, response_id: str, passthrough: bool) -> Encoder: ...
+    def encoder(self, request: ChatRequest, response_id: str) -> Encoder: ...

@@ -137,9 +137,10 @@ class StreamEncoder:
     streaming: bool = True
     content_type: bytes = b"text/event-stream; charset=utf-8"
     keepalive: bytes | None = b": keep-alive\n\n"
+    passthrough: bool
 
-    def __init__(self, request: ChatRequest, response_id: str, passthrough: bool) -> None:
-        self._passthrough = passthrough
+    def __init__(self, request: ChatRequest, response_id: str) -> None:
+        self.passthrough = False
         self._include_usage = request.include_usage
         head = orjson.dumps(
             {
@@ -162,7 +163,7 @@ class StreamEncoder:
 
     def encode(self, batch: Batch) -> bytes:
         parts: list[bytes] = []
-        passthrough = self._passthrough
+        passthrough = self.passthrough
         for event in batch:
             kind = type(event)
             if kind is Usage:
@@ -227,6 +228,7 @@ class CompletionEncoder:
     streaming: bool = False
     content_type: bytes = b"application/json"
     keepalive: bytes | None = None
+    passthrough: bool = False
 
     def __init__(self, request: ChatRequest, response_id: str) -> None:
         self._request = request
@@ -303,8 +305,8 @@ class OpenAIChatDialect:
         return exc.status, headers, error_body(exc)
 
     def encoder(
-        self, request: ChatRequest, response_id: str, passthrough: bool
+        self, request: ChatRequest, response_id: str
     ) -> StreamEncoder | CompletionEncoder:
         if request.stream:
-            return StreamEncoder(request, response_id, passthrough)
+            return StreamEncoder(request, response_id)
         return CompletionEncoder(request, response_id)

@@ -29,6 +29,7 @@ class TextEncoder:
     streaming: bool = True
     content_type: bytes = b"text/plain; charset=utf-8"
     keepalive: bytes | None = None
+    passthrough: bool = False
 
     def __init__(self) -> None:
         self.text_parts = 0
@@ -63,5 +64,5 @@ class TextDialect:
         headers.extend((k.lower().encode(), v.encode()) for k, v in exc.headers.items())
         return exc.status, headers, f"error: {exc.message}\n".encode()
 
-    def encoder(self, request: ChatRequest, response_id: str, passthrough: bool) -> TextEncoder:
+    def encoder(self, request: ChatRequest, response_id: str) -> TextEncoder:
         return TextEncoder()
