@@ -10,6 +10,9 @@ from typing import Any
 import openai
 import pytest
 
+from sluice import config
+from sluice.events import ChatRequest
+from sluice.policies.cache import cache_key
 from tests.conftest import StartGateway, upstream_config
 from tests.gateway import RunningGateway
 from tests.policies.cache_client import (
@@ -263,3 +266,58 @@ def test_the_cache_is_bypassed_while_redis_is_down(
     assert seen[-2:] == ["miss", "hit"]
     log = gateway.log()
     assert log.count("redis unavailable") == 1
+
+
+def test_the_key_ignores_only_what_does_not_change_the_answer() -> None:
+    def key(messages: Any = None, model: str = "m", **options: Any) -> str:
+        messages = messages or [{"role": "user", "content": "hi"}]
+        return cache_key(ChatRequest(model, messages, options={"temperature": 0, **options}))
+
+    same = [
+        key(),
+        key(temperature=0.0, top_p=None),  # 0.0 is 0; null is absent
+        key(user="someone", metadata={"a": 1}, store=True, service_tier="auto"),
+        key([{"role": "user", "content": [{"type": "text", "text": "hi"}]}]),
+        key([{"role": "user", "content": "hi", "name": None}]),
+    ]
+    assert len(set(same)) == 1
+    # stream and stream_options live outside the options: a streamed request shares it.
+    assert cache_key(ChatRequest("m", [{"role": "user", "content": "hi"}], stream=False,
+                                 options={"temperature": 0})) == same[0]  # fmt: skip
+    different = [
+        key(model="other"),
+        key([{"role": "user", "content": "hi!"}]),
+        key([{"role": "system", "content": "hi"}]),
+        key(seed=1),
+        key(max_tokens=10),
+        key(max_completion_tokens=10),
+        key(stop=["\n"]),
+        key(top_p=0.5),
+        key(n=2),
+        key(presence_penalty=0.5),
+        key(frequency_penalty=0.5),
+        key(logit_bias={"42": -100}),
+        key(tools=[{"type": "function", "function": {"name": "f"}}]),
+        key(tool_choice="required"),
+        key(response_format={"type": "json_object"}),
+        key(reasoning_effort="high"),
+        key(some_future_field=True),  # unknown fields count: they may change the answer
+    ]
+    assert len({same[0], *different}) == len(different) + 1
+
+
+def test_cache_config_mistakes_name_their_line() -> None:
+    for text, expected in [
+        ("cache:\n  ttl: -1\n", "line 2: cache.ttl: expected a non-negative number"),
+        ("cache:\n  lease: 0\n", "line 2: cache.lease: expected a number above 0"),
+        ("cache:\n  replay:\n    paced: yes please\n", "line 3: cache.replay.paced"),
+        ("cache:\n  models:\n    gpt:\n      enabled: 1\n", "line 4: cache.models.gpt.enabled"),
+        ("cache:\n  size: 10\n", "line 2: cache: unknown key(s) 'size'"),
+    ]:
+        with pytest.raises(config.ConfigError) as caught:
+            config.parse(text, {}, origin="sluice.yaml")
+        assert expected in str(caught.value)
+    cache = config.parse("cache: {models: {a: {enabled: false}, b: {ttl: 5}}}", {}).cache
+    assert cache.for_model("a") == (False, 3600.0)
+    assert cache.for_model("b") == (True, 5.0)
+    assert config.parse("cache: {enabled: false}", {}).cache.for_model("b") == (False, 3600.0)

@@ -193,3 +193,20 @@ def test_a_follower_takes_over_when_the_leading_instance_dies(
         assert upstream_calls(upstream, text) == 2
         rows = c.gateways[1].wait_records(1)
         assert rows[-1]["cache"] == "miss"  # it led the second generation itself
+
+
+def test_without_coalescing_identical_requests_each_call_upstream(
+    start_gateway: StartGateway, upstream: Any, backend: dict[str, Any]
+) -> None:
+    config = upstream_config(upstream.url, **backend, cache={"coalesce": False})
+    gateway = start_gateway(config, env=KEY_ENV)
+    text, model = prompt(), "paced:n=10,interval=0.05"
+    replies = _together([gateway.api] * 2, _stream(model, text))
+    assert [r.cache for r in replies] == ["miss", "miss"]
+    assert all(r.text == expected_text(model) for r in replies)
+    assert upstream_calls(upstream, text) == 2
+    deadline = time.monotonic() + 5
+    while (reply := post(gateway.api, _stream(model, text))).cache != "hit":
+        assert time.monotonic() < deadline  # kept in the background right after the end
+        time.sleep(0.05)
+    assert reply.text == expected_text(model)

@@ -147,7 +147,7 @@ class Cache:
     def __call__(self, inner: Handler) -> Handler:
         def handle(request: ChatRequest, call: Call) -> AsyncGenerator[Batch, None]:
             mode = self.mode(request, call)
-            if mode is None:
+            if mode is None or self.flights.closed:
                 return inner(request, call)
             if mode == "off":
                 self._say(call, "bypass")
@@ -176,6 +176,8 @@ class Cache:
     @staticmethod
     def _say(call: Call, status: str) -> None:
         call.record.cache = status
+        if status in ("hit", "coalesced"):
+            call.admitted = True  # an answer is on its way: keep-alives may start
         headers = call.response_headers
         headers[:] = [h for h in headers if h[0] != _HEADER_BYTES]
         headers.append((_HEADER_BYTES, status.encode()))
@@ -262,7 +264,5 @@ class Cache:
             if journal.live:
                 journal.fail(Abandoned("the stream ended early"))
             self.journals.release(journal)
-        await self.journals.seal(journal)
-        if journal.storable():
-            with contextlib.suppress(StateUnavailable):
-                await self.journals.keep(key, journal, ttl)
+        # In the background: the client's stream ends now.
+        self.flights.spawn(self.flights.keep(key, journal, ttl))

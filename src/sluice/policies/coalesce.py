@@ -55,6 +55,8 @@ class Flights:
         self._state = state
         self._flights: dict[str, Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Shut down: requests go straight upstream, nothing new is led.
+        self.closed = False
 
     def __len__(self) -> int:
         return len(self._flights)
@@ -83,7 +85,7 @@ class Flights:
         flight = Flight(key, self._journals.create(id), lock)
         if shared:
             self._flights[key] = flight
-        flight.task = self._spawn(self._generate(flight, inner, request, call, ttl, store))
+        flight.task = self.spawn(self._generate(flight, inner, request, call, ttl, store))
         return flight
 
     async def read(self, flight: Flight) -> AsyncIterator[Batch]:
@@ -100,7 +102,7 @@ class Flights:
         if flight.readers > 0 or not flight.journal.live or self._settings.finish_abandoned:
             return
         if self._journals.distributed and flight.lock is not None:
-            self._spawn(self._abandon_if_alone(flight))
+            self.spawn(self._abandon_if_alone(flight))
         elif flight.task is not None:
             flight.task.cancel()
 
@@ -137,7 +139,7 @@ class Flights:
         store: bool,
     ) -> None:
         journal = flight.journal
-        renew = self._spawn(self._renew(flight)) if flight.lock is not None else None
+        renew = self.spawn(self._renew(flight)) if flight.lock is not None else None
         try:
             try:
                 async with contextlib.aclosing(inner(request, call)) as stream:
@@ -153,10 +155,8 @@ class Flights:
                 journal.fail(SluiceError(f"internal error: {type(exc).__name__}"))
             else:
                 journal.complete()
-            await self._journals.seal(journal)
-            if store and journal.storable():
-                with contextlib.suppress(StateUnavailable):
-                    await self._journals.keep(flight.key, journal, ttl)
+            if store:
+                await self.keep(flight.key, journal, ttl)
         finally:
             if renew is not None:
                 renew.cancel()
@@ -164,7 +164,14 @@ class Flights:
                 del self._flights[flight.key]
             self._journals.release(journal)
             if flight.lock is not None:
-                self._spawn(self._unlock(journal, flight.lock))
+                self.spawn(self._unlock(journal, flight.lock))
+
+    async def keep(self, key: str, journal: Journal, ttl: float) -> None:
+        """Keep a finished journal as the entry ``key`` if it is complete and clean."""
+        await self._journals.seal(journal)
+        if journal.storable():
+            with contextlib.suppress(StateUnavailable):
+                await self._journals.keep(key, journal, ttl)
 
     async def _renew(self, flight: Flight) -> None:
         assert flight.lock is not None
@@ -182,13 +189,14 @@ class Flights:
             if await self._state.get(lock) == journal.id.encode():
                 await self._state.delete(lock)
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
     async def close(self) -> None:
+        self.closed = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
