@@ -321,3 +321,20 @@ def test_cache_config_mistakes_name_their_line() -> None:
     assert cache.for_model("a") == (False, 3600.0)
     assert cache.for_model("b") == (True, 5.0)
     assert config.parse("cache: {enabled: false}", {}).cache.for_model("b") == (False, 3600.0)
+
+
+@pytest.mark.parametrize("model", ["tool_call", "reasoning:steps=3,n=2", "multibyte"])
+def test_a_hit_replays_tool_calls_reasoning_and_any_text_as_they_came(
+    start_gateway: StartGateway, upstream: Any, backend: dict[str, Any], model: str
+) -> None:
+    gateway = _gateway(start_gateway, upstream, backend)
+    payload = _stream(model, prompt(), temperature=0)
+    first, second = post(gateway.api, payload), post(gateway.api, payload)
+    assert (first.cache, second.cache) == ("miss", "hit")
+
+    def deltas(reply: Any) -> list[Any]:
+        return [(c["choices"][0]["delta"], c["choices"][0]["finish_reason"])
+                for c in reply.chunks if c.get("choices")]  # fmt: skip
+
+    assert deltas(second) == deltas(first)
+    assert second.usage == first.usage
