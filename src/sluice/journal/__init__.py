@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from sluice.errors import SluiceError, UpstreamError
@@ -121,7 +121,7 @@ class Journal:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def follow(self, offset: int = 0) -> AsyncIterator[Batch]:
+    async def follow(self, offset: int = 0) -> AsyncGenerator[Batch, None]:
         """Every batch from ``offset``, waiting for more while the journal is live;
         a failed journal raises its error (a copy: each reader gets its own) at the end."""
         batches = self.batches
@@ -187,7 +187,9 @@ class Journals(Protocol):
         """The live journal ``id`` if this process writes it."""
         ...
 
-    def follow(self, id: str, offset: int = 0, alive: Alive | None = None) -> AsyncIterator[Batch]:
+    def follow(
+        self, id: str, offset: int = 0, alive: Alive | None = None
+    ) -> AsyncGenerator[Batch, None]:
         """Follow journal ``id`` wherever it is written; ``alive`` tells whether its
         writer is still there when it goes quiet (raises ``WriterGone`` if not)."""
         ...

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from sluice.journal import Alive, Journal, Recording, size_of
 from sluice.providers import Batch
+
+
+async def _nothing() -> AsyncGenerator[Batch, None]:
+    return
+    yield
 
 
 @dataclass(slots=True)
@@ -60,14 +65,11 @@ class MemoryJournals:
     def local(self, id: str) -> Journal | None:
         return self._live.get(id)
 
-    async def follow(
+    def follow(
         self, id: str, offset: int = 0, alive: Alive | None = None
-    ) -> AsyncIterator[Batch]:
+    ) -> AsyncGenerator[Batch, None]:
         journal = self._live.get(id)
-        if journal is None:
-            return
-        async for batch in journal.follow(offset):
-            yield batch
+        return _nothing() if journal is None else journal.follow(offset)
 
     async def seal(self, journal: Journal) -> None:
         return None

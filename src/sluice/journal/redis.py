@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -339,20 +339,17 @@ class RedisJournals:
         if self._live.get(journal.id) is journal:
             del self._live[journal.id]
 
-    async def follow(
+    def follow(
         self, id: str, offset: int = 0, alive: Alive | None = None
-    ) -> AsyncIterator[Batch]:
+    ) -> AsyncGenerator[Batch, None]:
         journal = self._live.get(id)
         if journal is not None:
-            async for batch in journal.follow(offset):
-                yield batch
-            return
-        async for batch in self._follow_remote(id, offset, alive):
-            yield batch
+            return journal.follow(offset)
+        return self._follow_remote(id, offset, alive)
 
     async def _follow_remote(
         self, id: str, offset: int, alive: Alive | None
-    ) -> AsyncIterator[Batch]:
+    ) -> AsyncGenerator[Batch, None]:
         key = self._key(id)
         readers = f"{key}:readers"
         pipe = self.client.pipeline(transaction=False)

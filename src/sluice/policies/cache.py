@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import hashlib
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
@@ -111,7 +111,7 @@ def _new_id() -> str:
     return uuid.uuid4().hex
 
 
-async def replay(recording: Recording, paced: bool) -> AsyncIterator[Batch]:
+async def replay(recording: Recording, paced: bool) -> AsyncGenerator[Batch, None]:
     """A kept generation, batch by batch; ``paced`` waits as long as the original did."""
     batches, times = recording.batches, recording.times
     if not paced:
@@ -195,9 +195,10 @@ class Cache:
                 continue
             yielded = False
             try:
-                async for batch in source:
-                    yielded = True
-                    yield batch
+                async with contextlib.aclosing(source):
+                    async for batch in source:
+                        yielded = True
+                        yield batch
                 return
             except (Abandoned, WriterGone):
                 if yielded:
@@ -214,7 +215,7 @@ class Cache:
 
     async def _source(
         self, inner: Handler, request: ChatRequest, call: Call, key: str, mode: str
-    ) -> AsyncIterator[Batch]:
+    ) -> AsyncGenerator[Batch, None]:
         """Decide where this request's stream comes from, and say so."""
         flights = self.flights
         flight = flights.get(key)
@@ -251,7 +252,7 @@ class Cache:
 
     async def _tee(
         self, inner: Handler, request: ChatRequest, call: Call, key: str, id: str, ttl: float
-    ) -> AsyncIterator[Batch]:
+    ) -> AsyncGenerator[Batch, None]:
         """Without coalescing: stream straight through, and keep the journal if complete."""
         journal: Journal = self.journals.create(id)
         try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,12 +88,13 @@ class Flights:
         flight.task = self.spawn(self._generate(flight, inner, request, call, ttl, store))
         return flight
 
-    async def read(self, flight: Flight) -> AsyncIterator[Batch]:
+    async def read(self, flight: Flight) -> AsyncGenerator[Batch, None]:
         """The flight's whole stream from the start, for one client."""
         flight.readers += 1
         try:
-            async for batch in flight.journal.follow(0):
-                yield batch
+            async with contextlib.aclosing(flight.journal.follow(0)) as batches:
+                async for batch in batches:
+                    yield batch
         finally:
             self._leave(flight)
 
@@ -121,7 +122,7 @@ class Flights:
                 return
             await asyncio.sleep(0.25)
 
-    def follow(self, id: str, lock: str) -> AsyncIterator[Batch]:
+    def follow(self, id: str, lock: str) -> AsyncGenerator[Batch, None]:
         """Follow a generation another instance leads, while it holds ``lock``."""
 
         async def alive() -> bool:
