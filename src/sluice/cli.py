@@ -16,8 +16,19 @@ from sluice import config
 from sluice.sse import SSEDecoder
 
 
+def _raise_fd_limit() -> None:
+    """Each open stream holds two sockets (client and upstream): allow as many as we may."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
+
+    _raise_fd_limit()
 
     try:
         settings = config.load(
