@@ -288,6 +288,10 @@ class RedisJournals:
             except StateUnavailable:
                 for mirror in wrote:
                     mirror.broken = True  # readers elsewhere notice; this process carries on
+            except Exception:
+                log.exception("writing generations to redis failed")
+                for mirror in wrote:
+                    mirror.broken = True
             else:
                 counts = results[0] if watched else ()
                 for mirror, count in zip(watched, counts, strict=True):
