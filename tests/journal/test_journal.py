@@ -184,8 +184,8 @@ def test_kept_entries_are_bounded_least_recently_used_first(backend: dict[str, A
             assert await journals.lookup("b") is None
             assert await journals.lookup("a") is not None
             assert await journals.lookup("c") is not None
-        # By bytes: each entry is about 300 bytes here.
-        async with instance(backend, max_bytes=700) as (_, journals):
+        # By bytes: each entry counts about 520 bytes here.
+        async with instance(backend, max_bytes=1200) as (_, journals):
             for name in "def":
                 await _keep(journals, name, "x" * 100)
             assert await journals.lookup("d") is None
@@ -243,5 +243,22 @@ def test_a_reader_elsewhere_gives_up_on_a_writer_that_went_quiet(redis_server: A
             assert await asyncio.wait_for(live, 5) == [BATCHES[0]]
             await asyncio.sleep(0.1)
             assert await here.remote_readers("j4") == 0
+
+    asyncio.run(main())
+
+
+def test_a_kept_entry_holds_no_raw_upstream_payloads(backend: dict[str, Any]) -> None:
+    async def main() -> None:
+        async with instance(backend) as (_, journals):
+            journal = journals.create("raw")
+            journal.append([TextDelta("hi", raw=b'{"choices":[{"delta":{"content":"hi"}}]}')])
+            journal.append([Finish("stop", raw=b'{"choices":[]}')])
+            journal.complete()
+            await journals.seal(journal)
+            assert await journals.keep("raw", journal, ttl=30)
+            found = await journals.lookup("raw")
+            assert found is not None
+            assert list(found.batches) == [[TextDelta("hi")], [Finish("stop")]]
+            assert journal.batches[0][0].raw is not None  # the journal's readers keep theirs
 
     asyncio.run(main())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from sluice.errors import SluiceError, UpstreamError
@@ -152,13 +153,27 @@ class Journal:
         return finished
 
 
+@dataclass(slots=True)
+class Replay:
+    """A finished generation held apart from its journal: a kept entry."""
+
+    batches: list[Batch] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+
+
+def bare(batch: Batch) -> Batch:
+    """The batch without the upstream's raw payloads (a kept entry is encoded anew)."""
+    return [e if e.raw is None else replace(e, raw=None) for e in batch]
+
+
 def size_of(batches: Sequence[Batch]) -> int:
-    """Roughly the bytes a recording holds: the text it carries plus a fixed cost per event."""
+    """Roughly the bytes a recording takes in this process's memory (the text it carries
+    plus the objects around it); serialised in Redis it takes less."""
     size = 0
     for batch in batches:
-        size += 64
+        size += 96
         for event in batch:
-            size += 48
+            size += 112
             kind = type(event)
             if kind is TextDelta or kind is ReasoningDelta:
                 size += len(event.text)  # type: ignore[union-attr]

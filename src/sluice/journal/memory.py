@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
-from sluice.journal import Alive, Journal, Recording, size_of
+from sluice.journal import Alive, Journal, Recording, Replay, bare, size_of
 from sluice.providers import Batch
 
 
@@ -23,7 +23,7 @@ async def _nothing() -> AsyncGenerator[Batch, None]:
 
 @dataclass(slots=True)
 class _Entry:
-    journal: Journal
+    recording: Replay
     size: int
     expires: float
 
@@ -82,8 +82,11 @@ class MemoryJournals:
         size = size_of(journal.batches)
         if size > self.max_bytes or self.max_entries < 1:
             return False
+        # A copy without the raw payloads: half the memory, and readers of the journal
+        # (still sending them, maybe) are left alone.
+        recording = Replay([bare(batch) for batch in journal.batches], list(journal.times))
         self._drop(name)
-        self._kept[name] = _Entry(journal, size, self._clock() + ttl)
+        self._kept[name] = _Entry(recording, size, self._clock() + ttl)
         self._bytes += size
         while len(self._kept) > self.max_entries or self._bytes > self.max_bytes:
             oldest = next(iter(self._kept))
@@ -103,7 +106,7 @@ class MemoryJournals:
             self._drop(name)
             return None
         self._kept.move_to_end(name)
-        return entry.journal
+        return entry.recording
 
     async def forget(self, name: str) -> None:
         self._drop(name)

@@ -34,11 +34,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
-from sluice.journal import Alive, Journal, Recording, WriterGone, size_of
+from sluice.journal import Alive, Journal, Recording, Replay, WriterGone, size_of
 from sluice.journal.codec import decode_batches, decode_end, encode_batches, encode_end
 from sluice.providers import Batch
 from sluice.state import SharedState, StateUnavailable
@@ -132,12 +131,6 @@ def _entries(reply: Any) -> list[tuple[str, dict[str, Any]]]:
                 entry = entry[0]
             out.append((_text(entry[0]), _fields(entry[1])))
     return out
-
-
-@dataclass(slots=True)
-class _Replay:
-    batches: list[Batch] = field(default_factory=list)
-    times: list[float] = field(default_factory=list)
 
 
 class _Mirror:
@@ -414,7 +407,7 @@ class RedisJournals:
         found = await self.run(lambda: self._lookup(keys=[], args=[self.prefix, name]))
         if not found:
             return None
-        replay = _Replay()
+        replay = Replay()
         complete = False
         try:
             for raw in found[1]:
