@@ -304,9 +304,7 @@ class OpenAIChatDialect:
         headers.extend((k.lower().encode(), v.encode()) for k, v in exc.headers.items())
         return exc.status, headers, error_body(exc)
 
-    def encoder(
-        self, request: ChatRequest, response_id: str
-    ) -> StreamEncoder | CompletionEncoder:
+    def encoder(self, request: ChatRequest, response_id: str) -> StreamEncoder | CompletionEncoder:
         if request.stream:
             return StreamEncoder(request, response_id)
         return CompletionEncoder(request, response_id)
