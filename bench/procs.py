@@ -98,6 +98,16 @@ def wait_quiet(
             return max(other, 0.0), waited
 
 
+def cpu_by_process(root: int) -> dict[int, float]:
+    """utime + stime of each live process of the tree."""
+    out = {}
+    for pid in tree(root):
+        fields = _stat(pid)
+        if fields is not None:
+            out[pid] = (int(fields[11]) + int(fields[12])) / TICKS
+    return out
+
+
 def memory(root: int) -> tuple[int, int]:
     """(RSS, PSS) of the tree in bytes; PSS splits shared pages between the processes."""
     rss = pss = 0

@@ -136,6 +136,7 @@ class Meter:
         gc.disable()
         pid = self.live.pid
         self.cpu0 = procs.cpu_seconds(pid) if pid else 0.0
+        self.each0 = procs.cpu_by_process(pid) if pid else {}
         self.load0 = self.env.load_cpu()
         self.busy0 = procs.busy_seconds()
         self.t0 = time.perf_counter()
@@ -145,6 +146,12 @@ class Meter:
         self.wall = time.perf_counter() - self.t0
         pid = self.live.pid
         self.cpu = (procs.cpu_seconds(pid) - self.cpu0) if pid else None
+        each = procs.cpu_by_process(pid) if pid else {}
+        #: Per process of the tree, in % of one core: shows how workers share the load.
+        self.each_pct = sorted(
+            (round(100 * (cpu - self.each0.get(p, 0.0)) / self.wall, 1) for p, cpu in each.items()),
+            reverse=True,
+        )
         self.load = self.env.load_cpu() - self.load0
         busy = procs.busy_seconds() - self.busy0
         # What the rest of the machine used meanwhile: a busy machine is shown, not hidden.
@@ -207,6 +214,7 @@ async def burst(live: Live, env: Env, sizes: Sizes) -> dict[str, Any]:
                 "gateway_cpu_pct": 100 * meter.cpu / meter.wall if meter.cpu is not None else None,
                 "load_cpu_pct": 100 * meter.load / meter.wall,
                 "other_cpu_pct": meter.other_pct,
+                "gateway_cpu_pct_by_process": meter.each_pct,
             }
         )
     return {
@@ -427,13 +435,10 @@ async def idle(
     log(f"  idle {open_streams}: {held} held upstream after {settle_s:.1f} s")
     released = (await asyncio.to_thread(env.upstream_call, "POST", "/_release"))["released"]
     results: list[Result] = list(failed_early)
-    try:
-        async with asyncio.timeout(120):
-            results += await asyncio.gather(*futures)
-    except TimeoutError:
-        results += [
-            f.result() if f.done() else Result(False, 0, "no end after release") for f in futures
-        ]
+    if futures:
+        await asyncio.wait(futures, timeout=120)
+    lost = Result(False, 0, "no end 120 s after the release")
+    results += [f.result() if f.done() else lost for f in futures]
     for conn in conns:
         conn.close()
     out: dict[str, Any] = {

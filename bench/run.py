@@ -16,6 +16,7 @@ import platform
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from bench.profiles import Env, Sizes, burst, idle, paced, single, warmup
 from bench.targets import CACHE, ROOT, Live, Target, all_targets, fmt_cores, start, stop
 
 RESULTS = ROOT / "bench" / "results"
+#: Written after each target, so a run that dies still leaves what it measured.
+PARTIAL = CACHE / "partial.json"
 PROFILES = ("single", "burst", "paced", "idle")
 
 
@@ -94,6 +97,17 @@ def start_upstream(which: str, cores: set[int], logs: Path) -> tuple[subprocess.
         procs.stop(process)
         raise RuntimeError(f"the upstream did not start: {line!r}")
     return process, line.removeprefix("listening on ")
+
+
+def sluice_commit() -> str:
+    """The commit Sluice's source is at, ``+dirty`` when ``src/`` has changes."""
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    return head + ("+dirty" if dirty else "")
 
 
 def machine() -> dict[str, Any]:
@@ -254,9 +268,19 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             elif waited > 2:
                 log(f"{target.name}: waited {waited:.0f} s for the machine to be quiet")
             t0 = time.monotonic()
-            await run_target(target, env, base, sizes, wanted, out)
-            out["targets"][target.name]["background_cpu_pct"] = round(other, 1)
-            out["targets"][target.name]["seconds"] = round(time.monotonic() - t0, 1)
+            try:
+                await run_target(target, env, base, sizes, wanted, out)
+            except Exception as exc:
+                # A harness bug or a target gone wrong costs that target, not the run.
+                log(f"{target.name}: harness error:\n{traceback.format_exc()}")
+                entry = out["targets"].setdefault(target.name, {"label": target.label})
+                entry["status"] = "failed"
+                entry["reason"] = f"harness error: {type(exc).__name__}: {exc}"
+            entry = out["targets"][target.name]
+            entry["background_cpu_pct"] = round(other, 1)
+            entry["sluice_commit"] = sluice_commit()
+            PARTIAL.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
+            entry["seconds"] = round(time.monotonic() - t0, 1)
     finally:
         procs.stop(upstream)
     out["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
