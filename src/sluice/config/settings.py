@@ -1,0 +1,149 @@
+"""``Settings``, everything the gateway is configured with, and how a document builds it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sluice.config import sections
+from sluice.config.errors import error_at
+from sluice.config.models import (
+    Deployment,
+    ModelRoute,
+    Routing,
+    Timeouts,
+    routes_of,
+    routing_of,
+    timeouts_of,
+)
+from sluice.config.sections import CacheSettings, LimitSettings
+from sluice.config.values import Secret, check_keys, flag, integer, mapping, number, string
+from sluice.pricing import Price
+
+#: What uvicorn and ``logging`` both accept.
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    default_model: str = "gpt-4o-mini"
+    #: Public model name → deployment. The key ``*`` catches every other name.
+    models: Mapping[str, Deployment] = field(default_factory=dict)
+    keepalive_interval: float = 15.0
+    max_body_bytes: int = 4 * 1024 * 1024
+    db_path: str = "sluice.db"
+    store_content: bool = False
+    record_batch_size: int = 256
+    record_flush_interval: float = 0.5
+    log_level: str = "info"
+    source: str = "defaults"
+    #: ``SLUICE_MASTER_KEY``: admin, and a client key with no limits.
+    master_key: Secret | None = None
+    #: Serve on a non-loopback address although no key exists (``--insecure``).
+    insecure: bool = False
+    #: ``GET /`` answers without a key (a browser cannot send one), limited per address.
+    public_seed: bool = False
+    #: Seconds a key lookup is cached: the bound on how late a revocation takes effect.
+    key_cache_ttl: float = 2.0
+    #: USD per million tokens, by public or upstream model name, over the defaults.
+    pricing: Mapping[str, Price] = field(default_factory=dict)
+    #: Redis or Valkey shared by every instance (``redis_url`` or ``SLUICE_REDIS_URL``);
+    #: None keeps shared state in this process.
+    redis_url: Secret | None = None
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+
+    #: Public model name → its deployments, fallbacks and strategy (``models`` holds
+    #: each one's first deployment). The key ``*`` catches every other name.
+    routes: Mapping[str, ModelRoute] = field(default_factory=dict)
+    routing: Routing = field(default_factory=Routing)
+    #: Problems that did not stop the start (e.g. LiteLLM keys Sluice ignores), logged once.
+    warnings: tuple[str, ...] = ()
+
+    def resolve(self, model: str) -> Deployment | None:
+        found = self.models.get(model)
+        if found is None:
+            found = self.models.get("*")
+        return found
+
+    def route(self, model: str) -> ModelRoute | None:
+        """Where requests for ``model`` go: every deployment, retries and fallbacks."""
+        found = self.routes.get(model) or self.routes.get("*")
+        if found is None and not self.routes:
+            deployment = self.resolve(model)
+            if deployment is not None:
+                strategy, retries = self.routing.strategy, self.routing.retries
+                found = ModelRoute(deployment.name, (deployment,), strategy, retries)
+        return found
+
+    @property
+    def uses_simulator(self) -> bool:
+        deployments = [d for r in self.routes.values() for d in r.deployments]
+        return any(d.provider == "simulator" for d in [*self.models.values(), *deployments])
+
+
+_TOP_KEYS = {
+    "host",
+    "port",
+    "workers",
+    "default_model",
+    "models",
+    "keepalive_interval",
+    "max_body_bytes",
+    "timeouts",
+    "record",
+    "log_level",
+    "insecure",
+    "auth",
+    "pricing",
+    "redis_url",
+    "limits",
+    "routing",
+    "cache",
+}
+
+
+def build(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Settings:
+    """Settings from a loaded Sluice document; errors carry the path of the key at fault."""
+    check_keys(raw, _TOP_KEYS, ())
+    timeouts = timeouts_of(raw, (), Timeouts())
+    record = mapping(raw, "record", ())
+    check_keys(record, {"path", "store_content", "batch_size", "flush_interval"}, ("record",))
+    store_content = flag(record, "store_content", ("record",), False)
+    routing = routing_of(raw)
+    routes = routes_of(raw, env, timeouts, routing)
+    models = {name: route.deployments[0] for name, route in routes.items()}
+    default_model = string(raw, "default_model", (), None) or env.get(
+        "SLUICE_DEFAULT_MODEL", "gpt-4o-mini"
+    )
+    if "*" not in models and default_model not in models:
+        default_model = next(iter(models))
+    db_path = string(record, "path", ("record",), None) or env.get("SLUICE_DB", "sluice.db")
+    assert db_path is not None
+    level = (string(raw, "log_level", (), "info") or "info").lower()
+    if level not in LOG_LEVELS:
+        raise error_at(("log_level",), f"expected one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    return Settings(
+        host=string(raw, "host", (), "127.0.0.1") or "127.0.0.1",
+        port=integer(raw, "port", (), 8000, minimum=0, maximum=65_535),
+        workers=integer(raw, "workers", (), 1, minimum=1),
+        default_model=default_model,
+        models=models,
+        routes=routes,
+        routing=routing,
+        keepalive_interval=number(raw, "keepalive_interval", (), 15.0),
+        max_body_bytes=integer(raw, "max_body_bytes", (), 4 * 1024 * 1024, minimum=1),
+        db_path=db_path,
+        store_content=store_content,
+        record_batch_size=integer(record, "batch_size", ("record",), 256, minimum=1),
+        record_flush_interval=number(record, "flush_interval", ("record",), 0.5),
+        log_level=level,
+        source=origin,
+        **sections.access(raw, env),
+        **sections.shared(raw, env),
+        cache=sections.cache(raw),
+    )
