@@ -411,6 +411,9 @@ def test_render_table() -> None:
             output_tokens=345,
             usage_source="reported",
             chunks=40,
+            cost_usd=0.000219,
+            cache="miss",
+            key_id="k_123",
         ),
         Record(
             id="r2",
@@ -428,7 +431,8 @@ def test_render_table() -> None:
     header, first, second = lines
     assert header.split() == [
         "time", "id", "route", "model", "outcome", "status",
-        "ttft", "ms", "total", "ms", "tokens", "in/out", "chunks", "error",
+        "ttft", "ms", "total", "ms", "tokens", "in/out", "chunks",
+        "cost", "usd", "cache", "key", "error",
     ]  # fmt: skip
     assert first.split() == [
         time.strftime("%H:%M:%S", time.localtime(started)),
@@ -441,6 +445,9 @@ def test_render_table() -> None:
         "2346",
         "12/345",
         "40",
+        "0.000219",
+        "miss",
+        "k_123",
         "-",
     ]
     cells = second.split()

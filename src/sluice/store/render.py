@@ -37,6 +37,10 @@ def _int(value: int | None) -> str:
     return UNKNOWN if value is None else str(value)
 
 
+def _cost(r: Record) -> str:
+    return UNKNOWN if r.cost_usd is None else f"{r.cost_usd:.6f}"
+
+
 # (header, cell, right-aligned, widest cell before truncation)
 _Column = tuple[str, Callable[[Record], str], bool, int | None]
 _COLUMNS: list[_Column] = [
@@ -50,6 +54,9 @@ _COLUMNS: list[_Column] = [
     ("total ms", lambda r: _ms(r.duration_ms), True, None),
     ("tokens in/out", _tokens, True, None),
     ("chunks", lambda r: str(r.chunks), True, None),
+    ("cost usd", _cost, True, None),
+    ("cache", lambda r: r.cache or UNKNOWN, False, None),
+    ("key", lambda r: r.key_id or UNKNOWN, False, 16),
     ("error", lambda r: r.error or UNKNOWN, False, 60),
 ]
 
