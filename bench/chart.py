@@ -18,8 +18,14 @@ import matplotlib.pyplot as plt
 COLOURS = {"direct": "#888888", "sluice": "#1f77b4", "sluice-w2": "#6baed6"}
 
 
-def colour(name: str, index: int) -> str:
-    return COLOURS.get(name, f"C{(index + 1) % 10}")
+PALETTE: dict[str, str] = {}
+
+
+def colour(name: str) -> str:
+    """One colour per target across every panel."""
+    if name not in PALETTE:
+        PALETTE[name] = COLOURS.get(name, f"C{(len(PALETTE) + 1) % 10}")
+    return PALETTE[name]
 
 
 def bars(ax: Any, run: dict[str, Any], key: str, title: str, unit: str, log: bool) -> None:
@@ -33,31 +39,40 @@ def bars(ax: Any, run: dict[str, Any], key: str, title: str, unit: str, log: boo
     if not names:
         ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
         return
-    drawn = ax.bar(names, values, color=[colour(n, i) for i, n in enumerate(names)])
+    drawn = ax.bar(names, values, color=[colour(n) for n in names])
     ax.bar_label(drawn, labels=[f"{v:,.3g}" for v in values], fontsize=8)
     ax.set_ylabel(unit)
-    if log and min(values) > 0:
-        ax.set_yscale("log")
+    if log:
+        ax.set_yscale("symlog", linthresh=1)
     ax.tick_params(axis="x", labelrotation=30, labelsize=8)
 
 
 def lines(
-    ax: Any, run: dict[str, Any], profile: str, x: str, y: str, title: str, unit: str
+    ax: Any,
+    run: dict[str, Any],
+    profile: str,
+    x: str,
+    y: str,
+    title: str,
+    unit: str,
+    log: bool = True,
 ) -> None:
     ax.set_title(title, fontsize=10)
     drawn = False
-    for index, (name, entry) in enumerate(run["targets"].items()):
+    for name, entry in run["targets"].items():
         data = entry.get("profiles", {}).get(profile)
         if not data:
             continue
         points = [(lv[x], lv[y]) for lv in data["levels"] if lv.get(y) is not None]
         if points:
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="o", label=name, color=colour(name, index))
+            ax.plot(xs, ys, marker="o", label=name, color=colour(name))
             drawn = True
     ax.set_ylabel(unit)
     ax.set_xlabel(x.replace("_", " "))
     if drawn:
+        if log:
+            ax.set_yscale("symlog", linthresh=10)  # peers' seconds beside Sluice's ms
         ax.legend(fontsize=8)
 
 
@@ -65,9 +80,11 @@ def main(argv: list[str]) -> int:
     source, target = argv
     with open(source) as f:
         run = json.load(f)
+    for name in run["targets"]:
+        colour(name)
     fig, axes = plt.subplots(2, 3, figsize=(16, 9))
     bars(axes[0][0], run, "cpu_ms_per_1k", "gateway CPU per 1,000 chunks (burst)", "ms", True)
-    bars(axes[0][1], run, "burst_chunks_per_s", "burst throughput", "chunks/s", False)
+    bars(axes[0][1], run, "burst_chunks_per_s", "burst throughput", "chunks/s", True)
     bars(axes[0][2], run, "ttft_added_p50", "added time to first token, p50 (single)", "ms", True)
     lines(
         axes[1][0],
@@ -88,7 +105,8 @@ def main(argv: list[str]) -> int:
         "paced: added time to first token, p50",
         "ms",
     )
-    lines(axes[1][2], run, "idle", "open", "kb_per_stream", "memory per idle open stream", "KB")
+    idle_title = "memory per idle open stream"
+    lines(axes[1][2], run, "idle", "open", "kb_per_stream", idle_title, "KB", log=False)
     m = run["machine"]
     fig.suptitle(
         f"Sluice bench · {m['cpu']} · {m['cores']} cores · commit {m['commit']} · {run['started']}"

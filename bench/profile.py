@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import time
@@ -121,7 +122,8 @@ async def main_async(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     upstream, base_url = start_upstream("bench", {cores[-1]}, out)
     target = Target("sluice", "sluice", "sse", openai_request, sluice_launch(1, out), {cores[0]})
-    n = int(args.scenario.rpartition("=")[2]) if "n=" in args.scenario else 10
+    found = re.search(r"\bn=(\d+)", args.scenario)
+    n = int(found.group(1)) if found else 10
     try:
         live = await start(target, f"{base_url}/v1")
         if isinstance(live, str):
