@@ -99,10 +99,12 @@ def peer_target(peer: Peer, cores: set[int], cache: Path) -> Target:
 
 def all_targets(gateway: set[int], both: set[int], logs: Path) -> list[Target]:
     from bench.peers import peers
+    from bench.policy_target import policy_target
 
     targets = [
         Target("direct", "direct (the upstream itself)", "sse", openai_request, None, set()),
         Target("sluice", "sluice", "sse", openai_request, sluice_launch(1, logs), gateway),
+        policy_target(gateway, logs),
         Target(
             "sluice-w2",
             f"sluice --workers 2 (cores {fmt_cores(both)})",
