@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -40,6 +41,19 @@ log = logging.getLogger("sluice")
 
 Route = Callable[[Exchange], Awaitable[None]]
 JSON = [(b"content-type", b"application/json")]
+
+
+def _tune_gc() -> None:
+    """Keep the cyclic garbage collector off the hot path.
+
+    What start-up built lives as long as the process: freeze it, so collections stop
+    scanning it. The per-chunk objects are freed by reference counting and form no
+    cycles, so young collections can run far less often than every 700 allocations
+    (measured: the collector took about a fifth of the relay's CPU).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(25_000, 20, 20)
 
 
 def new_id() -> str:
@@ -112,6 +126,7 @@ class Gateway:
             Router(self.settings, self._providers, self._state),
         )
         await self.store.start()
+        _tune_gc()
         for name, deployment in self.settings.models.items():
             if deployment.provider == "simulator":
                 log.warning(
