@@ -127,6 +127,9 @@ def test_any_split_gives_the_same_events(
     assert summary(whole) == expected
     assert decode(reads) == whole
     assert decode(stream[i : i + 1] for i in range(len(stream))) == whole
+    # The data-only reader gives each event's data, whatever the reads.
+    decoder = SSEDecoder()
+    assert [d for read in reads for d in decoder.feed_data(read)] == datas(whole)
 
 
 @given(

@@ -14,6 +14,7 @@ decode/encode round trip.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 _LF = 0x0A
 _CR = 0x0D
@@ -43,9 +44,21 @@ class SSEDecoder:
         self._retry: int | None = None
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        out: list[ServerSentEvent] = []
+        self._feed(chunk, out, False)
+        return out
+
+    def feed_data(self, chunk: bytes) -> list[bytes]:
+        """Like ``feed``, but only each event's data: for readers that ignore event
+        names and ids (OpenAI-compatible streams). It builds no object per event."""
+        out: list[bytes] = []
+        self._feed(chunk, out, True)
+        return out
+
+    def _feed(self, chunk: bytes, out: list[Any], data_only: bool) -> None:
         if not chunk:
             # An empty read must not forget a pending CR: its LF may be in the next one.
-            return []
+            return
         if self._pending_cr:
             self._pending_cr = False
             if chunk[:1] == b"\n":
@@ -56,7 +69,7 @@ class SSEDecoder:
             # present." Only one: a second BOM belongs to the first field name.
             if _BOM.startswith(buffer):
                 self._buffer = buffer
-                return []
+                return
             self._started = True
             if buffer.startswith(_BOM):
                 buffer = buffer[len(_BOM) :]
@@ -68,11 +81,16 @@ class SSEDecoder:
             buffer = blocks.pop()
             for block in blocks:
                 if block[:6] == b"data: " and b"\n" not in block:
-                    events.append(ServerSentEvent(block[6:], "message", self._id))
+                    out.append(
+                        block[6:] if data_only else ServerSentEvent(block[6:], "message", self._id)
+                    )
                 else:
                     for line in block.split(b"\n"):
                         self._line(line, events)
                     self._line(b"", events)
+                    if events:
+                        out.extend([e.data for e in events] if data_only else events)
+                        events = []
         start = 0
         end = len(buffer)
         find = buffer.find
@@ -94,7 +112,8 @@ class SSEDecoder:
             self._line(buffer[start:stop], events)
             start = nxt
         self._buffer = buffer[start:] if start < end else b""
-        return events
+        if events:
+            out.extend([e.data for e in events] if data_only else events)
 
     def flush(self) -> list[ServerSentEvent]:
         """End of stream. Per the spec an unterminated event is discarded."""

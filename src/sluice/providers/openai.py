@@ -236,7 +236,7 @@ class OpenAIProvider:
             content = response.content
             watchdog = _Watchdog(loop, content, first_deadline, timeouts.idle, deadline)
             decoder = SSEDecoder()
-            feed = decoder.feed
+            feed = decoder.feed_data
             decode = decode_chunk
             saw_finish = False
             while True:
@@ -255,8 +255,7 @@ class OpenAIProvider:
                         return
                     raise UpstreamProtocolError("the upstream closed the stream before it finished")
                 batch: list[StreamEvent] = []
-                for event in feed(data):
-                    payload = event.data
+                for payload in feed(data):
                     if payload == b"[DONE]":
                         if batch:
                             yield batch
