@@ -26,6 +26,61 @@ async def _next(stream: AsyncIterator[Batch]) -> Batch | None:
         return None
 
 
+class _KeepAlive:
+    """Keep-alive comments every ``interval`` while the first batch is awaited.
+
+    While nothing is due it costs one timer on the loop, not a task: the task that
+    writes is made only when a keep-alive is due, and never two at once, so there is
+    one writer at a time and the head goes out once.
+    """
+
+    __slots__ = ("_admitted", "_encoder", "_exchange", "_handle", "_interval", "_loop", "_task")
+
+    def __init__(
+        self,
+        exchange: Exchange,
+        encoder: Encoder,
+        interval: float,
+        admitted: Callable[[], bool],
+    ) -> None:
+        self._exchange = exchange
+        self._encoder = encoder
+        self._interval = interval
+        self._admitted = admitted
+        self._loop = asyncio.get_running_loop()
+        self._task: asyncio.Task[None] | None = None
+        self._handle: asyncio.TimerHandle | None = self._loop.call_later(interval, self._due)
+
+    def _due(self) -> None:
+        self._handle = None
+        self._task = self._loop.create_task(self._send())
+
+    async def _send(self) -> None:
+        exchange, encoder = self._exchange, self._encoder
+        try:
+            if self._admitted():
+                if not exchange.started:
+                    await exchange.start(200, head(encoder))
+                assert encoder.keepalive is not None
+                await exchange.write(encoder.keepalive)
+        except Exception:  # the client is gone or the head failed: the main path will see
+            return
+        self._handle = self._loop.call_later(self._interval, self._due)
+
+    async def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._handle is not None:  # re-armed by a send that finished meanwhile
+            self._handle.cancel()
+            self._handle = None
+
+
 async def _first(
     exchange: Exchange,
     stream: AsyncIterator[Batch],
@@ -36,27 +91,15 @@ async def _first(
     """Wait for the first batch; on a stream, send keep-alives while it takes long.
 
     The head goes out with the first keep-alive, so until then a failure still gets
-    a proper HTTP status.
+    a proper HTTP status; keep-alives start only once the request was admitted.
     """
-    keepalive = encoder.keepalive
-    if keepalive is None or interval <= 0 or not encoder.streaming:
+    if encoder.keepalive is None or interval <= 0 or not encoder.streaming:
         return await _next(stream)
-    pending = asyncio.ensure_future(_next(stream))
+    keeper = _KeepAlive(exchange, encoder, interval, admitted)
     try:
-        while True:
-            done, _ = await asyncio.wait((pending,), timeout=interval)
-            if done:
-                return pending.result()
-            if not admitted():
-                continue
-            if not exchange.started:
-                await exchange.start(200, head(encoder))
-            await exchange.write(keepalive)
+        return await _next(stream)
     finally:
-        if not pending.done():
-            pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait((pending,))
+        await keeper.stop()
 
 
 def head(encoder: Encoder) -> list[tuple[bytes, bytes]]:
