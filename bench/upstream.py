@@ -9,8 +9,10 @@ test passes the name through and the bench chooses what the upstream does:
 ``burst`` (n=200)
     The whole body, ``n`` distinct content chunks, written in one call.
 ``paced`` (n=10, interval=0.05)
-    One SSE event every ``interval`` seconds, driven by one timer per stream (no
-    coroutine per stream): 3,000 paced streams cost the upstream little.
+    The role chunk at once, then each content chunk and the finish chunk ``interval``
+    seconds apart; the usage chunk and ``[DONE]`` right with the finish chunk, as a
+    model server sends them. One timer per stream (no coroutine per stream): 3,000
+    paced streams cost the upstream little.
 ``slow_first_body`` (n=10, delay=1.0)
     Headers at once, the body after ``delay`` seconds.
 ``hold`` (n=10, max=300)
@@ -135,6 +137,7 @@ class Connection(asyncio.Protocol):
         self.pending: tuple[bytes, ...] = ()
         self.index = 0
         self.interval = 0.0
+        self.last = 0
         self.loop = asyncio.get_running_loop()
 
     # asyncio callbacks ----------------------------------------------------------
@@ -229,6 +232,9 @@ class Connection(asyncio.Protocol):
         self.index = 0
         if name == "paced":
             self.interval = float(params["interval"])
+            # Paced: the role chunk, then each content chunk and the finish chunk
+            # ``interval`` apart; usage and [DONE] go with the finish chunk.
+            self.last = 2 + int(params["n"])
             self._tick()
         elif name == "slow_first_body":
             self.interval = 0.0
@@ -251,11 +257,13 @@ class Connection(asyncio.Protocol):
         if self.interval:
             event = self.pending[self.index]
             self.index += 1
-            if self.index < len(self.pending):
+            if self.index < self.last:
                 self.write(event)
                 self.timer = self.loop.call_later(self.interval, self._tick)
                 return
-            self.write(event + LAST_CHUNK)
+            # The finish chunk, then the usage chunk and [DONE] at once, as a model
+            # server sends them: they are not tokens, nothing paces them.
+            self.write(b"".join(self.pending[self.index - 1 :]) + LAST_CHUNK)
         else:
             self.write(b"".join(self.pending[self.index :]) + LAST_CHUNK)
         self.pending = ()
