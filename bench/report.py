@@ -4,6 +4,7 @@ Markdown page and a chart (drawn by the bench's own venv, which has matplotlib).
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -80,16 +81,21 @@ def _added(value: float | None, reference: float | None) -> float | None:
 LOAD_LIMIT_PCT = 85.0
 
 
-def _valid(level: dict[str, Any], reference: dict[str, Any] | None) -> bool:
+def _valid(level: dict[str, Any], reference: dict[str, Any] | None, interval_ms: float) -> bool:
+    """A level is a fair measurement when the load core kept up: under its CPU limit in
+    both runs, and direct itself within the 10 ms bar of the nominal gap."""
+    if reference is None:
+        return False
     for lv in (level, reference):
-        if lv is None:
-            return False
         if (lv.get("load_cpu_pct") or 0) > LOAD_LIMIT_PCT:
             return False
-    return True
+    gap = reference.get("gap_p99_ms")
+    return gap is not None and gap <= interval_ms + GAP_LIMIT_MS
 
 
-def headline(entry: dict[str, Any], direct: dict[str, Any] | None) -> dict[str, Any]:
+def headline(
+    entry: dict[str, Any], direct: dict[str, Any] | None, interval_ms: float = 20.0
+) -> dict[str, Any]:
     profiles = entry.get("profiles", {})
     ref = (direct or {}).get("profiles", {})
     out: dict[str, Any] = {}
@@ -111,7 +117,7 @@ def headline(entry: dict[str, Any], direct: dict[str, Any] | None) -> dict[str, 
         ref_levels = {lv["concurrency"]: lv for lv in rp["levels"]}
         for level in p["levels"]:
             r = ref_levels.get(level["concurrency"])
-            level["valid"] = _valid(level, r)
+            level["valid"] = _valid(level, r, interval_ms)
             level["added_gap_p50_ms"] = _added(level["gap_p50_ms"], r["gap_p50_ms"] if r else None)
             level["added_gap_p99_ms"] = _added(level["gap_p99_ms"], r["gap_p99_ms"] if r else None)
             level["added_ttft_p50_ms"] = _added(
@@ -147,8 +153,10 @@ def add_comparisons(run: dict[str, Any]) -> None:
     """Headline figures per target, and ``ratios[figure][a][b] = a / b``."""
     targets = run["targets"]
     direct = targets.get("direct")
+    interval_ms = run["sizes"]["paced_interval"] * 1000
     for entry in targets.values():
-        entry["headline"] = headline(entry, direct) if entry.get("status") == "ok" else {}
+        ok = entry.get("status") == "ok"
+        entry["headline"] = headline(entry, direct, interval_ms) if ok else {}
     ratios: dict[str, dict[str, dict[str, float]]] = {}
     measured = [n for n, e in targets.items() if e.get("status") == "ok"]
     for key, *_ in FIGURES:
@@ -450,3 +458,27 @@ def chart(json_path: Path, png: Path, create_env: bool) -> str | None:
     if done.returncode != 0:
         return done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "chart failed"
     return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Render a run again: ``python -m bench.report bench/results/latest.json``."""
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
+    parser.add_argument("json", type=Path)
+    parser.add_argument("--no-chart", action="store_true")
+    args = parser.parse_args(argv)
+    import orjson
+
+    run = orjson.loads(args.json.read_bytes())
+    add_comparisons(run)
+    args.json.write_bytes(orjson.dumps(run, option=orjson.OPT_INDENT_2) + b"\n")
+    args.json.with_suffix(".md").write_text(markdown(run))
+    print(table(run))
+    if not args.no_chart:
+        why = chart(args.json, args.json.with_suffix(".png"), create_env=False)
+        if why is not None:
+            print(f"chart skipped: {why}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
