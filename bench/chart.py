@@ -24,7 +24,8 @@ PALETTE: dict[str, str] = {}
 def colour(name: str) -> str:
     """One colour per target across every panel."""
     if name not in PALETTE:
-        PALETTE[name] = COLOURS.get(name, f"C{(len(PALETTE) + 1) % 10}")
+        free = [f"C{i}" for i in (3, 1, 2, 4, 5, 6, 8, 9)]  # C7 is direct's grey
+        PALETTE[name] = COLOURS.get(name, free[len(PALETTE) % len(free)])
     return PALETTE[name]
 
 
