@@ -22,17 +22,15 @@ more patterns of the same kind.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shlex
-import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Literal
 
 from bench.peers import Peer
+from bench.peers.steps import run_step
 
 __all__ = ["PEERS", "LiteLLM", "config_text", "model_name"]
 
@@ -109,14 +107,13 @@ class LiteLLM:
         log = cache / "litellm-install.log"
         log.write_bytes(b"")
         if not (venv / "bin" / "python").is_file():
-            why = _run(
-                [sys.executable, "-m", "venv", str(venv)], cwd=cache, log=log, timeout=VENV_TIMEOUT
-            )
+            venv_argv = [sys.executable, "-m", "venv", str(venv)]
+            why = run_step(venv_argv, cwd=cache, log=log, timeout=VENV_TIMEOUT, summary=_last_error)
             if why is not None:
                 return f"litellm: creating its venv failed: {why}"
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
         pip += ["--disable-pip-version-check", REQUIREMENT]
-        why = _run(pip, cwd=cache, log=log, timeout=PIP_TIMEOUT)
+        why = run_step(pip, cwd=cache, log=log, timeout=PIP_TIMEOUT, summary=_last_error)
         if why is not None:
             return f"litellm: pip install {REQUIREMENT!r} {why}"
         if not (venv / "bin" / "litellm").is_file():
@@ -167,34 +164,6 @@ def _foreign(key: str) -> bool:
         or key.startswith(("LITELLM_", "OPENAI_", "PROXY_", "UI_"))
         or key.endswith("_API_KEY")
     )
-
-
-def _run(argv: list[str], *, cwd: Path, log: Path, timeout: float) -> str | None:
-    """Run ``argv`` with its output appended to ``log``; None, or why it failed (one line)."""
-    with log.open("ab") as out:
-        out.write(f"$ {shlex.join(argv)}\n".encode())
-        out.flush()
-        try:
-            process = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            return f"could not run: {exc}"
-        try:
-            status = process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            return f"timed out after {timeout:g} s (log: {log})"
-    if status != 0:
-        return f"failed (exit {status}): {_last_error(log)} (log: {log})"
-    return None
 
 
 def _last_error(log: Path) -> str:

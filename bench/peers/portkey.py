@@ -15,17 +15,15 @@ Loopback custom hosts are allowed by default (``TRUSTED_CUSTOM_HOSTS`` unset).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shlex
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 from typing import Literal
 
 from bench.peers import Peer
+from bench.peers.steps import npm_env, run_step
 
 __all__ = ["PEERS", "Portkey"]
 
@@ -77,7 +75,7 @@ class Portkey:
         log = cache / "portkey-install.log"
         log.write_bytes(b"")
         argv = [npm, "install", "--no-audit", "--no-fund", "--loglevel=error", *PACKAGES]
-        why = _run(argv, cwd=home, log=log, timeout=NPM_TIMEOUT)
+        why = run_step(argv, cwd=home, log=log, timeout=NPM_TIMEOUT, env=npm_env())
         if why is not None:
             return f"portkey: npm install {' '.join(PACKAGES)} {why}"
         if not (home / ENTRY).is_file():
@@ -123,37 +121,6 @@ class Portkey:
             "authorization": "Bearer sk-fake",
         }
         return "POST", "/v1/chat/completions", json.dumps(body).encode(), headers
-
-
-def _run(argv: list[str], *, cwd: Path, log: Path, timeout: float) -> str | None:
-    """Run ``argv`` with its output appended to ``log``; None, or why it failed (one line)."""
-    env = dict(os.environ, npm_config_update_notifier="false")
-    with log.open("ab") as out:
-        out.write(f"$ {shlex.join(argv)}\n".encode())
-        out.flush()
-        try:
-            process = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            return f"could not run: {exc}"
-        try:
-            status = process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            return f"timed out after {timeout:g} s (log: {log})"
-    if status != 0:
-        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-        return f"failed (exit {status}): {(lines or ['no output'])[-1][:200]} (log: {log})"
-    return None
 
 
 PEERS: list[Peer] = [Portkey()]

@@ -27,19 +27,17 @@ Kind "text": the body is the story's text, no framing.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
-import shlex
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
 from bench.peers import Peer
+from bench.peers.steps import npm_env, run_step
 
 __all__ = ["PEERS", "SeedWorkerd", "SeedWrangler"]
 
@@ -225,34 +223,7 @@ def _run(
     timeout: float,
     env: dict[str, str] | None = None,
 ) -> str | None:
-    """Run ``argv`` with its output appended to ``log``; None, or why it failed (one line)."""
-    env = dict(env if env is not None else os.environ, npm_config_update_notifier="false")
-    with log.open("ab") as out:
-        out.write(f"$ {shlex.join(argv)}\n".encode())
-        out.flush()
-        try:
-            process = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            return f"could not run: {exc}"
-        try:
-            status = process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            return f"timed out after {timeout:g} s (log: {log})"
-    if status != 0:
-        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-        return f"failed (exit {status}): {(lines or ['no output'])[-1][:200]} (log: {log})"
-    return None
+    return run_step(argv, cwd=cwd, log=log, timeout=timeout, env=npm_env(env))
 
 
 PEERS: list[Peer] = [SeedWorkerd(), SeedWrangler()]
