@@ -12,7 +12,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-import aiohttp
 import orjson
 
 from sluice import config
@@ -31,6 +30,7 @@ from sluice.policies.cache import Cache
 from sluice.policies.ratelimit import RateLimits
 from sluice.policies.route import Router
 from sluice.pricing import PriceTable
+from sluice.providers.http import Pool
 from sluice.providers.registry import Providers
 from sluice.relay import relay
 from sluice.state import SharedState, open_state
@@ -77,7 +77,7 @@ class Gateway:
         self._auth = Authenticator(settings, self.keys)
         self._budgets: Budgets | None = None
         self._cache: Cache | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: Pool | None = None
         self._providers: Providers | None = None
         self._handler: Handler | None = None
         self._state: SharedState | None = None
@@ -101,13 +101,8 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------------
 
     async def startup(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None),
-            skip_auto_headers=("User-Agent",),
-        )
-        self._providers = Providers(self.settings, self._session)
+        self._pool = Pool()
+        self._providers = Providers(self.settings, self._pool)
         redis_url = self.settings.redis_url
         self._state = open_state(redis_url.get() if redis_url else None)
         await self._state.start()
@@ -142,8 +137,8 @@ class Gateway:
             await self._cache.close()  # generations in flight, before their upstreams
         if self._providers is not None:
             await self._providers.aclose()
-        if self._session is not None:
-            await self._session.close()
+        if self._pool is not None:
+            await self._pool.close()
         await self.store.close()
         await asyncio.to_thread(self.keys.close)
         if self._state is not None:

@@ -13,7 +13,6 @@ import contextlib
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from sluice.config import Deployment
@@ -30,6 +29,14 @@ from sluice.events import (
     ChatRequest,
     Finish,
     StreamEvent,
+)
+from sluice.providers.http import (
+    ConnectError,
+    ConnectTimeout,
+    HTTPError,
+    Pool,
+    Response,
+    split_url,
 )
 from sluice.providers.openai_wire import DecodeError, chunk_events, decode_chunk
 from sluice.sse import SSEDecoder
@@ -106,14 +113,14 @@ class _Watchdog:
     Each read only stores the time it started waiting; a timer armed on the loop checks
     that lazily and re-arms itself, so there is no per-read timer churn. Time spent
     writing to a slow client is not counted as upstream idleness. On expiry the error
-    is set on the response stream, which wakes the pending read with it.
+    is set on the response, which wakes the pending read with it.
     """
 
     __slots__ = (
-        "_content",
         "_handle",
         "_idle",
         "_loop",
+        "_response",
         "_total",
         "first",
         "wait_start",
@@ -123,13 +130,13 @@ class _Watchdog:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        content: aiohttp.StreamReader,
+        response: Response,
         first_deadline: float,
         idle: float,
         deadline: float,
     ) -> None:
         self._loop = loop
-        self._content = content
+        self._response = response
         self._idle = idle
         self.first = True
         self.waiting = True
@@ -159,9 +166,7 @@ class _Watchdog:
 
     def _expire(self, what: str) -> None:
         self.cancel()
-        self._content.set_exception(
-            UpstreamTimeout(f"the upstream timed out waiting for the {what}")
-        )
+        self._response.interrupt(UpstreamTimeout(f"the upstream timed out waiting for the {what}"))
 
     def cancel(self) -> None:
         for handle in (self._handle, self._total):
@@ -170,14 +175,27 @@ class _Watchdog:
         self._handle = self._total = None
 
 
+def _header_lines(headers: dict[str, str]) -> bytes:
+    lines = []
+    for name, value in headers.items():
+        if any(c in name or c in value for c in "\r\n\0") or not name.strip():
+            raise ValueError(f"upstream header {name!r} has a line break or is empty")
+        lines.append(f"{name}: {value}\r\n")
+    return "".join(lines).encode("latin-1")
+
+
 class OpenAIProvider:
     owned_by = "openai"
 
-    def __init__(self, deployment: Deployment, session: aiohttp.ClientSession) -> None:
+    def __init__(self, deployment: Deployment, pool: Pool) -> None:
         self._deployment = deployment
-        self._session = session
-        self._url = _endpoint(deployment.base_url)
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        self._pool = pool
+        self._origin, target = split_url(_endpoint(deployment.base_url))
+        headers = {
+            "Host": self._origin.authority,
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+        }
         key = deployment.api_key.get() if deployment.api_key else ""
         if key:
             if ".azure.com" in deployment.base_url:
@@ -185,11 +203,11 @@ class OpenAIProvider:
             else:
                 headers["Authorization"] = f"Bearer {key}"
         headers.update(deployment.headers)
-        self._headers = headers
-        connect = deployment.timeouts.connect or None
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect, connect=connect)
+        # The request head, but for its length: built once, written with each body.
+        self._head = f"POST {target} HTTP/1.1\r\n".encode("latin-1") + _header_lines(headers)
+        self._connect_timeout = deployment.timeouts.connect or None
         if "openai.com" not in deployment.base_url:
-            self.owned_by = f"openai-compatible ({deployment.base_url.split('/')[2]})"
+            self.owned_by = f"openai-compatible ({self._origin.authority})"
 
     def payload(self, request: ChatRequest) -> bytes:
         body: dict[str, Any] = dict(request.options)
@@ -199,59 +217,56 @@ class OpenAIProvider:
         body["stream_options"] = {"include_usage": True}
         return orjson.dumps(body)
 
+    def _request(self, request: ChatRequest) -> bytes:
+        body = self.payload(request)
+        return b"".join((self._head, b"Content-Length: %d\r\n\r\n" % len(body), body))
+
     async def stream(self, request: ChatRequest) -> AsyncGenerator[list[StreamEvent], None]:
         timeouts = self._deployment.timeouts
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + timeouts.total if timeouts.total else float("inf")
         first_deadline = started + timeouts.first_token if timeouts.first_token else float("inf")
-        response: aiohttp.ClientResponse | None = None
+        response: Response | None = None
         watchdog: _Watchdog | None = None
-        finished = False
         try:
             try:
                 # The request and its response head: nothing is yielded in here, so a
                 # timeout context is safe (one that spans a yield would cancel whichever
                 # task happens to be running when it fires).
                 async with asyncio.timeout_at(min(deadline, first_deadline)):
-                    response = await self._session.post(
-                        self._url,
-                        data=self.payload(request),
-                        headers=self._headers,
-                        timeout=self._timeout,
+                    response = await self._pool.request(
+                        self._origin, self._request(request), self._connect_timeout
                     )
             except TimeoutError as exc:
                 what = "total time" if loop.time() >= deadline else "first token"
                 raise UpstreamTimeout(f"the upstream timed out waiting for the {what}") from exc
-            except aiohttp.ConnectionTimeoutError as exc:
+            except ConnectTimeout as exc:
                 raise UpstreamTimeout("timed out connecting to the upstream") from exc
-            except aiohttp.ClientConnectorError as exc:
-                raise UpstreamConnectError(
-                    f"cannot connect to the upstream: {exc.os_error or exc}"
-                ) from exc
-            except aiohttp.ClientError as exc:
+            except ConnectError as exc:
+                raise UpstreamConnectError(f"cannot connect to the upstream: {exc}") from exc
+            except HTTPError as exc:
                 raise UpstreamConnectError(f"upstream request failed: {exc}") from exc
             if response.status >= 400:
                 await self._raise_status(response)
-            content = response.content
-            watchdog = _Watchdog(loop, content, first_deadline, timeouts.idle, deadline)
+            watchdog = _Watchdog(loop, response, first_deadline, timeouts.idle, deadline)
             decoder = SSEDecoder()
             feed = decoder.feed_data
             decode = decode_chunk
+            read = response.read
             saw_finish = False
             while True:
                 watchdog.wait_start = loop.time()
                 watchdog.waiting = True
                 try:
-                    data = await content.readany()
-                except aiohttp.ClientPayloadError as exc:
-                    raise UpstreamProtocolError("the upstream connection broke mid-stream") from exc
-                except aiohttp.ClientError as exc:
-                    raise UpstreamProtocolError(f"upstream read failed: {exc}") from exc
+                    data = await read()
+                except HTTPError as exc:
+                    raise UpstreamProtocolError(
+                        f"the upstream connection broke mid-stream ({exc})"
+                    ) from exc
                 watchdog.waiting = False
                 if not data:
                     if saw_finish:
-                        finished = True
                         return
                     raise UpstreamProtocolError("the upstream closed the stream before it finished")
                 batch: list[StreamEvent] = []
@@ -259,7 +274,6 @@ class OpenAIProvider:
                     if payload == b"[DONE]":
                         if batch:
                             yield batch
-                        finished = True
                         return
                     try:
                         chunk = decode(payload)
@@ -283,15 +297,14 @@ class OpenAIProvider:
             if watchdog is not None:
                 watchdog.cancel()
             if response is not None:
-                if finished:
-                    response.release()
-                else:
-                    response.close()
+                # Back to the pool only if the whole body was read; else closed, which
+                # is how the upstream learns that nobody is listening any more.
+                response.release()
 
-    async def _raise_status(self, response: aiohttp.ClientResponse) -> None:
+    async def _raise_status(self, response: Response) -> None:
         body = b""
-        with contextlib.suppress(aiohttp.ClientError):
-            body = await response.content.read(_MAX_ERROR_BODY)
+        with contextlib.suppress(HTTPError):
+            body = await response.read_all(_MAX_ERROR_BODY)
         message, code, kind = _error_fields(body)
         status = response.status
         headers = {}
