@@ -77,7 +77,23 @@ class StreamError:
     raw: bytes | None = None
 
 
-StreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish | StreamError
+@dataclass(slots=True)
+class Chunks:
+    """OpenAI chat.completion.chunk events passed along unread.
+
+    ``data`` is ``count`` complete SSE events (``data: {...}\n\n`` each), exactly as the
+    upstream sent them; each carries only deltas (no finish_reason, usage or error).
+    A dialect speaking OpenAI's format with passthrough writes ``data`` as is;
+    every other consumer turns it into events with ``sluice.providers.openai_wire.expand``.
+    """
+
+    data: bytes
+    count: int
+    #: Always None: here only so that every event has a ``raw``.
+    raw: bytes | None = None
+
+
+StreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish | StreamError | Chunks
 
 
 @dataclass(slots=True)
