@@ -17,6 +17,7 @@ from sluice.dialects import Headers
 from sluice.errors import RequestError, SluiceError
 from sluice.events import (
     ChatRequest,
+    Chunks,
     Finish,
     ReasoningDelta,
     StreamError,
@@ -25,6 +26,7 @@ from sluice.events import (
     Usage,
 )
 from sluice.providers import Batch
+from sluice.providers.openai_wire import expand
 from sluice.sse import DONE
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -132,7 +134,8 @@ def error_body(exc: SluiceError) -> bytes:
 
 class StreamEncoder:
     """SSE chunks. With ``passthrough`` an upstream chunk that maps to one event is
-    forwarded as it came, without decoding and encoding it again."""
+    forwarded as it came, without decoding and encoding it again, and so are ``Chunks``;
+    without it, ``Chunks`` are expanded into events and encoded like any others."""
 
     streaming: bool = True
     content_type: bytes = b"text/event-stream; charset=utf-8"
@@ -164,6 +167,8 @@ class StreamEncoder:
     def encode(self, batch: Batch) -> bytes:
         parts: list[bytes] = []
         passthrough = self.passthrough
+        if not passthrough:
+            batch = expand(batch)
         for event in batch:
             kind = type(event)
             if kind is Usage:
@@ -178,6 +183,9 @@ class StreamEncoder:
                 parts.append(b"data: " + event.raw + b"\n\n")
             elif kind is TextDelta:
                 parts.append(self._chunk({"content": event.text}))  # type: ignore[union-attr]
+            elif kind is Chunks:  # only with passthrough: expanded above otherwise
+                self._role_sent = True
+                parts.append(event.data)  # type: ignore[union-attr]
             elif kind is Finish:
                 parts.append(self._chunk({}, event.reason))  # type: ignore[union-attr]
             elif kind is ReasoningDelta:
@@ -241,7 +249,7 @@ class CompletionEncoder:
         self._usage: Usage | None = None
 
     def encode(self, batch: Batch) -> bytes:
-        for event in batch:
+        for event in expand(batch):
             kind = type(event)
             if kind is TextDelta:
                 self._text.append(event.text)  # type: ignore[union-attr]

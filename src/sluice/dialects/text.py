@@ -8,6 +8,7 @@ from sluice.dialects import Headers
 from sluice.errors import RequestError, SluiceError
 from sluice.events import ChatRequest, StreamError, TextDelta
 from sluice.providers import Batch
+from sluice.providers.openai_wire import expand
 
 DEFAULT_PROMPT = "Tell me a story"
 MAX_PROMPT_CHARS = 32_000
@@ -38,7 +39,7 @@ class TextEncoder:
         # Providers hand over whole characters (SSE lines are decoded whole), so one
         # encode per batch never splits a UTF-8 sequence across writes.
         texts: list[str] = []
-        for event in batch:
+        for event in expand(batch):
             kind = type(event)
             if kind is TextDelta:
                 if event.text:  # type: ignore[union-attr]
