@@ -32,6 +32,7 @@ from sluice.events import (
 )
 from sluice.journal.codec import copy_error
 from sluice.providers import Batch
+from sluice.providers.openai_wire import expand
 
 if TYPE_CHECKING:
     from sluice.state import SharedState
@@ -92,7 +93,11 @@ class Journal:
         return self.state == "live"
 
     def append(self, batch: Batch) -> None:
-        """The hot path: one list append, a clock read, and wake whoever waits."""
+        """The hot path: one list append, a clock read, and wake whoever waits.
+
+        ``Chunks`` are expanded first: a journal holds events, which its readers encode
+        in their own dialects and its backends store (see ``journal.codec``)."""
+        batch = expand(batch)
         elapsed = self._clock() - self._t0
         self.batches.append(batch)
         self.times.append(elapsed)

@@ -39,8 +39,12 @@ def _event(event: StreamEvent) -> list[Any]:
         return ["u", u.input_tokens, u.output_tokens, u.source]
     if kind is Finish:
         return ["f", event.reason]  # type: ignore[union-attr]
-    s: StreamError = event  # type: ignore[assignment]
-    return ["e", s.message, s.code, s.type]
+    if kind is StreamError:
+        s: StreamError = event  # type: ignore[assignment]
+        return ["e", s.message, s.code, s.type]
+    # A journal expands Chunks as it is written (``Journal.append``); nothing else is
+    # stored.
+    raise TypeError(f"a journal cannot store a {kind.__name__} event")
 
 
 def encode_batches(items: list[tuple[float, Batch]]) -> bytes:
