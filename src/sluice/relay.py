@@ -13,10 +13,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from sluice.dialects import STREAM_HEADERS, Encoder
-from sluice.events import TextDelta, Usage
+from sluice.events import Chunks, TextDelta, Usage
 from sluice.exchange import Exchange
 from sluice.policies import Call
 from sluice.providers import Batch
+from sluice.providers.openai_wire import expand
 
 
 async def _next(stream: AsyncIterator[Batch]) -> Batch | None:
@@ -131,12 +132,18 @@ async def relay(
     while batch is not None:
         chunks += len(batch)
         for event in batch:
-            if type(event) is Usage:
-                record.input_tokens = event.input_tokens
-                record.output_tokens = event.output_tokens
-                record.usage_source = event.source
-            elif text is not None and type(event) is TextDelta:
-                text.append(event.text)
+            kind = type(event)
+            if kind is Usage:
+                record.input_tokens = event.input_tokens  # type: ignore[union-attr]
+                record.output_tokens = event.output_tokens  # type: ignore[union-attr]
+                record.usage_source = event.source  # type: ignore[union-attr]
+            elif kind is Chunks:
+                # Counted as the chunks it holds; its text is read only when kept.
+                chunks += event.count - 1  # type: ignore[union-attr]
+                if text is not None:
+                    text.extend(e.text for e in expand([event]) if type(e) is TextDelta)
+            elif text is not None and kind is TextDelta:
+                text.append(event.text)  # type: ignore[union-attr]
         data = encode(batch)
         if record.ttft_ms is None and (data or not encoder.streaming):
             record.ttft_ms = (time.perf_counter() - t0) * 1000
