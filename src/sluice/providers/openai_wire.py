@@ -12,7 +12,6 @@ events for the consumers that need them.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 import msgspec
@@ -161,7 +160,7 @@ def plain_chunks(data: bytes) -> Chunks | None:
     # payloads in C: no Python code runs per event. A duplicate key must be null at
     # every occurrence, since each is checked as it is read.
     try:
-        deque(map(_check_plain, payloads), maxlen=0)
+        list(map(_check_plain, payloads))
     except (DecodeError, UnicodeDecodeError):  # msgspec raises the latter for bad UTF-8
         return None
     return Chunks(data, len(payloads))
