@@ -43,6 +43,18 @@ class SSEDecoder:
         self._id: str | None = None
         self._retry: int | None = None
 
+    @property
+    def at_boundary(self) -> bool:
+        """Nothing of an unfinished event is held: the next read starts a new event,
+        so a reader may take a read of whole events without this decoder."""
+        return (
+            not self._buffer
+            and not self._pending_cr
+            and not self._data
+            and self._event is None
+            and self._retry is None
+        )
+
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
         out: list[ServerSentEvent] = []
         self._feed(chunk, out, False)

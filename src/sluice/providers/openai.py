@@ -38,7 +38,7 @@ from sluice.providers.http import (
     Response,
     split_url,
 )
-from sluice.providers.openai_wire import DecodeError, chunk_events, decode_chunk
+from sluice.providers.openai_wire import DecodeError, chunk_events, decode_chunk, plain_chunks
 from sluice.sse import SSEDecoder
 
 _MAX_ERROR_BODY = 64 * 1024
@@ -255,6 +255,9 @@ class OpenAIProvider:
             decode = decode_chunk
             read = response.read
             saw_finish = False
+            # With several choices per chunk the other choices are dropped, so each
+            # chunk has to be read.
+            plain = request.options.get("n") in (None, 1)
             while True:
                 watchdog.wait_start = loop.time()
                 watchdog.waiting = True
@@ -269,6 +272,14 @@ class OpenAIProvider:
                     if saw_finish:
                         return
                     raise UpstreamProtocolError("the upstream closed the stream before it finished")
+                if plain and decoder.at_boundary:
+                    # Only content chunks in this read: passed along unread, as one event.
+                    chunks = plain_chunks(data)
+                    if chunks is not None:
+                        if watchdog.first:
+                            watchdog.got_first()
+                        yield [chunks]
+                        continue
                 batch: list[StreamEvent] = []
                 for payload in feed(data):
                     if payload == b"[DONE]":
