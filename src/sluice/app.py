@@ -255,8 +255,9 @@ class Gateway:
             key=exchange.key,
             public=exchange.public,
         )
-        stream = self._handler(request, call)
         encoder = dialect.encoder(request, f"chatcmpl-{record.id}")
+        call.undecoded = encoder.takes_chunks and not self.settings.store_content
+        stream = self._handler(request, call)
         task = asyncio.current_task()
         assert task is not None
         watcher = exchange.watch_disconnect(task)

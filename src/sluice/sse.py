@@ -48,7 +48,8 @@ class SSEDecoder:
         """Nothing of an unfinished event is held: the next read starts a new event,
         so a reader may take a read of whole events without this decoder."""
         return (
-            not self._buffer
+            self._started
+            and not self._buffer
             and not self._pending_cr
             and not self._data
             and self._event is None

@@ -33,6 +33,9 @@ class Encoder(Protocol):
     #: Forward upstream payloads that ride on events (``raw``) unchanged. Set once the
     #: router has picked the deployment, before the first batch is encoded.
     passthrough: bool
+    #: Writes a ``Chunks`` event's bytes as they are (with ``passthrough``): only then
+    #: is it worth leaving plain upstream chunks undecoded.
+    takes_chunks: bool
 
     def encode(self, batch: Batch) -> bytes: ...
 

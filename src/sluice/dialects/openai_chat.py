@@ -141,6 +141,7 @@ class StreamEncoder:
     content_type: bytes = b"text/event-stream; charset=utf-8"
     keepalive: bytes | None = b": keep-alive\n\n"
     passthrough: bool
+    takes_chunks: bool = True
 
     def __init__(self, request: ChatRequest, response_id: str) -> None:
         self.passthrough = False
@@ -237,6 +238,7 @@ class CompletionEncoder:
     content_type: bytes = b"application/json"
     keepalive: bytes | None = None
     passthrough: bool = False
+    takes_chunks: bool = False
 
     def __init__(self, request: ChatRequest, response_id: str) -> None:
         self._request = request

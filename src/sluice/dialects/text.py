@@ -31,6 +31,7 @@ class TextEncoder:
     content_type: bytes = b"text/plain; charset=utf-8"
     keepalive: bytes | None = None
     passthrough: bool = False
+    takes_chunks: bool = False
 
     def __init__(self) -> None:
         self.text_parts = 0

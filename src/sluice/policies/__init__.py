@@ -37,6 +37,10 @@ class Call:
     #: The upstream speaks the client's wire format and names the model as asked, so
     #: its chunks may be forwarded unchanged.
     passthrough: bool = False
+    #: What reads the stream writes OpenAI chunks out as they came and keeps no events
+    #: (no cache journal, no stored content): with ``passthrough``, plain content
+    #: chunks may stay undecoded (``Chunks``). Policies that keep events clear it.
+    undecoded: bool = False
     #: Every refusing policy let the request through and an answer is being produced
     #: (the router called an upstream, or a coalesced request follows another's
     #: generation). Only then may keep-alives commit the response head: a refusal

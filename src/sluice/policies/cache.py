@@ -185,6 +185,7 @@ class Cache:
     async def _serve(
         self, inner: Handler, request: ChatRequest, call: Call, mode: str
     ) -> AsyncGenerator[Batch, None]:
+        call.undecoded = False  # journals keep events
         key = cache_key(request)
         for _ in range(3):
             try:

@@ -211,7 +211,9 @@ class Router:
             call.deployment = deployment
             upstream = deployment.upstream_model(request.model)
             call.record.upstream = describe(deployment.provider, upstream, deployment.base_url)
-            stream = self._providers.get(deployment).stream(request)
+            stream = self._providers.get(deployment).stream(
+                request, undecoded=call.undecoded and call.passthrough
+            )
             self._balancer.started(deployment)
             try:
                 first: Batch | None = await stream.__anext__()

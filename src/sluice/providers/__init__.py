@@ -23,6 +23,9 @@ class Provider(Protocol):
     #: Shown as ``owned_by`` in ``/v1/models``.
     owned_by: str
 
-    def stream(self, request: ChatRequest) -> AsyncGenerator[Batch, None]: ...
+    def stream(self, request: ChatRequest, undecoded: bool = False) -> AsyncGenerator[Batch, None]:
+        """``undecoded``: the consumer forwards OpenAI chunks as they came, so a run of
+        plain content chunks may come as one ``Chunks`` event instead of events."""
+        ...
 
     async def aclose(self) -> None: ...

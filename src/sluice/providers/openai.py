@@ -27,6 +27,7 @@ from sluice.errors import (
 )
 from sluice.events import (
     ChatRequest,
+    Chunks,
     Finish,
     StreamEvent,
 )
@@ -184,6 +185,65 @@ def _header_lines(headers: dict[str, str]) -> bytes:
     return "".join(lines).encode("latin-1")
 
 
+#: Where the plain content chunks of a read end: the first finish reason, usage object,
+#: error or ``[DONE]`` (in compact JSON; other spellings just make ``plain_chunks`` say
+#: no, and the read is decoded as usual).
+_STOPS = (b'"finish_reason":"', b'"usage":{', b'"error"', b"data: [DONE]")
+
+
+def _plain_prefix(events: bytes) -> tuple[Chunks | None, int]:
+    """The content chunks at the start of ``events`` (whole events) and where they end."""
+    chunks = plain_chunks(events)
+    if chunks is not None:
+        return chunks, len(events)
+    stop = len(events)
+    for marker in _STOPS:
+        at = events.find(marker, 0, stop)
+        if at >= 0:
+            stop = at
+    cut = events.rfind(b"\n\n", 0, stop) + 2
+    if cut < 2:
+        return None, 0
+    chunks = plain_chunks(events[:cut])
+    return (chunks, cut) if chunks is not None else (None, 0)
+
+
+def _split(data: bytes, decoder: SSEDecoder) -> list[bytes | Chunks]:
+    """One read as payloads to decode and, where it holds a run of plain content
+    chunks, one ``Chunks`` passing them along undecoded, in stream order.
+
+    What the decoder holds of an event from earlier reads is finished through it first
+    and the read's unfinished last event goes to it after, so ``plain_chunks`` only
+    ever sees whole events that start at an event boundary.
+    """
+    feed = decoder.feed_data
+    items: list[bytes | Chunks] = []
+    start = 0
+    if not decoder.at_boundary:
+        first = data.find(b"\n\n")
+        if first < 0:
+            items.extend(feed(data))
+            return items
+        start = first + 2
+        items.extend(feed(data[:start]))
+        if not decoder.at_boundary:
+            items.extend(feed(data[start:]))
+            return items
+    last = data.rfind(b"\n\n")
+    if last < start:
+        items.extend(feed(data[start:]))
+        return items
+    end = last + 2
+    whole = data if start == 0 and end == len(data) else data[start:end]
+    chunks, cut = _plain_prefix(whole)
+    if chunks is None:
+        items.extend(feed(data[start:]))
+        return items
+    items.append(chunks)
+    items.extend(feed(data[start + cut :]))
+    return items
+
+
 class OpenAIProvider:
     owned_by = "openai"
 
@@ -221,7 +281,9 @@ class OpenAIProvider:
         body = self.payload(request)
         return b"".join((self._head, b"Content-Length: %d\r\n\r\n" % len(body), body))
 
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[list[StreamEvent], None]:
+    async def stream(
+        self, request: ChatRequest, undecoded: bool = False
+    ) -> AsyncGenerator[list[StreamEvent], None]:
         timeouts = self._deployment.timeouts
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -257,7 +319,7 @@ class OpenAIProvider:
             saw_finish = False
             # With several choices per chunk the other choices are dropped, so each
             # chunk has to be read.
-            plain = request.options.get("n") in (None, 1)
+            plain = undecoded and request.options.get("n") in (None, 1)
             while True:
                 watchdog.wait_start = loop.time()
                 watchdog.waiting = True
@@ -272,23 +334,18 @@ class OpenAIProvider:
                     if saw_finish:
                         return
                     raise UpstreamProtocolError("the upstream closed the stream before it finished")
-                if plain and decoder.at_boundary:
-                    # Only content chunks in this read: passed along unread, as one event.
-                    chunks = plain_chunks(data)
-                    if chunks is not None:
-                        if watchdog.first:
-                            watchdog.got_first()
-                        yield [chunks]
-                        continue
                 batch: list[StreamEvent] = []
-                for payload in feed(data):
+                for payload in _split(data, decoder) if plain else feed(data):
+                    if isinstance(payload, Chunks):
+                        batch.append(payload)
+                        continue
                     if payload == b"[DONE]":
                         if batch:
                             yield batch
                         return
                     try:
                         chunk = decode(payload)
-                    except DecodeError as exc:
+                    except (DecodeError, UnicodeDecodeError) as exc:
                         raise UpstreamProtocolError(
                             f"the upstream sent an event that is not a chat completion chunk: {exc}"
                         ) from exc

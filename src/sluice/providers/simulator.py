@@ -40,7 +40,9 @@ class SimulatorProvider:
     def __init__(self, deployment: Deployment) -> None:
         self._deployment = deployment
 
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[Batch, None]:
+    async def stream(
+        self, request: ChatRequest, undecoded: bool = False
+    ) -> AsyncGenerator[Batch, None]:
         settings = self._deployment.simulator
         limit = _token_limit(settings.max_tokens, request.options)
         rng = random.Random(_seed(settings.seed, request))
