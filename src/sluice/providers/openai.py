@@ -185,26 +185,31 @@ def _header_lines(headers: dict[str, str]) -> bytes:
     return "".join(lines).encode("latin-1")
 
 
-#: Where the plain content chunks of a read end: the first finish reason, usage object,
-#: error or ``[DONE]`` (in compact JSON; other spellings just make ``plain_chunks`` say
-#: no, and the read is decoded as usual).
+#: What ends a run of plain content chunks: a finish reason, a usage object, an error
+#: or ``[DONE]`` (in compact JSON; other spellings only make ``plain_chunks`` say no,
+#: and the read is decoded as usual).
 _STOPS = (b'"finish_reason":"', b'"usage":{', b'"error"', b"data: [DONE]")
+#: They come at the end of a stream, so only a read's last bytes are searched for them.
+_TAIL = 4096
 
 
 def _plain_prefix(events: bytes) -> tuple[Chunks | None, int]:
-    """The content chunks at the start of ``events`` (whole events) and where they end."""
-    chunks = plain_chunks(events)
-    if chunks is not None:
-        return chunks, len(events)
-    stop = len(events)
+    """The content chunks at the start of ``events`` (whole events) and where they end.
+
+    The cut is a guess from the last bytes; ``plain_chunks`` checks every event before
+    it, so a stop earlier in the read only costs the undecoded path, never correctness.
+    """
+    size = len(events)
+    stop = size
+    tail = max(0, size - _TAIL)
     for marker in _STOPS:
-        at = events.find(marker, 0, stop)
+        at = events.find(marker, tail, stop)
         if at >= 0:
             stop = at
-    cut = events.rfind(b"\n\n", 0, stop) + 2
+    cut = size if stop == size else events.rfind(b"\n\n", 0, stop) + 2
     if cut < 2:
         return None, 0
-    chunks = plain_chunks(events[:cut])
+    chunks = plain_chunks(events if cut == size else events[:cut])
     return (chunks, cut) if chunks is not None else (None, 0)
 
 
