@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -244,7 +245,7 @@ class _Connection(asyncio.Protocol):
 class Response:
     """An upstream response whose head is in; the body is read piece by piece."""
 
-    __slots__ = ("_conn", "_done", "headers", "status")
+    __slots__ = ("_conn", "_done", "headers", "read", "status")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
@@ -252,10 +253,9 @@ class Response:
         self.status = conn.status
         #: Lower-case names; repeated headers joined with ``", "``.
         self.headers = conn.headers
-
-    async def read(self) -> bytes:
-        """Everything that arrived since the last read; ``b""`` once the body ended."""
-        return await self._conn.read()
+        #: ``await read()``: everything that arrived since the last read; ``b""`` once
+        #: the body ended. The connection's own method: no coroutine in between.
+        self.read: Callable[[], Coroutine[Any, Any, bytes]] = conn.read
 
     async def read_all(self, limit: int) -> bytes:
         """The body, up to ``limit`` bytes (the rest is not waited for)."""
