@@ -224,6 +224,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         for name in sorted(unknown):
             log(f"{name}: skipped: no such target (is its peer module there?)")
         targets = [t for t in targets if t.name in names or t.name == "direct"]
+    else:
+        targets = [t for t in targets if t.default]
     out: dict[str, Any] = {
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),

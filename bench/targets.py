@@ -45,6 +45,8 @@ class Target:
     launch: Callable[[str, int], subprocess.Popen[bytes]] | None
     cores: set[int]
     profiles: frozenset[str] = ALL_PROFILES
+    #: False: measured only when named with ``--only`` (a contrast, not a headline).
+    default: bool = True
     #: Set once installed and checked; then the target is skipped with this reason.
     skipped: str | None = None
     install: Callable[[], str | None] = field(default=lambda: None)
@@ -63,20 +65,31 @@ class Live:
         return self.process.pid if self.process is not None else None
 
 
+def sluice_config(run: Path, upstream_base: str, port: int, workers: int = 1) -> Path:
+    """Write the bench's Sluice config into ``run`` (made if needed); its path."""
+    run.mkdir(parents=True, exist_ok=True)
+    config = {
+        "host": "127.0.0.1",
+        "port": port,
+        "workers": workers,
+        "record": {"path": str(run / "records.db")},
+        "models": {"*": {"provider": "openai", "base_url": upstream_base}},
+    }
+    path = run / "sluice.json"  # JSON is YAML
+    path.write_bytes(orjson.dumps(config))
+    return path
+
+
+def sluice_env() -> dict[str, str]:
+    """This environment without the variables Sluice reads its settings from."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SLUICE_"))}
+
+
 def sluice_launch(workers: int, logs: Path) -> Callable[[str, int], subprocess.Popen[bytes]]:
     def launch(upstream_base: str, port: int) -> subprocess.Popen[bytes]:
         run = logs / f"sluice-w{workers}-{port}"
-        run.mkdir(parents=True, exist_ok=True)
-        config = {
-            "host": "127.0.0.1",
-            "port": port,
-            "workers": workers,
-            "record": {"path": str(run / "records.db")},
-            "models": {"*": {"provider": "openai", "base_url": upstream_base}},
-        }
-        path = run / "sluice.json"  # JSON is YAML
-        path.write_bytes(orjson.dumps(config))
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SLUICE_"))}
+        path = sluice_config(run, upstream_base, port, workers)
+        env = sluice_env()
         argv = [sys.executable, "-m", "sluice", "serve", "--config", str(path)]
         argv += ["--log-level", "warning"]
         with open(run / "gateway.log", "wb") as log:
@@ -100,10 +113,12 @@ def peer_target(peer: Peer, cores: set[int], cache: Path) -> Target:
 def all_targets(gateway: set[int], both: set[int], logs: Path) -> list[Target]:
     from bench.peers import peers
     from bench.policy_target import policy_target
+    from bench.servers import server_targets
 
     targets = [
         Target("direct", "direct (the upstream itself)", "sse", openai_request, None, set()),
         Target("sluice", "sluice", "sse", openai_request, sluice_launch(1, logs), gateway),
+        *server_targets(gateway, logs),
         policy_target(gateway, logs),
         Target(
             "sluice-w2",
