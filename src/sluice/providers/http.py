@@ -125,6 +125,8 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received = True
+        if self._exc is not None:
+            return  # interrupted: whatever comes now is not read
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -231,9 +233,13 @@ class _Connection(asyncio.Protocol):
                 self._waiter = None
 
     def interrupt(self, exc: Exception) -> None:
-        """Make the pending (or next) read raise ``exc``; the connection is not reused."""
+        """Make the pending (or next) read raise ``exc``, before any data still unread
+        (an upstream that keeps sending must not outrun a total-time limit); the
+        connection is not reused."""
         self._exc = exc
         self.keep_alive = False
+        self._pieces.clear()
+        self._size = 0
         self._wake()
 
     def close(self) -> None:
