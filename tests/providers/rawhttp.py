@@ -11,6 +11,9 @@ Modes:
                answer, as when an upstream's keep-alive timeout crosses a request.
 ``garbage``    answers with bytes that are not HTTP.
 ``chunks``     a chunked body of many tiny HTTP chunks written in one send.
+``unasked``    answers (keep-alive, Content-Length), then, unasked, writes a 408
+               response on the idle connection and leaves it open; a further
+               request on that connection is never answered.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import socket
 import sys
 import threading
+import time
 
 BODY = b"hello from the raw server"
 CHUNKS = 500
@@ -55,6 +59,16 @@ def _serve(conn: socket.socket, mode: str) -> None:
             if mode == "garbage":
                 conn.sendall(b"this is not http at all\r\n\r\n")
                 return
+            if mode == "unasked":
+                if served:
+                    time.sleep(30)  # a request on a connection it gave up on: no answer
+                    return
+                served += 1
+                head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+                conn.sendall(head + BODY)
+                time.sleep(0.1)
+                conn.sendall(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+                continue
             if mode == "once":
                 if served:
                     return

@@ -117,6 +117,24 @@ def test_stale_keepalive_connection_is_replaced_once() -> None:
     assert run(main()) == [BODY] * 3
 
 
+def test_an_idle_connection_that_speaks_unasked_is_not_reused() -> None:
+    async def main() -> list[bytes]:
+        with raw_server("unasked") as url:
+            pool = Pool()
+            origin, _ = split_url(url)
+            bodies = []
+            for _ in range(2):
+                request = pool.request(origin, request_bytes(url), 5)
+                response = await asyncio.wait_for(request, 3)
+                bodies.append((await read_body(response))[0])
+                response.release()
+                await asyncio.sleep(0.3)  # the unasked 408 arrives meanwhile
+            await pool.close()
+            return bodies
+
+    assert run(main()) == [BODY, BODY]
+
+
 def test_not_http_is_a_protocol_error() -> None:
     async def main() -> None:
         with raw_server("garbage") as url:

@@ -82,6 +82,7 @@ class _Connection(asyncio.Protocol):
         "_pieces",
         "_size",
         "_waiter",
+        "busy",
         "closed",
         "complete",
         "headers",
@@ -101,6 +102,8 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        #: A request was written and its response is not finished with.
+        self.busy = False
         self.idle_since = 0.0
         self._reset()
 
@@ -127,6 +130,9 @@ class _Connection(asyncio.Protocol):
         self.received = True
         if self._exc is not None:
             return  # interrupted: whatever comes now is not read
+        if not self.busy:
+            self.close()  # bytes nobody asked for (a 408 before a close): not reusable
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -202,6 +208,7 @@ class _Connection(asyncio.Protocol):
     def send(self, data: bytes) -> asyncio.Future[None]:
         """Write a request; the future completes when the response head is in."""
         self._reset()
+        self.busy = True
         loop = self.pool.loop
         self._head = head = loop.create_future()
         assert self.transport is not None
@@ -371,6 +378,7 @@ class Pool:
         if self._closed or len(idle) >= _MAX_IDLE:
             conn.close()
             return
+        conn.busy = False
         conn.idle_since = self.loop.time()
         idle[conn] = None
         if self._sweeper is None:
