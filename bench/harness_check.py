@@ -17,29 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from bench import procs
 from bench.profiles import Env, Sizes, _paced_round, expect_for, request_bytes
-from bench.targets import CACHE, ROOT, Live, Target, openai_request
+from bench.run import start_upstream
+from bench.targets import CACHE, Live, Target, openai_request
 
-MODULES = {"bench": "bench.upstream", "ticks": "bench.upstream_ticks"}
-
-
-def start_upstream(module: str, cores: set[int]) -> tuple[subprocess.Popen[bytes], str]:
-    logs = CACHE / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", module, "--port", "0"]
-    with procs.affinity(cores), open(logs / "harness-upstream.log", "wb") as err:
-        process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=err)
-    assert process.stdout is not None
-    line = process.stdout.readline().decode().strip()
-    if not line.startswith("listening on "):
-        procs.stop(process)
-        raise RuntimeError(f"the upstream did not start: {line!r}")
-    return process, line.removeprefix("listening on ")
+UPSTREAMS = ("bench", "ticks")
 
 
 def core_busy() -> dict[int, float]:
@@ -62,7 +47,9 @@ async def check(args: argparse.Namespace) -> None:
     load_core = {sorted(os.sched_getaffinity(0))[-1]}
     os.sched_setaffinity(0, load_core)
     procs.raise_fd_limit()
-    upstream, base = start_upstream(MODULES[args.upstream], load_core)
+    logs = CACHE / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    upstream, base = start_upstream(args.upstream, load_core, logs)
     try:
         env = Env(base, upstream.pid)
         port = int(base.rsplit(":", 1)[1])
@@ -106,7 +93,7 @@ async def check(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.harness_check", description=__doc__)
     parser.add_argument("--levels", default="1000,2000,3000")
-    parser.add_argument("--upstream", choices=sorted(MODULES), default="bench")
+    parser.add_argument("--upstream", choices=UPSTREAMS, default="bench")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--streams-each", type=int, default=3)
     parser.add_argument("--wait-quiet", type=float, default=60.0, help="as in bench.run")

@@ -84,9 +84,16 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
     return sizes
 
 
+#: The fake upstreams: the bench's own, the test suite's, and the one-timer-per-tick one.
+UPSTREAMS = {
+    "bench": "bench.upstream",
+    "tests": "tests.upstream.server",
+    "ticks": "bench.upstream_ticks",
+}
+
+
 def start_upstream(which: str, cores: set[int], logs: Path) -> tuple[subprocess.Popen[bytes], str]:
-    module = "bench.upstream" if which == "bench" else "tests.upstream.server"
-    argv = [sys.executable, "-m", module, "--port", "0"]
+    argv = [sys.executable, "-m", UPSTREAMS[which], "--port", "0"]
     if which == "tests":
         argv += ["--log-limit", "100"]
     with procs.affinity(cores), open(logs / "upstream.log", "wb") as err:
