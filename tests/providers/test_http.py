@@ -21,7 +21,7 @@ from sluice.providers.http import (
     split_url,
 )
 from tests.conftest import upstream_config
-from tests.upstream.fixture import ROOT, read_ready_line
+from tests.upstream.fixture import ROOT, read_ready_line, stop_process
 
 BODY = b"hello from the raw server"
 
@@ -34,10 +34,7 @@ def raw_server(mode: str) -> Iterator[str]:
         line = read_ready_line(process, 10.0)
         yield line.removeprefix("listening on ").strip()
     finally:
-        process.terminate()
-        process.wait(timeout=5)
-        assert process.stdout is not None
-        process.stdout.close()
+        stop_process(process)
 
 
 def request_bytes(url: str, body: bytes = b"{}") -> bytes:

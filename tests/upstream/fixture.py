@@ -106,7 +106,8 @@ def read_ready_line(process: subprocess.Popen[bytes], timeout: float) -> str:
     return buffer.split(b"\n", 1)[0].decode()
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """End a server this test run started (SIGTERM to its PID, then SIGKILL)."""
     if process.poll() is None:
         process.terminate()  # SIGTERM to this PID only
         try:
@@ -130,4 +131,4 @@ def start_upstream(host: str = "127.0.0.1", timeout: float = 10.0) -> Iterator[U
         base = line.removeprefix(READY_PREFIX).strip()
         yield Upstream(base=base, port=int(base.rsplit(":", 1)[1]), process=process)
     finally:
-        _stop(process)
+        stop_process(process)

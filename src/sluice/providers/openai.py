@@ -39,7 +39,13 @@ from sluice.providers.http import (
     Response,
     split_url,
 )
-from sluice.providers.openai_wire import DecodeError, chunk_events, decode_chunk, plain_chunks
+from sluice.providers.openai_wire import (
+    DecodeError,
+    chunk_events,
+    decode_chunk,
+    not_a_chunk,
+    plain_chunks,
+)
 from sluice.sse import SSEDecoder
 
 _MAX_ERROR_BODY = 64 * 1024
@@ -351,9 +357,7 @@ class OpenAIProvider:
                     try:
                         chunk = decode(payload)
                     except (DecodeError, UnicodeDecodeError) as exc:
-                        raise UpstreamProtocolError(
-                            f"the upstream sent an event that is not a chat completion chunk: {exc}"
-                        ) from exc
+                        raise not_a_chunk(exc) from exc
                     if chunk.error is not None:
                         if batch:  # what came before the error still reaches the client
                             yield batch
@@ -364,7 +368,7 @@ class OpenAIProvider:
                     if watchdog.first:
                         watchdog.got_first()
                     if not saw_finish:
-                        saw_finish = any(type(e) is Finish for e in batch)
+                        saw_finish = Finish in map(type, batch)
                     yield batch
         finally:
             if watchdog is not None:

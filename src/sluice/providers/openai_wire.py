@@ -107,7 +107,8 @@ def chunk_events(chunk: Chunk, raw: bytes, out: list[StreamEvent]) -> None:
         out[start].raw = raw
 
 
-def _not_a_chunk(exc: Exception) -> UpstreamProtocolError:
+def not_a_chunk(exc: Exception) -> UpstreamProtocolError:
+    """The error for an upstream event that does not decode as a chunk."""
     return UpstreamProtocolError(
         f"the upstream sent an event that is not a chat completion chunk: {exc}"
     )
@@ -181,6 +182,6 @@ def expand(batch: list[StreamEvent]) -> list[StreamEvent]:
             try:
                 chunk = decode_chunk(payload)
             except (DecodeError, UnicodeDecodeError) as exc:
-                raise _not_a_chunk(exc) from exc
+                raise not_a_chunk(exc) from exc
             chunk_events(chunk, payload, out)
     return out
