@@ -127,7 +127,7 @@ async def relay(
         # The router has run by now (policies in front of it may start it late).
         encoder.passthrough = call.passthrough
     encode = encoder.encode
-    send = exchange.send  # the ASGI send itself: one coroutine less per write
+    write = exchange.write
     anext = stream.__anext__
     chunks = 0
     while batch is not None:
@@ -151,7 +151,7 @@ async def relay(
         if data and encoder.streaming:
             if not exchange.started:
                 await exchange.start(200, head(encoder))
-            await send({"type": "http.response.body", "body": data, "more_body": True})
+            await write(data)
         record.chunks = chunks
         try:
             batch = await anext()
@@ -162,4 +162,4 @@ async def relay(
     tail = encoder.end()
     if not exchange.started:
         await exchange.start(200, head(encoder))
-    await exchange.write(tail, more=False)
+    await write(tail, more=False)
