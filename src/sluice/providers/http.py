@@ -297,12 +297,6 @@ class Response:
         else:
             conn.close()
 
-    def close(self) -> None:
-        """Abandon the response: the connection is closed, never reused."""
-        if not self._done:
-            self._done = True
-            self._conn.close()
-
 
 class Pool:
     """Keep-alive connections per origin, shared by every provider of a gateway."""
