@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("libc: socket syscalls, malloc", ("(libc.so",)),
     ("JSON decode (msgspec / orjson)", ("msgspec", "orjson")),
     ("SSE decode (sluice/sse.py)", ("sluice/sse.py",)),
-    ("chunk check / chunk -> events (openai_wire.py)", ("openai_wire.py", "chunk_events")),
+    ("chunk check / chunk -> events (wire)", ("providers/openai_chat.py", "_events")),
     ("encode (sluice/dialects/)", ("sluice/dialects/",)),
     ("relay loop (sluice/relay.py)", ("sluice/relay.py",)),
     ("upstream read (providers/http.py)", ("sluice/providers/http.py",)),

@@ -189,8 +189,10 @@ def test_a_clean_shutdown_loses_no_record(start_gateway: StartGateway, upstream:
 def test_chunks_are_forwarded_unchanged_when_nothing_needs_to_change(
     start_gateway: StartGateway, upstream: Any
 ) -> None:
-    """Same wire format and model name: the upstream's chunks go out as they came, also
-    behind a policy that starts the router late; an alias makes the gateway re-encode."""
+    """Same wire format: the upstream's chunks go out as they came, also behind a policy
+    that starts the router late, and also for an alias. Every chunk of a stream, and the
+    JSON answer to the same request, names the model the upstream said answered and
+    carries one id (README: "Which model name clients see")."""
     config = upstream_config(upstream.url, limits={"models": {"normal": {"rpm": 1000}}})
     config["models"]["alias"] = {
         "provider": "openai",
@@ -200,11 +202,14 @@ def test_chunks_are_forwarded_unchanged_when_nothing_needs_to_change(
     }
     gateway = start_gateway(config, env=KEY_ENV)
     client = sdk(gateway)
-    forwarded = list(client.chat.completions.create(model="normal", messages=MESSAGES, stream=True))
-    assert {c.created for c in forwarded} == {1700000000}  # the test upstream's stamp
-    assert {c.system_fingerprint for c in forwarded} == {"fp_test"}
-    encoded = list(client.chat.completions.create(model="alias", messages=MESSAGES, stream=True))
-    assert {c.model for c in encoded} == {"alias"}
-    assert 1700000000 not in {c.created for c in encoded}
-    text = "".join(c.choices[0].delta.content or "" for c in encoded if c.choices)
-    assert text == expected_text("normal")
+    for model in ("normal", "alias"):
+        chunks = list(client.chat.completions.create(model=model, messages=MESSAGES, stream=True))
+        assert {c.created for c in chunks} == {1700000000}  # the test upstream's stamp
+        assert {c.system_fingerprint for c in chunks} == {"fp_test"}
+        assert {c.model for c in chunks} == {"normal"}
+        assert len({c.id for c in chunks}) == 1
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == expected_text("normal")
+        answer = client.chat.completions.create(model=model, messages=MESSAGES)
+        assert answer.model == "normal"
+        assert answer.system_fingerprint == "fp_test"

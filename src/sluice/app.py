@@ -5,22 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import orjson
 
 from sluice import config
 from sluice.config import Settings
-from sluice.dialects import Dialect, openai_chat, text
+from sluice.dialects import Dialect
 from sluice.dialects.openai_chat import OpenAIChatDialect
 from sluice.dialects.text import TextDialect
 from sluice.errors import MethodNotAllowed, NotFound, SluiceError
-from sluice.events import ChatRequest
+from sluice.events import ChatRequest, estimate_input_tokens, transcript
 from sluice.exchange import ClientGone, Exchange, Receive, Scope, Send
 from sluice.journal import journals_for
 from sluice.policies import Call, Handler, pipeline
@@ -39,8 +39,51 @@ from sluice.store.keys import KeyStore
 
 log = logging.getLogger("sluice")
 
-Route = Callable[[Exchange], Awaitable[None]]
+Handler_ = Callable[[Exchange, Dialect], Awaitable[None]]
 JSON = [(b"content-type", b"application/json")]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One entry of the route table: the dialect that decodes the request and renders
+    its errors, and what serves it."""
+
+    dialect: Dialect
+    serve: Handler_
+
+
+class RouteTable:
+    """Exact paths, and paths with one trailing ``{id}`` segment or more."""
+
+    def __init__(self) -> None:
+        self._exact: dict[str, dict[str, Route]] = {}
+        self._prefixed: list[tuple[str, str, dict[str, Route]]] = []
+
+    def add(self, method: str, path: str, route: Route) -> None:
+        if "{" in path:
+            head, _, tail = path.partition("{id}")
+            for prefix, suffix, methods in self._prefixed:
+                if (prefix, suffix) == (head, tail):
+                    methods[method] = route
+                    return
+            self._prefixed.append((head, tail, {method: route}))
+        else:
+            self._exact.setdefault(path, {})[method] = route
+
+    def find(self, path: str) -> dict[str, Route] | None:
+        found = self._exact.get(path)
+        if found is not None:
+            return found
+        for prefix, suffix, methods in self._prefixed:
+            if path.startswith(prefix) and path.endswith(suffix):
+                middle = path[len(prefix) : len(path) - len(suffix)]
+                if middle and "/" not in middle:
+                    return methods
+        return None
+
+
+def path_id(path: str, prefix: str, suffix: str = "") -> str:
+    return path[len(prefix) : len(path) - len(suffix)]
 
 
 def _tune_gc() -> None:
@@ -83,13 +126,21 @@ class Gateway:
         self._state: SharedState | None = None
         self._text = TextDialect()
         self._openai = OpenAIChatDialect()
-        self._routes: dict[str, dict[str, Route]] = {
-            "/": {"GET": self._seed},
-            "/v1/chat/completions": {"POST": self._chat_completions},
-            "/v1/models": {"GET": self._models},
-            "/healthz": {"GET": self._health},
-            "/readyz": {"GET": self._ready},
-        }
+        self.routes = RouteTable()
+        text, openai = self._text, self._openai
+        for method, path, route in (
+            ("GET", "/", Route(text, self._generate)),
+            ("POST", "/v1/chat/completions", Route(openai, self._generate)),
+            ("GET", "/v1/models", Route(openai, self._models)),
+            ("GET", "/v1/models/{id}", Route(openai, self._model)),
+            ("GET", "/healthz", Route(openai, self._health)),
+            ("GET", "/readyz", Route(openai, self._ready)),
+        ):
+            self.routes.add(method, path, route)
+
+    def _error_dialect(self, path: str) -> Dialect:
+        """The dialect that renders errors for a path no route matched."""
+        return self._text if path == "/" else self._openai
 
     @property
     def state(self) -> SharedState:
@@ -180,24 +231,27 @@ class Gateway:
             client=client[0] if client else None,
         )
         exchange = Exchange(scope, receive, send, record)
-        dialect: Dialect = self._text if path == "/" else self._openai
+        routes = self.routes.find(path)
+        route = routes.get(method) if routes is not None else None
+        if route is not None:
+            dialect = route.dialect
+        elif routes:
+            dialect = next(iter(routes.values())).dialect
+        else:
+            dialect = self._error_dialect(path)
         t0 = time.perf_counter()
         try:
             access = await self._auth.check(method, path, exchange.headers, record)
             exchange.key, exchange.public = access.key, access.public
-            routes = self._routes.get(path)
-            if routes is None and path.startswith("/v1/models/"):
-                routes = {"GET": self._model}
             if routes is None:
                 raise NotFound(f"Unknown route: {method} {path}")
-            route = routes.get(method)
             if route is None:
                 allowed = ", ".join(routes)
                 raise MethodNotAllowed(
                     f"Method {method} is not allowed on {path}; use {allowed}",
                     headers={"Allow": allowed},
                 )
-            await route(exchange)
+            await route.serve(exchange, dialect)
         except ClientGone:
             record.outcome = "client_disconnected"
             record.status = 499
@@ -231,14 +285,14 @@ class Gateway:
 
     # -- routes ------------------------------------------------------------------
 
-    async def _seed(self, exchange: Exchange) -> None:
-        request = text.decode(exchange.query, self.settings.default_model)
-        await self._serve(exchange, self._text, request)
-
-    async def _chat_completions(self, exchange: Exchange) -> None:
-        body = await exchange.read_body(self.settings.max_body_bytes)
-        request = openai_chat.decode(body)
-        await self._serve(exchange, self._openai, request)
+    async def _generate(self, exchange: Exchange, dialect: Dialect) -> None:
+        body = b""
+        if exchange.scope["method"] != "GET":
+            body = await exchange.read_body(self.settings.max_body_bytes)
+        request = dialect.decode(
+            body, exchange.query, exchange.headers, self.settings.default_model
+        )
+        await self._serve(exchange, dialect, request)
 
     async def _serve(self, exchange: Exchange, dialect: Dialect, request: ChatRequest) -> None:
         record = exchange.record
@@ -246,7 +300,7 @@ class Gateway:
         record.model = request.model
         record.stream = request.stream
         if self.settings.store_content:
-            record.prompt = json.dumps(request.messages, ensure_ascii=False)
+            record.prompt = orjson.dumps(transcript(request)).decode()
         assert self._handler is not None, "the gateway has not started"
         call = Call(
             record=record,
@@ -256,7 +310,8 @@ class Gateway:
             public=exchange.public,
         )
         encoder = dialect.encoder(request, f"chatcmpl-{record.id}")
-        call.undecoded = encoder.takes_chunks and not self.settings.store_content
+        if encoder.streaming and not self.settings.store_content:
+            call.verbatim = encoder.verbatim
         stream = self._handler(request, call)
         task = asyncio.current_task()
         assert task is not None
@@ -295,20 +350,16 @@ class Gateway:
 
     @staticmethod
     def _estimate_usage(request: ChatRequest, record: Record) -> None:
-        chars = 0
-        for message in request.messages:
-            content = message.get("content")
-            chars += len(content) if isinstance(content, str) else len(str(content or ""))
-        record.input_tokens = max(1, chars // 4)
+        record.input_tokens = estimate_input_tokens(request)
         record.output_tokens = record.chunks
         record.usage_source = "estimated"
 
-    async def _models(self, exchange: Exchange) -> None:
+    async def _models(self, exchange: Exchange, dialect: Dialect) -> None:
         names = visible_models(exchange.key, self._model_names(), "*" in self.settings.models)
         data = [self._model_object(name) for name in names]
         await exchange.respond(200, JSON, orjson.dumps({"object": "list", "data": data}))
 
-    async def _model(self, exchange: Exchange) -> None:
+    async def _model(self, exchange: Exchange, dialect: Dialect) -> None:
         name = exchange.scope["path"][len("/v1/models/") :]
         if self.settings.resolve(name) is None or not may_use(exchange.key, name):
             raise NotFound(f"The model '{name}' does not exist", code="model_not_found")
@@ -327,10 +378,10 @@ class Gateway:
             owned_by = self._providers.get(deployment).owned_by
         return {"id": name, "object": "model", "created": 0, "owned_by": owned_by}
 
-    async def _health(self, exchange: Exchange) -> None:
+    async def _health(self, exchange: Exchange, dialect: Dialect) -> None:
         await exchange.respond(200, JSON, b'{"status":"ok"}')
 
-    async def _ready(self, exchange: Exchange) -> None:
+    async def _ready(self, exchange: Exchange, dialect: Dialect) -> None:
         ready = self._handler is not None
         body = b'{"status":"ready"}' if ready else b'{"status":"starting"}'
         await exchange.respond(200 if ready else 503, JSON, body)

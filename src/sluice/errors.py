@@ -6,6 +6,7 @@
     │   ├── NotFound                 404  (unknown route)
     │   ├── MethodNotAllowed         405
     │   ├── ModelNotFound            404  model_not_found
+    │   ├── Unsupported              400  unsupported_parameter (not in the upstream's format)
     │   └── ContextWindowExceeded    400  context_length_exceeded (the upstream said so)
     ├── AuthenticationError          401
     ├── PermissionDenied             403
@@ -67,6 +68,12 @@ class NotFound(RequestError):
 class MethodNotAllowed(RequestError):
     status = 405
     code = "method_not_allowed"
+
+
+class Unsupported(RequestError):
+    """A request field the chosen upstream's format cannot carry: refused, never dropped."""
+
+    code = "unsupported_parameter"
 
 
 class ModelNotFound(RequestError):

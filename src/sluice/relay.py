@@ -13,11 +13,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from sluice.dialects import STREAM_HEADERS, Encoder
-from sluice.events import Chunks, TextDelta, Usage
+from sluice.events import Batch, Start, StreamEvent, TextDelta, Usage, Verbatim
 from sluice.exchange import Exchange
 from sluice.policies import Call
-from sluice.providers import Batch
-from sluice.providers.openai_wire import expand
+from sluice.store import Record
 
 
 async def _next(stream: AsyncIterator[Batch]) -> Batch | None:
@@ -123,9 +122,6 @@ async def relay(
     text: list[str] | None = [] if keep_text else None
     admitted = (lambda: call.admitted) if call is not None else (lambda: True)
     batch = await _first(exchange, stream, encoder, keepalive_interval, admitted)
-    if call is not None:
-        # The router has run by now (policies in front of it may start it late).
-        encoder.passthrough = call.passthrough
     encode = encoder.encode
     write = exchange.write
     anext = stream.__anext__
@@ -134,15 +130,19 @@ async def relay(
         chunks += len(batch)
         for event in batch:
             kind = type(event)
-            if kind is Usage:
-                record.input_tokens = event.input_tokens  # type: ignore[union-attr]
-                record.output_tokens = event.output_tokens  # type: ignore[union-attr]
-                record.usage_source = event.source  # type: ignore[union-attr]
-            elif kind is Chunks:
-                # Counted as the chunks it holds; its text is read only when kept.
+            if kind is Verbatim:
+                # Counted as the upstream events it holds; its text is read only when
+                # kept, and only decoded ones can hold usage.
                 chunks += event.count - 1  # type: ignore[union-attr]
-                if text is not None:
-                    text.extend(e.text for e in expand([event]) if type(e) is TextDelta)
+                inner = event.events  # type: ignore[union-attr]
+                if inner is not None:
+                    _account(inner, record, text)
+                elif text is not None:
+                    _account(event.expanded(), record, text)  # type: ignore[union-attr]
+            elif kind is Usage:
+                _usage(event, record)  # type: ignore[arg-type]
+            elif kind is Start:
+                chunks -= 1
             elif text is not None and kind is TextDelta:
                 text.append(event.text)  # type: ignore[union-attr]
         data = encode(batch)
@@ -163,3 +163,18 @@ async def relay(
     if not exchange.started:
         await exchange.start(200, head(encoder))
     await write(tail, more=False)
+
+
+def _usage(usage: Usage, record: Record) -> None:
+    record.input_tokens = usage.input_tokens
+    record.output_tokens = usage.output_tokens
+    record.usage_source = usage.source
+
+
+def _account(events: list[StreamEvent], record: Record, text: list[str] | None) -> None:
+    for event in events:
+        kind = type(event)
+        if kind is Usage:
+            _usage(event, record)  # type: ignore[arg-type]
+        elif text is not None and kind is TextDelta:
+            text.append(event.text)  # type: ignore[union-attr]

@@ -13,20 +13,36 @@ import pytest
 
 from sluice.errors import UpstreamStatusError
 from sluice.events import (
+    Annotations,
+    Batch,
     Finish,
+    PartEnd,
     ReasoningDelta,
+    RedactedReasoning,
+    RefusalDelta,
+    Start,
     StreamError,
     TextDelta,
     ToolCallDelta,
     Usage,
+    Verbatim,
 )
 from sluice.journal import Journal, Journals, WriterGone, journals_for
 from sluice.journal.codec import decode_batches, encode_batches
-from sluice.providers import Batch
 from sluice.state import SharedState, open_state
 
 BATCHES: list[Batch] = [
+    [
+        Start(
+            "openai_chat", "chatcmpl-1", "m", 1700000000, Usage(3, 0), {"system_fingerprint": "fp"}
+        )
+    ],
     [TextDelta("")],
+    [TextDelta("x", 2, 1, [{"token": "x", "logprob": -0.5}])],
+    [ReasoningDelta("sig", 1, 0, "c2ln")],
+    [RedactedReasoning("opaque", 3), RefusalDelta("no", 4), Annotations([{"type": "url"}], 0, 1)],
+    [PartEnd(1), Finish("other", "end_turn", 1, "###")],
+    [Usage(12, 5, "reported", 4, 2, 3)],
     [ReasoningDelta("think")],
     [TextDelta("Once"), TextDelta(" upon")],
     [ToolCallDelta(0, "call_1", "get_weather", '{"city"')],
@@ -60,8 +76,9 @@ def test_codec_round_trips_every_event_without_raw() -> None:
         [(elapsed, decoded)] = decode_batches(encode_batches([(1.25, batch)]))
         assert elapsed == 1.25
         assert decoded == batch
-    raw = TextDelta("x", raw=b'{"choices": []}')
-    assert decode_batches(encode_batches([(0, [raw])]))[0][1] == [TextDelta("x")]
+    raw = Verbatim("openai_chat", b"data: {}\n\n", 1, None, [TextDelta("x")])
+    with pytest.raises(TypeError, match="Verbatim"):
+        encode_batches([(0, [raw])])
 
 
 def test_readers_follow_a_live_journal_from_any_offset(backend: dict[str, Any]) -> None:
@@ -247,18 +264,18 @@ def test_a_reader_elsewhere_gives_up_on_a_writer_that_went_quiet(redis_server: A
     asyncio.run(main())
 
 
-def test_a_kept_entry_holds_no_raw_upstream_payloads(backend: dict[str, Any]) -> None:
+def test_a_journal_holds_the_events_of_verbatim_bytes(backend: dict[str, Any]) -> None:
     async def main() -> None:
         async with instance(backend) as (_, journals):
             journal = journals.create("raw")
-            journal.append([TextDelta("hi", raw=b'{"choices":[{"delta":{"content":"hi"}}]}')])
-            journal.append([Finish("stop", raw=b'{"choices":[]}')])
+            decoded = [TextDelta("hi")]
+            journal.append([Verbatim("openai_chat", b"data: {}\n\n", 1, None, decoded)])
+            journal.append([Finish("stop")])
             journal.complete()
             await journals.seal(journal)
             assert await journals.keep("raw", journal, ttl=30)
             found = await journals.lookup("raw")
             assert found is not None
             assert list(found.batches) == [[TextDelta("hi")], [Finish("stop")]]
-            assert journal.batches[0][0].raw is not None  # the journal's readers keep theirs
 
     asyncio.run(main())

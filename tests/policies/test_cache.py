@@ -4,14 +4,17 @@ per-model config, expiry and bounds, failures never stored, and Redis going away
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 import openai
+import orjson
 import pytest
 
 from sluice import config
-from sluice.events import ChatRequest
+from sluice.dialects.openai_request import decode_chat
+from sluice.errors import RequestError
 from sluice.policies.cache import cache_key
 from tests.conftest import StartGateway, upstream_config
 from tests.gateway import RunningGateway
@@ -268,10 +271,30 @@ def test_the_cache_is_bypassed_while_redis_is_down(
     assert log.count("redis unavailable") == 1
 
 
+def test_numbers_json_cannot_hold_still_make_a_key() -> None:
+    """``2**64`` and ``1e20`` used to crash the key (orjson holds 64-bit integers)."""
+
+    def key(**options: Any) -> str:
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **options}
+        return cache_key(decode_chat(json.dumps(body).encode()))
+
+    keys = {
+        key(temperature=0, logit_bias={"1": 1e20}),
+        key(temperature=0, logit_bias={"1": 2**64}),
+        key(temperature=0, vendor_field=-(2**70)),
+        key(temperature=0, vendor_field=1e300),
+    }
+    assert len(keys) == 4
+    with pytest.raises(RequestError) as caught:
+        key(seed=2**64)  # read as a float: no integer seed
+    assert caught.value.param == "seed"
+
+
 def test_the_key_ignores_only_what_does_not_change_the_answer() -> None:
     def key(messages: Any = None, model: str = "m", **options: Any) -> str:
         messages = messages or [{"role": "user", "content": "hi"}]
-        return cache_key(ChatRequest(model, messages, options={"temperature": 0, **options}))
+        body = {"model": model, "messages": messages, "temperature": 0, **options}
+        return cache_key(decode_chat(orjson.dumps(body)))
 
     same = [
         key(),
@@ -282,8 +305,7 @@ def test_the_key_ignores_only_what_does_not_change_the_answer() -> None:
     ]
     assert len(set(same)) == 1
     # stream and stream_options live outside the options: a streamed request shares it.
-    assert cache_key(ChatRequest("m", [{"role": "user", "content": "hi"}], stream=False,
-                                 options={"temperature": 0})) == same[0]  # fmt: skip
+    assert key(stream=True, stream_options={"include_usage": True}) == same[0]
     different = [
         key(model="other"),
         key([{"role": "user", "content": "hi!"}]),
@@ -298,7 +320,7 @@ def test_the_key_ignores_only_what_does_not_change_the_answer() -> None:
         key(frequency_penalty=0.5),
         key(logit_bias={"42": -100}),
         key(tools=[{"type": "function", "function": {"name": "f"}}]),
-        key(tool_choice="required"),
+        key(tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="required"),
         key(response_format={"type": "json_object"}),
         key(reasoning_effort="high"),
         key(some_future_field=True),  # unknown fields count: they may change the answer

@@ -18,7 +18,7 @@ import pytest
 
 from sluice.config import LimitSettings, ModelLimits
 from sluice.errors import RateLimited, ServiceUnavailable
-from sluice.events import ChatRequest, TextDelta, Usage
+from sluice.events import ChatRequest, Message, TextDelta, TextPart, Usage
 from sluice.policies import Call, Handler
 from sluice.policies.ratelimit import RateLimits, duration, estimate_tokens
 from sluice.providers import Batch
@@ -60,8 +60,9 @@ def _call(key: VirtualKey | None = None, route: str = "/v1/chat/completions") ->
 
 
 def _request(model: str = "m", max_tokens: int | None = 10) -> ChatRequest:
-    options = {} if max_tokens is None else {"max_tokens": max_tokens}
-    return ChatRequest(model=model, messages=[{"role": "user", "content": "hi"}], options=options)
+    return ChatRequest(
+        model=model, messages=[Message("user", [TextPart("hi")])], max_tokens=max_tokens
+    )
 
 
 class Policy:
@@ -201,9 +202,7 @@ def test_unreachable_redis_fails_open_or_closed(
 
 def test_estimate_and_reset_format() -> None:
     request = ChatRequest(
-        model="m",
-        messages=[{"role": "user", "content": "x" * 400}],
-        options={"max_completion_tokens": 50, "n": 2},
+        model="m", messages=[Message("user", [TextPart("x" * 400)])], max_tokens=50, n=2
     )
     assert estimate_tokens(request, 256) == 100 + 100
     assert estimate_tokens(_request(max_tokens=None), 256) == 1 + 256

@@ -1,15 +1,19 @@
-"""Client-facing APIs. A dialect decodes a request into a ``ChatRequest``, encodes event
-batches into bytes for the client, and renders errors in its API's shape: before the
-first byte as an HTTP status with a body, after it as an in-band error, then a close.
+"""Client-facing APIs. A dialect is one entry of the app's route table: it decodes a
+request into a ``ChatRequest``, makes the encoder that turns event batches into the
+client's bytes, and renders errors in its API's shape: before the first byte as an HTTP
+status with a body, after it as an in-band error, then a close.
+
+Passthrough is the encoder's decision: a ``Verbatim`` of its own wire format is written
+as it came (one write per upstream read); anything else is encoded from events.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from sluice.errors import SluiceError
-from sluice.events import ChatRequest
-from sluice.providers import Batch
+from sluice.events import Batch, ChatRequest, WireFormat
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -30,12 +34,9 @@ class Encoder(Protocol):
     content_type: bytes
     #: Bytes to send while waiting for the first token, or None if the format has none.
     keepalive: bytes | None
-    #: Forward upstream payloads that ride on events (``raw``) unchanged. Set once the
-    #: router has picked the deployment, before the first batch is encoded.
-    passthrough: bool
-    #: Writes a ``Chunks`` event's bytes as they are (with ``passthrough``): only then
-    #: is it worth leaving plain upstream chunks undecoded.
-    takes_chunks: bool
+    #: The wire format whose ``Verbatim`` bytes this encoder writes as they came (None:
+    #: it encodes every event). Only then is it worth leaving upstream events unread.
+    verbatim: WireFormat | None
 
     def encode(self, batch: Batch) -> bytes: ...
 
@@ -45,8 +46,19 @@ class Encoder(Protocol):
 
 
 class Dialect(Protocol):
+    #: Recorded as the request's ``api``.
     name: str
+
+    def decode(
+        self, body: bytes, query: Mapping[str, str], headers: Mapping[str, str], default_model: str
+    ) -> ChatRequest: ...
 
     def error_response(self, exc: SluiceError) -> tuple[int, Headers, bytes]: ...
 
     def encoder(self, request: ChatRequest, response_id: str) -> Encoder: ...
+
+
+def error_headers(content_type: bytes, exc: SluiceError) -> Headers:
+    headers: Headers = [(b"content-type", content_type)]
+    headers.extend((k.lower().encode(), v.encode()) for k, v in exc.headers.items())
+    return headers

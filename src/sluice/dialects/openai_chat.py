@@ -4,119 +4,42 @@ Chunks follow ``CreateChatCompletionStreamResponse`` in OpenAI's published API
 description. The SSE stream carries only ``data:`` lines: no ``id:`` or ``retry:``
 fields (the openai SDK's parser fails on a later comment once it has seen an ``id:``),
 and it ends right after ``data: [DONE]``.
+
+One id and one model name per response, streamed or not: the model is the one the
+upstream said answered (``Start.model``); the id is the upstream's when it speaks this
+format, else the gateway's own.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
-from sluice.dialects import Headers
-from sluice.errors import RequestError, SluiceError
+from sluice.dialects import Headers, error_headers
+from sluice.dialects.openai_request import decode_chat
+from sluice.errors import SluiceError
 from sluice.events import (
+    Annotations,
+    Batch,
     ChatRequest,
-    Chunks,
     Finish,
     ReasoningDelta,
+    RefusalDelta,
+    Start,
     StreamError,
+    StreamEvent,
     TextDelta,
     ToolCallDelta,
     Usage,
+    Verbatim,
+    WireFormat,
 )
-from sluice.providers import Batch
-from sluice.providers.openai_wire import expand
 from sluice.sse import DONE
 
-ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-#: Fields the gateway reads itself; everything else is passed to the upstream as given.
-_OWN_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
-_NUMBER_FIELDS: dict[str, tuple[float, float]] = {
-    "temperature": (0.0, 2.0),
-    "top_p": (0.0, 1.0),
-    "presence_penalty": (-2.0, 2.0),
-    "frequency_penalty": (-2.0, 2.0),
-}
-_POSITIVE_INT_FIELDS = ("max_tokens", "max_completion_tokens", "n")
-
-
-def _fail(message: str, param: str | None = None) -> RequestError:
-    return RequestError(message, param=param)
-
-
-def decode(body: bytes) -> ChatRequest:
-    if not body.strip():
-        raise _fail("the request body is empty; expected a JSON object")
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise _fail(f"the request body is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise _fail("the request body must be a JSON object")
-    model = data.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise _fail("'model' is required and must be a non-empty string", "model")
-    messages = data.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _fail("'messages' must be a non-empty array", "messages")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise _fail(f"messages[{i}] must be an object", f"messages[{i}]")
-        role = message.get("role")
-        if role not in ROLES:
-            raise _fail(
-                f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}; got {role!r}",
-                f"messages[{i}].role",
-            )
-        content = message.get("content")
-        if content is not None and not isinstance(content, str | list):
-            raise _fail(
-                f"messages[{i}].content must be a string or an array of parts",
-                f"messages[{i}].content",
-            )
-    stream = data.get("stream", False)
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise _fail("'stream' must be a boolean", "stream")
-    include_usage = False
-    stream_options = data.get("stream_options")
-    if stream_options is not None:
-        if not isinstance(stream_options, dict):
-            raise _fail("'stream_options' must be an object", "stream_options")
-        include_usage = stream_options.get("include_usage", False)
-        if not isinstance(include_usage, bool):
-            raise _fail(
-                "'stream_options.include_usage' must be a boolean",
-                "stream_options.include_usage",
-            )
-    for name, (low, high) in _NUMBER_FIELDS.items():
-        value = data.get(name)
-        if value is not None and (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not low <= value <= high
-        ):
-            raise _fail(f"'{name}' must be a number between {low:g} and {high:g}", name)
-    for name in _POSITIVE_INT_FIELDS:
-        value = data.get(name)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise _fail(f"'{name}' must be a positive integer", name)
-    user = data.get("user")
-    if user is not None and not isinstance(user, str):
-        raise _fail("'user' must be a string", "user")
-    options = {k: v for k, v in data.items() if k not in _OWN_FIELDS}
-    return ChatRequest(
-        model=model,
-        messages=messages,
-        stream=stream,
-        options=options,
-        include_usage=stream and include_usage,
-        user=user,
-    )
+FORMAT = "openai_chat"
 
 
 def error_body(exc: SluiceError) -> bytes:
@@ -132,80 +55,164 @@ def error_body(exc: SluiceError) -> bytes:
     )
 
 
+def finish_reason(event: Finish) -> str:
+    if event.reason == "other":
+        return event.native or "stop"
+    return event.reason
+
+
+def usage_body(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    }
+
+
+class _Identity:
+    """The response's id, model and creation time, settled by the stream's ``Start``."""
+
+    __slots__ = ("created", "extra", "id", "model")
+
+    def __init__(self, request: ChatRequest, response_id: str) -> None:
+        self.id = response_id
+        self.model = request.model
+        self.created = int(time.time())
+        self.extra: dict[str, Any] = {}
+
+    def start(self, event: Start) -> None:
+        if event.format == FORMAT and event.id:
+            self.id = event.id
+        if event.model:
+            self.model = event.model
+        if event.created and event.format == FORMAT:
+            self.created = event.created
+        if event.extra and event.format == FORMAT:
+            self.extra = event.extra
+
+
+class _ToolIndex:
+    """Part index → OpenAI's tool-call index (0, 1, ... within a choice)."""
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[int, int], int] = {}
+
+    def get(self, choice: int, part: int) -> int:
+        key = (choice, part)
+        index = self._seen.get(key)
+        if index is None:
+            index = self._seen[key] = sum(1 for c, _ in self._seen if c == choice)
+        return index
+
+
 class StreamEncoder:
-    """SSE chunks. With ``passthrough`` an upstream chunk that maps to one event is
-    forwarded as it came, without decoding and encoding it again, and so are ``Chunks``;
-    without it, ``Chunks`` are expanded into events and encoded like any others."""
+    """SSE chunks. Verbatim OpenAI chunks are written as they came; every other event
+    is encoded under the same id and model."""
 
     streaming: bool = True
     content_type: bytes = b"text/event-stream; charset=utf-8"
     keepalive: bytes | None = b": keep-alive\n\n"
-    passthrough: bool
-    takes_chunks: bool = True
+    verbatim: WireFormat | None = "openai_chat"
 
     def __init__(self, request: ChatRequest, response_id: str) -> None:
-        self.passthrough = False
         self._include_usage = request.include_usage
-        head = orjson.dumps(
-            {
-                "id": response_id,
-                "object": "chat.completion.chunk",
-                "created": int(time.time()),
-                "model": request.model,
-            }
-        )
-        # Everything up to the choices, reused by every chunk this encoder writes.
-        self._head = b"data: " + head[:-1] + b',"choices":'
-        self._role_sent = False
+        self._identity = _Identity(request, response_id)
+        self._head = b""
+        self._roles: set[int] = set()
+        self._tools = _ToolIndex()
+        self._head_for()
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        if not self._role_sent:
-            self._role_sent = True
+    def _head_for(self) -> None:
+        identity = self._identity
+        head: dict[str, Any] = {
+            "id": identity.id,
+            "object": "chat.completion.chunk",
+            "created": identity.created,
+            "model": identity.model,
+        }
+        head.update(identity.extra)
+        # Everything up to the choices, reused by every chunk this encoder writes.
+        self._head = b"data: " + orjson.dumps(head)[:-1] + b',"choices":'
+
+    def _chunk(
+        self,
+        choice: int,
+        delta: dict[str, Any],
+        finish: str | None = None,
+        logprobs: Any = None,
+    ) -> bytes:
+        if choice not in self._roles:
+            self._roles.add(choice)
             delta = {"role": "assistant", **delta}
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return self._head + orjson.dumps([choice]) + b"}\n\n"
+        body = {"index": choice, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return self._head + orjson.dumps([body]) + b"}\n\n"
 
     def encode(self, batch: Batch) -> bytes:
         parts: list[bytes] = []
-        passthrough = self.passthrough
-        if not passthrough:
-            batch = expand(batch)
-        for event in batch:
-            kind = type(event)
-            if kind is Usage:
-                if self._include_usage:
-                    if passthrough and event.raw is not None:
-                        parts.append(b"data: " + event.raw + b"\n\n")
-                    else:
-                        parts.append(self._usage(event))  # type: ignore[arg-type]
-                continue
-            if passthrough and event.raw is not None:
-                self._role_sent = True
-                parts.append(b"data: " + event.raw + b"\n\n")
-            elif kind is TextDelta:
-                parts.append(self._chunk({"content": event.text}))  # type: ignore[union-attr]
-            elif kind is Chunks:  # only with passthrough: expanded above otherwise
-                self._role_sent = True
-                parts.append(event.data)  # type: ignore[union-attr]
-            elif kind is Finish:
-                parts.append(self._chunk({}, event.reason))  # type: ignore[union-attr]
-            elif kind is ReasoningDelta:
-                parts.append(self._chunk({"reasoning_content": event.text}))  # type: ignore[union-attr]
-            elif kind is ToolCallDelta:
-                parts.append(self._chunk({"tool_calls": [_tool_call(event)]}))  # type: ignore[arg-type]
-            elif kind is StreamError:
-                parts.append(self._error(event.message, event.type, event.code))  # type: ignore[union-attr]
+        self._encode(batch, parts)
         if len(parts) == 1:
             return parts[0]
         return b"".join(parts)
 
-    def _usage(self, usage: Usage) -> bytes:
-        body = {
-            "prompt_tokens": usage.input_tokens,
-            "completion_tokens": usage.output_tokens,
-            "total_tokens": usage.input_tokens + usage.output_tokens,
-        }
-        return self._head + b"[]," + b'"usage":' + orjson.dumps(body) + b"}\n\n"
+    def _encode(self, batch: list[StreamEvent], parts: list[bytes]) -> None:
+        for event in batch:
+            kind = type(event)
+            if kind is Verbatim:
+                v: Verbatim = event  # type: ignore[assignment]
+                if v.format != FORMAT:
+                    self._encode(v.expanded(), parts)
+                    continue
+                events = v.events
+                if events and not self._include_usage and all(type(e) is Usage for e in events):
+                    continue  # the usage chunk the gateway asked for, not the client
+                if v.count:
+                    # The upstream's chunks carry the role themselves.
+                    self._roles.update(getattr(e, "choice", 0) for e in (events or ()))
+                    self._roles.add(0)
+                parts.append(v.data)
+            elif kind is TextDelta:
+                e: TextDelta = event  # type: ignore[assignment]
+                logprobs = {"content": e.logprobs, "refusal": None} if e.logprobs else None
+                parts.append(self._chunk(e.choice, {"content": e.text}, None, logprobs))
+            elif kind is Finish:
+                f: Finish = event  # type: ignore[assignment]
+                parts.append(self._chunk(f.choice, {}, finish_reason(f)))
+            elif kind is Usage:
+                if self._include_usage:
+                    body = orjson.dumps(usage_body(event))  # type: ignore[arg-type]
+                    parts.append(self._head + b'[],"usage":' + body + b"}\n\n")
+            elif kind is ToolCallDelta:
+                t: ToolCallDelta = event  # type: ignore[assignment]
+                call: dict[str, Any] = {"index": self._tools.get(t.choice, t.index)}
+                if t.id is not None:
+                    call["id"] = t.id
+                    call["type"] = "function"
+                function: dict[str, Any] = {"arguments": t.arguments}
+                if t.name is not None:
+                    function["name"] = t.name
+                call["function"] = function
+                parts.append(self._chunk(t.choice, {"tool_calls": [call]}))
+            elif kind is ReasoningDelta:
+                r: ReasoningDelta = event  # type: ignore[assignment]
+                if r.text:
+                    parts.append(self._chunk(r.choice, {"reasoning_content": r.text}))
+            elif kind is RefusalDelta:
+                x: RefusalDelta = event  # type: ignore[assignment]
+                parts.append(self._chunk(x.choice, {"refusal": x.text}))
+            elif kind is Annotations:
+                a: Annotations = event  # type: ignore[assignment]
+                parts.append(self._chunk(a.choice, {"annotations": a.items}))
+            elif kind is Start:
+                self._identity.start(event)  # type: ignore[arg-type]
+                self._head_for()
+            elif kind is StreamError:
+                s: StreamError = event  # type: ignore[assignment]
+                parts.append(self._error(s.message, s.type, s.code))
+            # PartEnd and RedactedReasoning have no chat completions form.
 
     def end(self) -> bytes:
         return DONE
@@ -219,54 +226,88 @@ class StreamEncoder:
         return self._error(exc.message, exc.type, exc.code)
 
 
-def _tool_call(event: ToolCallDelta) -> dict[str, Any]:
-    call: dict[str, Any] = {"index": event.index}
-    if event.id is not None:
-        call["id"] = event.id
-        call["type"] = "function"
-    function: dict[str, Any] = {"arguments": event.arguments}
-    if event.name is not None:
-        function["name"] = event.name
-    call["function"] = function
-    return call
+class _Choice:
+    __slots__ = ("annotations", "finish", "logprobs", "reasoning", "refusal", "text", "tools")
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.refusal: list[str] = []
+        self.reasoning: list[str] = []
+        self.tools: dict[int, dict[str, Any]] = {}
+        self.logprobs: list[Any] | None = None
+        self.annotations: list[Any] = []
+        self.finish = "stop"
+
+    def message(self) -> dict[str, Any]:
+        content: str | None = "".join(self.text)
+        if not content and (self.tools or self.refusal):
+            content = None  # as OpenAI: a tool-call-only or refused answer has no content
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": content,
+            "refusal": "".join(self.refusal) if self.refusal else None,
+        }
+        if self.annotations:
+            message["annotations"] = self.annotations
+        if self.reasoning:
+            message["reasoning_content"] = "".join(self.reasoning)
+        if self.tools:
+            message["tool_calls"] = [self.tools[i] for i in sorted(self.tools)]
+        return message
 
 
 class CompletionEncoder:
-    """A whole ``chat.completion`` object, written once the generation ended."""
+    """A whole ``chat.completion`` object, assembled from the stream and written once
+    the generation ended: every choice, and every field the stream carried."""
 
     streaming: bool = False
     content_type: bytes = b"application/json"
     keepalive: bytes | None = None
-    passthrough: bool = False
-    takes_chunks: bool = False
+    verbatim: WireFormat | None = None
 
     def __init__(self, request: ChatRequest, response_id: str) -> None:
-        self._request = request
-        self._id = response_id
-        self._created = int(time.time())
-        self._text: list[str] = []
-        self._reasoning: list[str] = []
-        self._tools: dict[int, dict[str, Any]] = {}
-        self._finish = "stop"
+        self._identity = _Identity(request, response_id)
+        self._choices: dict[int, _Choice] = {}
         self._usage: Usage | None = None
 
+    def _choice(self, index: int) -> _Choice:
+        choice = self._choices.get(index)
+        if choice is None:
+            choice = self._choices[index] = _Choice()
+        return choice
+
     def encode(self, batch: Batch) -> bytes:
-        for event in expand(batch):
+        for event in batch:
             kind = type(event)
-            if kind is TextDelta:
-                self._text.append(event.text)  # type: ignore[union-attr]
+            if kind is Verbatim:
+                self.encode(event.expanded())  # type: ignore[union-attr]
+            elif kind is TextDelta:
+                e: TextDelta = event  # type: ignore[assignment]
+                choice = self._choice(e.choice)
+                choice.text.append(e.text)
+                if e.logprobs:
+                    if choice.logprobs is None:
+                        choice.logprobs = []
+                    choice.logprobs.extend(e.logprobs)
             elif kind is Finish:
-                self._finish = event.reason  # type: ignore[union-attr]
+                f: Finish = event  # type: ignore[assignment]
+                self._choice(f.choice).finish = finish_reason(f)
             elif kind is Usage:
                 self._usage = event  # type: ignore[assignment]
             elif kind is ReasoningDelta:
-                self._reasoning.append(event.text)  # type: ignore[union-attr]
+                self._choice(event.choice).reasoning.append(event.text)  # type: ignore[union-attr]
+            elif kind is RefusalDelta:
+                self._choice(event.choice).refusal.append(event.text)  # type: ignore[union-attr]
+            elif kind is Annotations:
+                self._choice(event.choice).annotations.extend(event.items)  # type: ignore[union-attr]
             elif kind is ToolCallDelta:
                 self._tool(event)  # type: ignore[arg-type]
+            elif kind is Start:
+                self._identity.start(event)  # type: ignore[arg-type]
         return b""
 
     def _tool(self, event: ToolCallDelta) -> None:
-        call = self._tools.setdefault(
+        call = self._choice(event.choice).tools.setdefault(
             event.index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
         )
         if event.id is not None:
@@ -276,30 +317,31 @@ class CompletionEncoder:
         call["function"]["arguments"] += event.arguments
 
     def end(self) -> bytes:
-        message: dict[str, Any] = {
-            "role": "assistant",
-            "content": "".join(self._text) if self._text or not self._tools else None,
-            "refusal": None,
-        }
-        if self._reasoning:
-            message["reasoning_content"] = "".join(self._reasoning)
-        if self._tools:
-            message["tool_calls"] = [self._tools[i] for i in sorted(self._tools)]
-        usage = self._usage
+        if not self._choices:
+            self._choice(0)
+        identity = self._identity
+        usage = self._usage or Usage(0, 0)
         body: dict[str, Any] = {
-            "id": self._id,
+            "id": identity.id,
             "object": "chat.completion",
-            "created": self._created,
-            "model": self._request.model,
+            "created": identity.created,
+            "model": identity.model,
             "choices": [
-                {"index": 0, "message": message, "logprobs": None, "finish_reason": self._finish}
+                {
+                    "index": index,
+                    "message": choice.message(),
+                    "logprobs": (
+                        {"content": choice.logprobs, "refusal": None}
+                        if choice.logprobs is not None
+                        else None
+                    ),
+                    "finish_reason": choice.finish,
+                }
+                for index, choice in sorted(self._choices.items())
             ],
-            "usage": {
-                "prompt_tokens": usage.input_tokens if usage else 0,
-                "completion_tokens": usage.output_tokens if usage else 0,
-                "total_tokens": (usage.input_tokens + usage.output_tokens) if usage else 0,
-            },
+            "usage": usage_body(usage),
         }
+        body.update(identity.extra)
         return orjson.dumps(body)
 
     def error(self, exc: SluiceError) -> bytes:
@@ -309,10 +351,13 @@ class CompletionEncoder:
 class OpenAIChatDialect:
     name = "openai_chat"
 
+    def decode(
+        self, body: bytes, query: Mapping[str, str], headers: Mapping[str, str], default_model: str
+    ) -> ChatRequest:
+        return decode_chat(body)
+
     def error_response(self, exc: SluiceError) -> tuple[int, Headers, bytes]:
-        headers: Headers = [(b"content-type", b"application/json")]
-        headers.extend((k.lower().encode(), v.encode()) for k, v in exc.headers.items())
-        return exc.status, headers, error_body(exc)
+        return exc.status, error_headers(b"application/json", exc), error_body(exc)
 
     def encoder(self, request: ChatRequest, response_id: str) -> StreamEncoder | CompletionEncoder:
         if request.stream:

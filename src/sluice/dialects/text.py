@@ -1,40 +1,32 @@
-"""The seed's API: ``GET /?prompt=…&model=…`` streams the answer as plain text."""
+"""The seed: ``GET /?prompt=…&model=…`` answered as plain UTF-8 text, one write per
+upstream read."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from sluice.dialects import Headers
+from sluice.dialects import Headers, error_headers
 from sluice.errors import RequestError, SluiceError
-from sluice.events import ChatRequest, StreamError, TextDelta
-from sluice.providers import Batch
-from sluice.providers.openai_wire import expand
+from sluice.events import (
+    Batch,
+    ChatRequest,
+    Message,
+    StreamError,
+    TextDelta,
+    TextPart,
+    WireFormat,
+    expand,
+)
 
 DEFAULT_PROMPT = "Tell me a story"
 MAX_PROMPT_CHARS = 32_000
-
-
-def decode(query: Mapping[str, str], default_model: str) -> ChatRequest:
-    prompt = query.get("prompt", DEFAULT_PROMPT)
-    if not prompt.strip():
-        raise RequestError("the prompt is empty", param="prompt")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise RequestError(
-            f"the prompt is longer than {MAX_PROMPT_CHARS} characters", param="prompt"
-        )
-    model = query.get("model") or default_model
-    return ChatRequest(model=model, messages=[{"role": "user", "content": prompt}], stream=True)
 
 
 class TextEncoder:
     streaming: bool = True
     content_type: bytes = b"text/plain; charset=utf-8"
     keepalive: bytes | None = None
-    passthrough: bool = False
-    takes_chunks: bool = False
-
-    def __init__(self) -> None:
-        self.text_parts = 0
+    verbatim: WireFormat | None = None
 
     def encode(self, batch: Batch) -> bytes:
         # Providers hand over whole characters (SSE lines are decoded whole), so one
@@ -43,7 +35,7 @@ class TextEncoder:
         for event in expand(batch):
             kind = type(event)
             if kind is TextDelta:
-                if event.text:  # type: ignore[union-attr]
+                if event.text and not event.choice:  # type: ignore[union-attr]
                     texts.append(event.text)  # type: ignore[union-attr]
             elif kind is StreamError:
                 texts.append(f"\n\n[error: {event.message}]\n")  # type: ignore[union-attr]
@@ -61,10 +53,22 @@ class TextEncoder:
 class TextDialect:
     name = "text"
 
+    def decode(
+        self, body: bytes, query: Mapping[str, str], headers: Mapping[str, str], default_model: str
+    ) -> ChatRequest:
+        prompt = query.get("prompt", DEFAULT_PROMPT)
+        if not prompt.strip():
+            raise RequestError("the prompt is empty", param="prompt")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise RequestError(
+                f"the prompt is longer than {MAX_PROMPT_CHARS} characters", param="prompt"
+            )
+        model = query.get("model") or default_model
+        return ChatRequest(model=model, messages=[Message("user", [TextPart(prompt)])])
+
     def error_response(self, exc: SluiceError) -> tuple[int, Headers, bytes]:
-        headers: Headers = [(b"content-type", b"text/plain; charset=utf-8")]
-        headers.extend((k.lower().encode(), v.encode()) for k, v in exc.headers.items())
-        return exc.status, headers, f"error: {exc.message}\n".encode()
+        body = f"error: {exc.message}\n".encode()
+        return exc.status, error_headers(b"text/plain; charset=utf-8", exc), body
 
     def encoder(self, request: ChatRequest, response_id: str) -> TextEncoder:
         return TextEncoder()

@@ -19,20 +19,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from sluice.errors import SluiceError, UpstreamError
 from sluice.events import (
+    Batch,
     Finish,
     ReasoningDelta,
     StreamError,
     TextDelta,
     ToolCallDelta,
+    expand,
 )
 from sluice.journal.codec import copy_error
-from sluice.providers import Batch
-from sluice.providers.openai_wire import expand
 
 if TYPE_CHECKING:
     from sluice.state import SharedState
@@ -95,7 +95,7 @@ class Journal:
     def append(self, batch: Batch) -> None:
         """The hot path: one list append, a clock read, and wake whoever waits.
 
-        ``Chunks`` are expanded first: a journal holds events, which its readers encode
+        ``Verbatim`` events are expanded first: a journal holds events, which its readers encode
         in their own dialects and its backends store (see ``journal.codec``)."""
         batch = expand(batch)
         elapsed = self._clock() - self._t0
@@ -164,11 +164,6 @@ class Replay:
 
     batches: list[Batch] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
-
-
-def bare(batch: Batch) -> Batch:
-    """The batch without the upstream's raw payloads (a kept entry is encoded anew)."""
-    return [e if e.raw is None else replace(e, raw=None) for e in batch]
 
 
 def size_of(batches: Sequence[Batch]) -> int:

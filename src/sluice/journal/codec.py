@@ -1,8 +1,7 @@
 """Compact bytes for journal entries: one batch, or the end of a journal.
 
 Batches are ``[[elapsed_ms, [event, ...]], ...]`` in JSON, each event a short array led
-by a one-letter tag. The upstream's ``raw`` payloads are left out: a replayed or followed
-stream is always encoded again by the reader's dialect, for its own response id.
+by a one-letter tag. A replayed or followed stream is always encoded again by the reader's dialect.
 """
 
 from __future__ import annotations
@@ -14,35 +13,68 @@ import orjson
 from sluice import errors
 from sluice.errors import SluiceError
 from sluice.events import (
+    Annotations,
+    Batch,
     Finish,
+    PartEnd,
     ReasoningDelta,
+    RedactedReasoning,
+    RefusalDelta,
+    Start,
     StreamError,
     StreamEvent,
     TextDelta,
     ToolCallDelta,
     Usage,
 )
-from sluice.providers import Batch
 
 
 def _event(event: StreamEvent) -> list[Any]:
     kind = type(event)
     if kind is TextDelta:
-        return ["t", event.text]  # type: ignore[union-attr]
+        t: TextDelta = event  # type: ignore[assignment]
+        if t.logprobs is None and not t.index and not t.choice:
+            return ["t", t.text]
+        return ["t", t.text, t.index, t.choice, t.logprobs]
+    if kind is PartEnd:
+        return ["p", event.index, event.choice]  # type: ignore[union-attr]
     if kind is ReasoningDelta:
-        return ["r", event.text]  # type: ignore[union-attr]
+        r: ReasoningDelta = event  # type: ignore[assignment]
+        return ["r", r.text, r.index, r.choice, r.signature]
     if kind is ToolCallDelta:
         e: ToolCallDelta = event  # type: ignore[assignment]
-        return ["c", e.index, e.id, e.name, e.arguments]
+        return ["c", e.index, e.id, e.name, e.arguments, e.choice]
     if kind is Usage:
         u: Usage = event  # type: ignore[assignment]
-        return ["u", u.input_tokens, u.output_tokens, u.source]
+        return [
+            "u",
+            u.input_tokens,
+            u.output_tokens,
+            u.source,
+            u.cached_tokens,
+            u.cache_write_tokens,
+            u.reasoning_tokens,
+        ]
     if kind is Finish:
-        return ["f", event.reason]  # type: ignore[union-attr]
+        f: Finish = event  # type: ignore[assignment]
+        return ["f", f.reason, f.native, f.choice, f.stop_sequence]
+    if kind is Start:
+        s: Start = event  # type: ignore[assignment]
+        usage = _event(s.usage) if s.usage is not None else None
+        return ["s", s.format, s.id, s.model, s.created, usage, s.extra]
     if kind is StreamError:
-        s: StreamError = event  # type: ignore[assignment]
-        return ["e", s.message, s.code, s.type]
-    # A journal expands Chunks as it is written (``Journal.append``); nothing else is
+        x: StreamError = event  # type: ignore[assignment]
+        return ["e", x.message, x.code, x.type]
+    if kind is RefusalDelta:
+        d: RefusalDelta = event  # type: ignore[assignment]
+        return ["x", d.text, d.index, d.choice]
+    if kind is RedactedReasoning:
+        g: RedactedReasoning = event  # type: ignore[assignment]
+        return ["R", g.data, g.index, g.choice]
+    if kind is Annotations:
+        a: Annotations = event  # type: ignore[assignment]
+        return ["a", a.items, a.index, a.choice]
+    # A journal expands Verbatim as it is written (``Journal.append``); nothing else is
     # stored.
     raise TypeError(f"a journal cannot store a {kind.__name__} event")
 
@@ -57,17 +89,30 @@ def encode_batches(items: list[tuple[float, Batch]]) -> bytes:
 def _decode_event(item: list[Any]) -> StreamEvent:
     tag = item[0]
     if tag == "t":
-        return TextDelta(item[1])
+        return TextDelta(*item[1:])
+    if tag == "p":
+        return PartEnd(*item[1:])
     if tag == "r":
-        return ReasoningDelta(item[1])
+        return ReasoningDelta(*item[1:])
     if tag == "c":
-        return ToolCallDelta(index=item[1], id=item[2], name=item[3], arguments=item[4])
+        return ToolCallDelta(*item[1:])
     if tag == "u":
-        return Usage(item[1], item[2], item[3])
+        return Usage(*item[1:])
     if tag == "f":
-        return Finish(item[1])
+        return Finish(*item[1:])
+    if tag == "s":
+        usage = item[5]
+        decoded = _decode_event(usage) if usage else None
+        assert decoded is None or type(decoded) is Usage
+        return Start(item[1], item[2], item[3], item[4], decoded, item[6])
     if tag == "e":
-        return StreamError(item[1], item[2], item[3])
+        return StreamError(*item[1:])
+    if tag == "x":
+        return RefusalDelta(*item[1:])
+    if tag == "R":
+        return RedactedReasoning(*item[1:])
+    if tag == "a":
+        return Annotations(*item[1:])
     raise ValueError(f"unknown journal event tag {tag!r}")
 
 

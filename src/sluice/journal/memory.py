@@ -12,8 +12,8 @@ from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
-from sluice.journal import Alive, Journal, Recording, Replay, bare, size_of
-from sluice.providers import Batch
+from sluice.events import Batch
+from sluice.journal import Alive, Journal, Recording, Replay, size_of
 
 
 async def _nothing() -> AsyncGenerator[Batch, None]:
@@ -84,7 +84,7 @@ class MemoryJournals:
             return False
         # A copy without the raw payloads: half the memory, and readers of the journal
         # (still sending them, maybe) are left alone.
-        recording = Replay([bare(batch) for batch in journal.batches], list(journal.times))
+        recording = Replay(list(journal.batches), list(journal.times))
         self._drop(name)
         self._kept[name] = _Entry(recording, size, self._clock() + ttl)
         self._bytes += size

@@ -37,9 +37,9 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
 
+from sluice.events import Batch
 from sluice.journal import Alive, Journal, Recording, Replay, WriterGone, size_of
 from sluice.journal.codec import decode_batches, decode_end, encode_batches, encode_end
-from sluice.providers import Batch
 from sluice.state import SharedState, StateUnavailable
 
 T = TypeVar("T")

@@ -13,8 +13,7 @@ from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sluice.config import Deployment
-from sluice.events import ChatRequest
-from sluice.providers import Batch
+from sluice.events import Batch, ChatRequest, WireFormat
 from sluice.store import Record, VirtualKey
 
 
@@ -34,13 +33,11 @@ class Call:
     #: limited per client address (``record.client``) instead of per key.
     public: bool = False
     deployment: Deployment | None = None
-    #: The upstream speaks the client's wire format and names the model as asked, so
-    #: its chunks may be forwarded unchanged.
-    passthrough: bool = False
-    #: What reads the stream writes OpenAI chunks out as they came and keeps no events
-    #: (no cache journal, no stored content): with ``passthrough``, plain content
-    #: chunks may stay undecoded (``Chunks``). Policies that keep events clear it.
-    undecoded: bool = False
+    #: The wire format whose bytes what reads the stream writes out as they came,
+    #: keeping no events (no cache journal, no stored content): an upstream of that
+    #: format may pass its events along as ``Verbatim``. Policies that keep events
+    #: clear it.
+    verbatim: WireFormat | None = None
     #: Every refusing policy let the request through and an answer is being produced
     #: (the router called an upstream, or a coalesced request follows another's
     #: generation). Only then may keep-alives commit the response head: a refusal

@@ -24,9 +24,8 @@ from datetime import UTC, datetime
 
 from sluice.config import Settings
 from sluice.errors import AuthenticationError, PermissionDenied
-from sluice.events import ChatRequest
+from sluice.events import Batch, ChatRequest
 from sluice.policies import Call, Handler
-from sluice.providers import Batch
 from sluice.store import Record, VirtualKey
 from sluice.store.keys import KEY_PREFIX, KeyStore
 

@@ -32,10 +32,9 @@ import time
 from collections.abc import AsyncGenerator
 
 from sluice.errors import BudgetExceeded
-from sluice.events import ChatRequest
+from sluice.events import Batch, ChatRequest
 from sluice.policies import Call, Handler
 from sluice.pricing import PriceTable
-from sluice.providers import Batch
 from sluice.state import SharedState, StateUnavailable
 from sluice.store import VirtualKey
 from sluice.store.keys import KeyStore

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import uuid
 from collections.abc import AsyncGenerator
@@ -30,11 +31,10 @@ import orjson
 
 from sluice.config import CacheSettings
 from sluice.errors import RequestError, UpstreamError
-from sluice.events import ChatRequest
+from sluice.events import Batch, ChatRequest, Start
 from sluice.journal import Abandoned, Journal, Journals, Recording, WriterGone
 from sluice.policies import Call, Handler
 from sluice.policies.coalesce import Flights
-from sluice.providers import Batch
 from sluice.state import SharedState, StateUnavailable
 
 HEADER = "x-sluice-cache"
@@ -55,46 +55,50 @@ NOT_IN_KEY = frozenset(
     }
 )
 #: Bumped when the key's recipe or the stored format changes.
-KEY_VERSION = 1
+KEY_VERSION = 2
+#: Canonical fields that do not change what the model writes.
+_NOT_ANSWER = frozenset({"stream", "include_usage", "user", "source", "extra"})
+_INT64 = 1 << 63
 
 
 def _canonical(value: Any) -> Any:
     """JSON with the spellings that mean the same thing made equal: null members
-    dropped, integral floats as integers (``0.0`` is ``0``)."""
+    dropped, integral floats as integers (``0.0`` is ``0``). Numbers JSON cannot hold
+    exactly as 64-bit (``2**64``, ``1e20``) are kept as their decimal text, tagged, so
+    they still key apart from every other value."""
     if isinstance(value, dict):
         return {k: _canonical(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_canonical(v) for v in value]
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def _message(message: Any) -> Any:
-    message = _canonical(message)
-    if isinstance(message, dict):
-        content = message.get("content")
-        # One text part is the same prompt as the plain string.
-        if (
-            isinstance(content, list)
-            and len(content) == 1
-            and isinstance(content[0], dict)
-            and content[0].get("type") == "text"
-            and set(content[0]) == {"type", "text"}
-        ):
-            message["content"] = content[0]["text"]
-    return message
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: _canonical(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if getattr(value, f.name) is not None
+        } | {"_": type(value).__name__}
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        if value.is_integer():
+            value = int(value)
+        elif value != value or value in (float("inf"), float("-inf")):
+            return {"$float": repr(value)}
+        else:
+            return value
+    if isinstance(value, int):
+        return value if -_INT64 <= value < _INT64 else {"$int": str(value)}
+    return {"$repr": repr(value)}
 
 
 def normalise(request: ChatRequest) -> dict[str, Any]:
     """The parts of a request that decide its answer, in one canonical shape."""
-    options = {k: v for k, v in request.options.items() if k not in NOT_IN_KEY}
-    return {
-        "v": KEY_VERSION,
-        "model": request.model,
-        "messages": [_message(m) for m in request.messages],
-        "options": _canonical(options),
+    fields = {
+        f.name: getattr(request, f.name)
+        for f in dataclasses.fields(request)
+        if f.name not in _NOT_ANSWER
     }
+    fields["extra"] = {k: v for k, v in request.extra.items() if k not in NOT_IN_KEY}
+    return {"v": KEY_VERSION, **_canonical(fields)}
 
 
 def cache_key(request: ChatRequest) -> str:
@@ -103,8 +107,7 @@ def cache_key(request: ChatRequest) -> str:
 
 
 def deterministic(request: ChatRequest) -> bool:
-    options = request.options
-    return options.get("temperature") == 0 or options.get("seed") is not None
+    return request.temperature == 0 or request.seed is not None
 
 
 def _new_id() -> str:
@@ -185,7 +188,7 @@ class Cache:
     async def _serve(
         self, inner: Handler, request: ChatRequest, call: Call, mode: str
     ) -> AsyncGenerator[Batch, None]:
-        call.undecoded = False  # journals keep events
+        call.verbatim = None  # journals keep events
         key = cache_key(request)
         for _ in range(3):
             try:
@@ -195,9 +198,16 @@ class Cache:
             except _Retry:
                 continue
             yielded = False
+            # A hit or a shared generation is a response of its own: it gets its own id.
+            fresh = call.record.cache in ("hit", "coalesced")
             try:
                 async with contextlib.aclosing(source):
                     async for batch in source:
+                        if fresh and not yielded:
+                            batch = [
+                                dataclasses.replace(e, id="") if type(e) is Start else e
+                                for e in batch
+                            ]
                         yielded = True
                         yield batch
                 return

@@ -25,10 +25,9 @@ from typing import Any
 
 from sluice.config import CacheSettings
 from sluice.errors import SluiceError
-from sluice.events import ChatRequest
+from sluice.events import Batch, ChatRequest
 from sluice.journal import Abandoned, Journal, Journals
 from sluice.policies import Call, Handler
-from sluice.providers import Batch
 from sluice.state import SharedState, StateUnavailable
 
 log = logging.getLogger("sluice.cache")

@@ -71,9 +71,8 @@ from limits.util import WindowStats
 
 from sluice.config import LimitSettings
 from sluice.errors import RateLimited, ServiceUnavailable
-from sluice.events import ChatRequest
+from sluice.events import Batch, ChatRequest, estimate_input_tokens
 from sluice.policies import Call, Handler
-from sluice.providers import Batch
 from sluice.state import SharedState, StateUnavailable
 
 log = logging.getLogger("sluice.ratelimit")
@@ -98,19 +97,11 @@ def per_minute(unit: Unit, amount: int) -> RateLimitItem:
 
 
 def estimate_tokens(request: ChatRequest, output_estimate: int) -> int:
-    """Prompt characters / 4, plus the output the request allows (or the default)."""
-    chars = 0
-    for message in request.messages:
-        content = message.get("content")
-        chars += len(content) if isinstance(content, str) else len(str(content or ""))
-    options = request.options
-    output = options.get("max_completion_tokens") or options.get("max_tokens")
+    """The prompt's estimate, plus the output the request allows (or the default)."""
+    output = request.max_tokens
     if not isinstance(output, int) or output < 1:
         output = output_estimate
-    choices = options.get("n")
-    if isinstance(choices, int) and choices > 1:
-        output *= choices
-    return max(1, chars // 4) + output
+    return estimate_input_tokens(request) + output * max(1, request.n)
 
 
 def duration(seconds: float) -> str:

@@ -46,11 +46,10 @@ from sluice.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from sluice.events import ChatRequest
+from sluice.events import Batch, ChatRequest
 from sluice.policies import Call
 from sluice.policies.balance import Balancer
 from sluice.policies.breaker import Breaker
-from sluice.providers import Batch
 from sluice.providers.registry import Providers
 from sluice.state import SharedState
 
@@ -142,12 +141,6 @@ class Router:
                 f"The model '{request.model}' does not exist or you do not have access to it.",
                 param="model",
             )
-        # Upstream chunks may go out unchanged only if whichever deployment answers
-        # speaks OpenAI's format and names the model as the client did.
-        call.passthrough = not (route.fallbacks or route.context_window_fallbacks) and all(
-            d.provider == "openai" and d.upstream_model(request.model) == request.model
-            for d in route.deployments
-        )
         call.deployment = route.deployments[0]
         return self._serve(request, call, route)
 
@@ -211,9 +204,8 @@ class Router:
             call.deployment = deployment
             upstream = deployment.upstream_model(request.model)
             call.record.upstream = describe(deployment.provider, upstream, deployment.base_url)
-            stream = self._providers.get(deployment).stream(
-                request, undecoded=call.undecoded and call.passthrough
-            )
+            provider = self._providers.get(deployment)
+            stream = provider.stream(request, verbatim=call.verbatim == provider.format)
             self._balancer.started(deployment)
             try:
                 first: Batch | None = await stream.__anext__()

@@ -1,10 +1,31 @@
-"""One provider per deployment, built on first use and closed at shutdown."""
+"""One provider per deployment, built on first use and closed at shutdown. The
+registry maps a provider name to its wire; nothing else branches on it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sluice.config import Deployment, Settings
-from sluice.providers import Provider
+from sluice.events import WireFormat
+from sluice.providers import Provider, Wire
 from sluice.providers.http import Pool
+
+
+def _openai_chat() -> Wire:
+    from sluice.providers.openai_chat import OpenAIChatWire
+
+    return OpenAIChatWire()
+
+
+#: provider name → its wire (made on demand).
+WIRES: dict[str, Callable[[], Wire]] = {"openai": _openai_chat}
+
+
+def wire_format(provider: str) -> WireFormat:
+    """The wire format a provider speaks (``sluice`` for the simulator)."""
+    if provider == "simulator":
+        return "sluice"
+    return WIRES[provider]().format
 
 
 def build(deployment: Deployment, pool: Pool) -> Provider:
@@ -12,9 +33,10 @@ def build(deployment: Deployment, pool: Pool) -> Provider:
         from sluice.providers.simulator import SimulatorProvider
 
         return SimulatorProvider(deployment)
-    from sluice.providers.openai import OpenAIProvider
+    from sluice.providers.upstream import HTTPProvider
 
-    return OpenAIProvider(deployment, pool)
+    wire = WIRES[deployment.provider]()
+    return HTTPProvider(deployment, pool, wire, owned_by=deployment.provider)
 
 
 class Providers:

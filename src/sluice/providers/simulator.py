@@ -17,13 +17,26 @@ import asyncio
 import hashlib
 import json
 import random
-from collections.abc import AsyncGenerator, Mapping
-from typing import Any
+import time
+import uuid
+from collections.abc import AsyncGenerator
 
 from sluice.config import Deployment
-from sluice.errors import UpstreamStatusError
-from sluice.events import ChatRequest, Finish, StreamEvent, TextDelta, Usage
-from sluice.providers import Batch
+from sluice.events import (
+    Batch,
+    ChatRequest,
+    Finish,
+    FinishReason,
+    Message,
+    PartEnd,
+    Start,
+    StreamEvent,
+    TextDelta,
+    Usage,
+    WireFormat,
+    estimate_input_tokens,
+    message_text,
+)
 from sluice.providers.wordmodel import default_model
 
 __all__ = ["SimulatorProvider"]
@@ -36,15 +49,16 @@ _BATCH = 64
 
 class SimulatorProvider:
     owned_by = "sluice-simulator"
+    format: WireFormat = "sluice"
 
     def __init__(self, deployment: Deployment) -> None:
         self._deployment = deployment
 
     async def stream(
-        self, request: ChatRequest, undecoded: bool = False
+        self, request: ChatRequest, verbatim: bool = False
     ) -> AsyncGenerator[Batch, None]:
         settings = self._deployment.simulator
-        limit = _token_limit(settings.max_tokens, request.options)
+        limit = _token_limit(settings.max_tokens, request.max_tokens)
         rng = random.Random(_seed(settings.seed, request))
         # The story fits the deployment's budget, not the request's: a request that asks
         # for fewer tokens gets the same story, cut short.
@@ -62,8 +76,10 @@ class SimulatorProvider:
         interval = 1.0 / tps if tps > 0 else 0.0
 
         produced = 0
-        reason = "stop"
-        batch: list[StreamEvent] = []
+        reason: FinishReason = "stop"
+        batch: list[StreamEvent] = [
+            Start("sluice", f"sim-{uuid.uuid4().hex[:24]}", request.model, int(time.time()))
+        ]
         for text in story:
             if produced >= limit:
                 reason = "length"
@@ -88,41 +104,28 @@ class SimulatorProvider:
         if batch:
             yield batch
         usage = Usage(
-            input_tokens=_estimate_tokens(request.messages),
+            input_tokens=estimate_input_tokens(request),
             output_tokens=produced,
             source="reported",
         )
-        yield [Finish(reason), usage]
+        yield [PartEnd(0), Finish(reason, reason), usage]
 
     async def aclose(self) -> None:
         # Nothing is held between streams; each stream's own aclose() stops it.
         return None
 
 
-def _token_limit(default: int, options: Mapping[str, Any]) -> int:
-    limit = default
-    for name in ("max_tokens", "max_completion_tokens"):
-        value = options.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UpstreamStatusError(
-                f"{name} must be a positive integer, got {value!r}",
-                param=name,
-                code="invalid_value",
-                status=400,
-            )
-        limit = min(limit, value)
-    return limit
+def _token_limit(default: int, max_tokens: int | None) -> int:
+    return default if max_tokens is None else min(default, max_tokens)
 
 
 def _seed(base: int, request: ChatRequest) -> int:
-    """A seed from the deployment's, the request's ``seed`` option, model and messages.
+    """A seed from the deployment's, the request's ``seed``, model and messages.
 
     ``hashlib``, not ``hash()``: string hashes change from process to process.
     """
     material = json.dumps(
-        [base, request.options.get("seed"), request.model, request.messages],
+        [base, request.seed, request.model, [_plain(m) for m in request.messages]],
         sort_keys=True,
         ensure_ascii=False,
         separators=(",", ":"),
@@ -132,27 +135,12 @@ def _seed(base: int, request: ChatRequest) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
-def _text(content: Any) -> str:
-    """The text of a message's content: a string or a list of parts (OpenAI shape)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(
-            part["text"]
-            for part in content
-            if isinstance(part, dict) and isinstance(part.get("text"), str)
-        )
-    return ""
+def _plain(message: Message) -> list[str]:
+    return [message.role, message_text(message)]
 
 
-def _last_user_text(messages: list[dict[str, Any]]) -> str:
+def _last_user_text(messages: list[Message]) -> str:
     for message in reversed(messages):
-        if message.get("role") == "user":
-            return _text(message.get("content"))
+        if message.role == "user":
+            return message_text(message)
     return ""
-
-
-def _estimate_tokens(messages: list[dict[str, Any]]) -> int:
-    # About four characters to a token for English text; never zero.
-    chars = sum(len(_text(message.get("content"))) for message in messages)
-    return max(1, (chars + 3) // 4)

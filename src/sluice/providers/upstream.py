@@ -1,0 +1,224 @@
+"""The generic upstream loop: one HTTP exchange per request, over any wire.
+
+It owns what every format shares: the connection pool, the three timers (first token,
+idle, total), backpressure (the next read happens only when the consumer asks for the
+next batch) and release (a connection goes back to the pool only after a whole body;
+anything else closes it, which is how the upstream learns that nobody listens). The
+wire owns the bytes: the request, the decoding of reads into batches, the error body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
+
+from sluice.config import Deployment
+from sluice.errors import (
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+from sluice.events import Batch, ChatRequest, WireFormat
+from sluice.providers import Wire
+from sluice.providers.http import (
+    ConnectError,
+    ConnectTimeout,
+    HTTPError,
+    Pool,
+    Response,
+    split_url,
+)
+
+_MAX_ERROR_BODY = 64 * 1024
+
+
+def endpoint(base_url: str, path: str) -> str:
+    # Azure-style bases carry a query (api-version); the path goes before it.
+    base, sep, query = base_url.partition("?")
+    base = base.rstrip("/")
+    if base.endswith(path):  # a base URL given with the endpoint already on it
+        return f"{base}{sep}{query}"
+    return f"{base}{path}{sep}{query}"
+
+
+class _Watchdog:
+    """First-token, idle and total timeouts for one stream, firing on their own.
+
+    Each read only stores the time it started waiting; a timer armed on the loop checks
+    that lazily and re-arms itself, so there is no per-read timer churn. Time spent
+    writing to a slow client is not counted as upstream idleness. On expiry the error
+    is set on the response, which wakes the pending read with it.
+    """
+
+    __slots__ = (
+        "_handle",
+        "_idle",
+        "_loop",
+        "_response",
+        "_total",
+        "first",
+        "wait_start",
+        "waiting",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        response: Response,
+        first_deadline: float,
+        idle: float,
+        deadline: float,
+    ) -> None:
+        self._loop = loop
+        self._response = response
+        self._idle = idle
+        self.first = True
+        self.waiting = True
+        self.wait_start = loop.time()
+        self._handle: asyncio.TimerHandle | None = None
+        self._total: asyncio.TimerHandle | None = None
+        if first_deadline != float("inf"):
+            self._handle = loop.call_at(first_deadline, self._expire, "first token")
+        if deadline != float("inf"):
+            self._total = loop.call_at(deadline, self._expire, "total time")
+
+    def got_first(self) -> None:
+        self.first = False
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._idle:
+            self._handle = self._loop.call_at(self._loop.time() + self._idle, self._check)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        due = (self.wait_start if self.waiting else now) + self._idle
+        if self.waiting and now >= due - 0.001:
+            self._expire("next chunk")
+        else:
+            self._handle = self._loop.call_at(due, self._check)
+
+    def _expire(self, what: str) -> None:
+        self.cancel()
+        self._response.interrupt(UpstreamTimeout(f"the upstream timed out waiting for the {what}"))
+
+    def cancel(self) -> None:
+        for handle in (self._handle, self._total):
+            if handle is not None:
+                handle.cancel()
+        self._handle = self._total = None
+
+
+def _header_lines(headers: dict[str, str]) -> bytes:
+    lines = []
+    for name, value in headers.items():
+        if any(c in name or c in value for c in "\r\n\0") or not name.strip():
+            raise ValueError(f"upstream header {name!r} has a line break or is empty")
+        lines.append(f"{name}: {value}\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+class HTTPProvider:
+    """A configured upstream: a wire, a base URL, credentials."""
+
+    def __init__(self, deployment: Deployment, pool: Pool, wire: Wire, owned_by: str) -> None:
+        self._deployment = deployment
+        self._pool = pool
+        self._wire = wire
+        self.format: WireFormat = wire.format
+        self._origin, target = split_url(endpoint(deployment.base_url, wire.path))
+        headers = {
+            "Host": self._origin.authority,
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+        }
+        key = deployment.api_key.get() if deployment.api_key else ""
+        if key:
+            headers.update(wire.auth_headers(key, deployment.base_url))
+        headers.update(deployment.headers)
+        # The request head, but for its length: built once, written with each body.
+        self._head = f"POST {target} HTTP/1.1\r\n".encode("latin-1") + _header_lines(headers)
+        self._connect_timeout = deployment.timeouts.connect or None
+        self.owned_by = owned_by
+        if owned_by == "openai" and "openai.com" not in deployment.base_url:
+            self.owned_by = f"openai-compatible ({self._origin.authority})"
+
+    def payload(self, request: ChatRequest) -> bytes:
+        return self._wire.body(request, self._deployment.upstream_model(request.model))
+
+    def _request(self, request: ChatRequest) -> bytes:
+        body = self.payload(request)
+        extra = self._wire.request_headers(request)
+        head = self._head + _header_lines(extra) if extra else self._head
+        return b"".join((head, b"Content-Length: %d\r\n\r\n" % len(body), body))
+
+    async def stream(
+        self, request: ChatRequest, verbatim: bool = False
+    ) -> AsyncGenerator[Batch, None]:
+        timeouts = self._deployment.timeouts
+        data_out = self._request(request)  # a request the format cannot carry fails here
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + timeouts.total if timeouts.total else float("inf")
+        first_deadline = started + timeouts.first_token if timeouts.first_token else float("inf")
+        response: Response | None = None
+        watchdog: _Watchdog | None = None
+        try:
+            try:
+                # The request and its response head: nothing is yielded in here, so a
+                # timeout context is safe (one that spans a yield would cancel whichever
+                # task happens to be running when it fires).
+                async with asyncio.timeout_at(min(deadline, first_deadline)):
+                    response = await self._pool.request(
+                        self._origin, data_out, self._connect_timeout
+                    )
+            except TimeoutError as exc:
+                what = "total time" if loop.time() >= deadline else "first token"
+                raise UpstreamTimeout(f"the upstream timed out waiting for the {what}") from exc
+            except ConnectTimeout as exc:
+                raise UpstreamTimeout("timed out connecting to the upstream") from exc
+            except ConnectError as exc:
+                raise UpstreamConnectError(f"cannot connect to the upstream: {exc}") from exc
+            except HTTPError as exc:
+                raise UpstreamConnectError(f"upstream request failed: {exc}") from exc
+            if response.status >= 400:
+                body = b""
+                with contextlib.suppress(HTTPError):
+                    body = await response.read_all(_MAX_ERROR_BODY)
+                raise self._wire.error(response.status, body, response.headers)
+            watchdog = _Watchdog(loop, response, first_deadline, timeouts.idle, deadline)
+            decoder = self._wire.decoder(request, verbatim)
+            feed = decoder.feed
+            read = response.read
+            while True:
+                watchdog.wait_start = loop.time()
+                watchdog.waiting = True
+                try:
+                    data = await read()
+                except HTTPError as exc:
+                    raise UpstreamProtocolError(
+                        f"the upstream connection broke mid-stream ({exc})"
+                    ) from exc
+                watchdog.waiting = False
+                if not data:
+                    decoder.eof()
+                    return
+                batch = feed(data)
+                if batch:
+                    if watchdog.first:
+                        watchdog.got_first()
+                    yield batch
+                if decoder.done:
+                    if decoder.error is not None:
+                        raise decoder.error
+                    return
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+            if response is not None:
+                # Back to the pool only if the whole body was read; else closed.
+                response.release()
+
+    async def aclose(self) -> None:
+        return None
