@@ -18,6 +18,7 @@ from sluice import config
 from sluice.config import Settings
 from sluice.dialects import Dialect
 from sluice.dialects.openai_chat import OpenAIChatDialect
+from sluice.dialects.openai_embeddings import OpenAIEmbeddingsDialect
 from sluice.dialects.text import TextDialect
 from sluice.errors import MethodNotAllowed, NotFound, SluiceError
 from sluice.events import ChatRequest, estimate_input_tokens, transcript
@@ -126,11 +127,13 @@ class Gateway:
         self._state: SharedState | None = None
         self._text = TextDialect()
         self._openai = OpenAIChatDialect()
+        embeddings = OpenAIEmbeddingsDialect()
         self.routes = RouteTable()
         text, openai = self._text, self._openai
         for method, path, route in (
             ("GET", "/", Route(text, self._generate)),
             ("POST", "/v1/chat/completions", Route(openai, self._generate)),
+            ("POST", "/v1/embeddings", Route(embeddings, self._generate)),
             ("GET", "/v1/models", Route(openai, self._models)),
             ("GET", "/v1/models/{id}", Route(openai, self._model)),
             ("GET", "/healthz", Route(openai, self._health)),

@@ -18,6 +18,8 @@ WireFormat = Literal["openai_chat", "anthropic_messages", "openai_responses", "s
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 #: The closed set of reasons a choice ends; ``Finish.native`` keeps the upstream's word.
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error", "other"]
+#: What a request asks for: a generation, or embeddings of ``ChatRequest.input``.
+Operation = Literal["chat", "embeddings"]
 FINISH_REASONS: frozenset[str] = frozenset(
     {"stop", "length", "tool_calls", "content_filter", "error", "other"}
 )
@@ -161,6 +163,9 @@ class ChatRequest:
     extra: dict[str, Any] = field(default_factory=dict)
     #: Request headers meant for an upstream of ``source``'s format (``anthropic-beta``).
     headers: dict[str, str] = field(default_factory=dict)
+    operation: Operation = "chat"
+    #: What to embed (``operation == "embeddings"``): texts, or token id arrays.
+    input: list[str | list[int]] = field(default_factory=list)
 
 
 # -- events ----------------------------------------------------------------------
@@ -250,6 +255,14 @@ class Annotations:
 
 
 @dataclass(slots=True)
+class Embedding:
+    """One input's embedding: floats, or the upstream's base64 text of them."""
+
+    index: int
+    vector: list[float] | str
+
+
+@dataclass(slots=True)
 class PartEnd:
     index: int
     choice: int = 0
@@ -306,6 +319,7 @@ StreamEvent = (
     | RedactedReasoning
     | ToolCallDelta
     | Annotations
+    | Embedding
     | PartEnd
     | Usage
     | Finish
@@ -355,6 +369,9 @@ def part_chars(part: Part) -> int:
 
 def prompt_chars(request: ChatRequest) -> int:
     chars = sum(len(p.text) for p in request.system)
+    for item in request.input:
+        # A token id array is already tokens: count it as that many tokens' characters.
+        chars += len(item) if isinstance(item, str) else len(item) * CHARS_PER_TOKEN
     for message in request.messages:
         for part in message.parts:
             chars += part_chars(part)

@@ -38,6 +38,10 @@ DEFAULT_PRICES: Mapping[str, Price] = MappingProxyType(
         **_same(Price(2.00, 8.00), "o3", "o3-2025-04-16"),
         **_same(Price(1.10, 4.40), "o4-mini", "o4-mini-2025-04-16"),
         **_same(Price(0.50, 1.50), "gpt-3.5-turbo", "gpt-3.5-turbo-0125"),
+        # Embeddings: input tokens only.
+        "text-embedding-3-small": Price(0.02, 0.0),
+        "text-embedding-3-large": Price(0.13, 0.0),
+        "text-embedding-ada-002": Price(0.10, 0.0),
     }
 )
 

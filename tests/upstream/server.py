@@ -3,8 +3,8 @@
 Run ``python -m tests.upstream.server --host 127.0.0.1 --port 0 [--port-file PATH]``;
 it prints ``listening on http://HOST:PORT`` once ready and stops on SIGTERM/SIGINT.
 Raw asyncio protocol + httptools, so every TCP write and every close is deliberate.
-Endpoints: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /_log``,
-``POST /_reset``. See ``scenarios.py`` for what each scenario does.
+Endpoints: ``POST /v1/chat/completions``, ``POST /v1/embeddings``, ``GET /v1/models``,
+``GET /_log``, ``POST /_reset``. See ``scenarios.py`` for what each scenario does.
 """
 
 from __future__ import annotations
@@ -551,11 +551,53 @@ class App:
         )
         await run_scenario(call)
 
+    async def embeddings(self, conn: Connection, request: Request, entry: dict[str, Any]) -> None:
+        """Deterministic 4-dimensional vectors, one per input; model ``fail`` answers
+        500 and ``bad_json`` a body that is not JSON."""
+        keep = request.keep_alive
+        body = entry["body"]
+        model = body.get("model") if isinstance(body, dict) else None
+        if model == "fail":
+            send_json(conn, 500, sc.error_body("embedding failed", "server_error", None), keep)
+            return
+        if model == "bad_json":
+            conn.write(head(200, json_headers(b"{not json"), keep) + b"{not json")
+            return
+        items = body.get("input") if isinstance(body, dict) else None
+        if isinstance(items, str) or (
+            isinstance(items, list) and items and isinstance(items[0], int)
+        ):
+            items = [items]
+        if not isinstance(items, list):
+            send_json(conn, 400, sc.error_body("bad input", "invalid_request_error", None), keep)
+            return
+        data = []
+        tokens = 0
+        for index, item in enumerate(items):
+            text = item if isinstance(item, str) else " ".join(map(str, item))
+            tokens += max(1, len(text) // 4)
+            seed = sum(text.encode()) % 97
+            data.append(
+                {
+                    "object": "embedding",
+                    "index": index,
+                    "embedding": [seed / 100, 0.5, -0.25, len(text) / 1000],
+                }
+            )
+        answer = {
+            "object": "list",
+            "data": data,
+            "model": f"{model}-v1",
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        send_json(conn, 200, answer, keep)
+
 
 Route = Callable[[App, Connection, Request, dict[str, Any]], Coroutine[Any, Any, None]]
 ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/v1/models"): App.models,
     ("POST", "/v1/chat/completions"): App.chat,
+    ("POST", "/v1/embeddings"): App.embeddings,
 }
 
 

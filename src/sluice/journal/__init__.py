@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from sluice.errors import SluiceError, UpstreamError
 from sluice.events import (
     Batch,
+    Embedding,
     Finish,
     ReasoningDelta,
     StreamError,
@@ -177,6 +178,9 @@ def size_of(batches: Sequence[Batch]) -> int:
             kind = type(event)
             if kind is TextDelta or kind is ReasoningDelta:
                 size += len(event.text)  # type: ignore[union-attr]
+            elif kind is Embedding:
+                vector = event.vector  # type: ignore[union-attr]
+                size += len(vector) * (1 if isinstance(vector, str) else 32)
             elif kind is ToolCallDelta:
                 size += len(event.arguments) + len(event.name or "") + len(event.id or "")  # type: ignore[union-attr]
     return size

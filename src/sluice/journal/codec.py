@@ -15,6 +15,7 @@ from sluice.errors import SluiceError
 from sluice.events import (
     Annotations,
     Batch,
+    Embedding,
     Finish,
     PartEnd,
     ReasoningDelta,
@@ -71,6 +72,9 @@ def _event(event: StreamEvent) -> list[Any]:
     if kind is RedactedReasoning:
         g: RedactedReasoning = event  # type: ignore[assignment]
         return ["R", g.data, g.index, g.choice]
+    if kind is Embedding:
+        m: Embedding = event  # type: ignore[assignment]
+        return ["m", m.index, m.vector]
     if kind is Annotations:
         a: Annotations = event  # type: ignore[assignment]
         return ["a", a.items, a.index, a.choice]
@@ -111,6 +115,8 @@ def _decode_event(item: list[Any]) -> StreamEvent:
         return RefusalDelta(*item[1:])
     if tag == "R":
         return RedactedReasoning(*item[1:])
+    if tag == "m":
+        return Embedding(*item[1:])
     if tag == "a":
         return Annotations(*item[1:])
     raise ValueError(f"unknown journal event tag {tag!r}")

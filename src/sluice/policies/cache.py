@@ -107,7 +107,8 @@ def cache_key(request: ChatRequest) -> str:
 
 
 def deterministic(request: ChatRequest) -> bool:
-    return request.temperature == 0 or request.seed is not None
+    # An embedding depends on its input alone.
+    return request.operation == "embeddings" or request.temperature == 0 or request.seed is not None
 
 
 def _new_id() -> str:

@@ -98,6 +98,8 @@ def per_minute(unit: Unit, amount: int) -> RateLimitItem:
 
 def estimate_tokens(request: ChatRequest, output_estimate: int) -> int:
     """The prompt's estimate, plus the output the request allows (or the default)."""
+    if request.operation == "embeddings":
+        return estimate_input_tokens(request)
     output = request.max_tokens
     if not isinstance(output, int) or output < 1:
         output = output_estimate

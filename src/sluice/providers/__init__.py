@@ -46,8 +46,9 @@ class Decoder(Protocol):
 
     def feed(self, data: bytes) -> Batch: ...
 
-    def eof(self) -> None:
-        """The connection ended: raise if the stream did not finish."""
+    def eof(self) -> Batch:
+        """The body ended: the last events (a whole-body format has all of them only
+        now); raises if the stream did not finish."""
         ...
 
 
@@ -55,6 +56,8 @@ class Wire(Protocol):
     format: WireFormat
     #: Appended to the deployment's ``base_url`` (before any query).
     path: str
+    #: The same for embeddings requests; None: the format has no embeddings.
+    embeddings_path: str | None
 
     def auth_headers(self, key: str, base_url: str) -> dict[str, str]: ...
 

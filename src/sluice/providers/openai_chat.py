@@ -48,6 +48,7 @@ from sluice.events import (
     WireFormat,
 )
 from sluice.providers import Decoder
+from sluice.providers import openai_embeddings as embeddings
 from sluice.providers.upstream_errors import status_error
 from sluice.sse import SSEDecoder
 
@@ -419,9 +420,10 @@ class ChatDecoder:
         self.done = False
         self.error: SluiceError | None = None
 
-    def eof(self) -> None:
+    def eof(self) -> Batch:
         if not self.done:
             raise UpstreamProtocolError("the upstream closed the stream before it finished")
+        return []
 
     def feed(self, data: bytes) -> Batch:
         out: Batch = []
@@ -601,6 +603,7 @@ def error_fields(body: bytes) -> tuple[str, str | None, str | None]:
 class OpenAIChatWire:
     format: WireFormat = FORMAT
     path = "/chat/completions"
+    embeddings_path: str | None = "/embeddings"
 
     def auth_headers(self, key: str, base_url: str) -> dict[str, str]:
         if ".azure.com" in base_url:
@@ -611,9 +614,13 @@ class OpenAIChatWire:
         return {}
 
     def body(self, request: ChatRequest, model: str) -> bytes:
+        if request.operation == "embeddings":
+            return embeddings.body(request, model)
         return orjson.dumps(build(request, model))
 
     def decoder(self, request: ChatRequest, verbatim: bool) -> Decoder:
+        if request.operation == "embeddings":
+            return embeddings.EmbeddingsDecoder(request.model)
         # With several choices every chunk is read, so each choice gets its parts.
         return ChatDecoder(verbatim, plain=request.n == 1)
 

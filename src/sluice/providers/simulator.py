@@ -14,9 +14,12 @@ story cut short finishes with ``"length"``) and ``seed`` (mixed into the story's
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
+import math
 import random
+import struct
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -25,6 +28,7 @@ from sluice.config import Deployment
 from sluice.events import (
     Batch,
     ChatRequest,
+    Embedding,
     Finish,
     FinishReason,
     Message,
@@ -58,6 +62,11 @@ class SimulatorProvider:
         self, request: ChatRequest, verbatim: bool = False
     ) -> AsyncGenerator[Batch, None]:
         settings = self._deployment.simulator
+        if request.operation == "embeddings":
+            if settings.ttft > 0:
+                await asyncio.sleep(settings.ttft)
+            yield _embeddings(request)
+            return
         limit = _token_limit(settings.max_tokens, request.max_tokens)
         rng = random.Random(_seed(settings.seed, request))
         # The story fits the deployment's budget, not the request's: a request that asks
@@ -144,3 +153,31 @@ def _last_user_text(messages: list[Message]) -> str:
         if message.role == "user":
             return message_text(message)
     return ""
+
+
+#: Dimensions of a simulated embedding unless the request asks for others.
+EMBEDDING_DIMENSIONS = 256
+
+
+def _embeddings(request: ChatRequest) -> Batch:
+    """Deterministic unit vectors: the same text always embeds the same, and texts that
+    share words point the same way (a bag of hashed words), so similarity demos work."""
+    dimensions = request.extra.get("dimensions")
+    size = dimensions if isinstance(dimensions, int) and dimensions > 0 else EMBEDDING_DIMENSIONS
+    batch: Batch = [Start("sluice", "", request.model, int(time.time()))]
+    for index, item in enumerate(request.input):
+        words = item.lower().split() if isinstance(item, str) else [str(t) for t in item]
+        vector = [0.0] * size
+        for word in words or [""]:
+            digest = hashlib.sha256(word.encode("utf-8")).digest()
+            for k in range(0, 8, 2):
+                slot = int.from_bytes(digest[k : k + 2], "big") % size
+                vector[slot] += 1.0 if digest[k + 8] & 1 else -1.0
+        norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+        values: list[float] | str = [v / norm for v in vector]
+        if request.extra.get("encoding_format") == "base64":
+            values = base64.b64encode(struct.pack(f"<{size}f", *values)).decode("ascii")
+        batch.append(Embedding(index, values))
+    batch.append(Usage(estimate_input_tokens(request), 0))
+    batch.append(Finish("stop", "stop"))
+    return batch

@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator
 
 from sluice.config import Deployment
 from sluice.errors import (
+    Unsupported,
     UpstreamConnectError,
     UpstreamProtocolError,
     UpstreamTimeout,
@@ -128,6 +129,10 @@ class HTTPProvider:
         self._wire = wire
         self.format: WireFormat = wire.format
         self._origin, target = split_url(endpoint(deployment.base_url, wire.path))
+        self._embeddings_target: str | None = None
+        if wire.embeddings_path is not None:
+            embeddings_url = endpoint(deployment.base_url, wire.embeddings_path)
+            self._embeddings_target = split_url(embeddings_url)[1]
         headers = {
             "Host": self._origin.authority,
             "Content-Type": "application/json",
@@ -138,7 +143,8 @@ class HTTPProvider:
             headers.update(wire.auth_headers(key, deployment.base_url))
         headers.update(deployment.headers)
         # The request head, but for its length: built once, written with each body.
-        self._head = f"POST {target} HTTP/1.1\r\n".encode("latin-1") + _header_lines(headers)
+        self._lines = _header_lines(headers)
+        self._head = f"POST {target} HTTP/1.1\r\n".encode("latin-1") + self._lines
         self._connect_timeout = deployment.timeouts.connect or None
         self.owned_by = owned_by
         if owned_by == "openai" and "openai.com" not in deployment.base_url:
@@ -150,7 +156,16 @@ class HTTPProvider:
     def _request(self, request: ChatRequest) -> bytes:
         body = self.payload(request)
         extra = self._wire.request_headers(request)
-        head = self._head + _header_lines(extra) if extra else self._head
+        head = self._head
+        if request.operation == "embeddings":
+            target = self._embeddings_target
+            if target is None:
+                raise Unsupported(
+                    f"a {self._wire.format} upstream has no embeddings", param="model"
+                )
+            head = f"POST {target} HTTP/1.1\r\n".encode("latin-1") + self._lines
+        if extra:
+            head += _header_lines(extra)
         return b"".join((head, b"Content-Length: %d\r\n\r\n" % len(body), body))
 
     async def stream(
@@ -202,7 +217,9 @@ class HTTPProvider:
                     ) from exc
                 watchdog.waiting = False
                 if not data:
-                    decoder.eof()
+                    batch = decoder.eof()
+                    if batch:
+                        yield batch
                     return
                 batch = feed(data)
                 if batch:
