@@ -3,7 +3,8 @@
 Run ``python -m tests.upstream.server --host 127.0.0.1 --port 0 [--port-file PATH]``;
 it prints ``listening on http://HOST:PORT`` once ready and stops on SIGTERM/SIGINT.
 Raw asyncio protocol + httptools, so every TCP write and every close is deliberate.
-Endpoints: ``POST /v1/chat/completions``, ``POST /v1/embeddings``, ``GET /v1/models``,
+Endpoints: ``POST /v1/chat/completions``, ``POST /v1/embeddings``, ``POST /v1/responses``
+(``responses.py``), ``GET /v1/models``,
 ``GET /_log``, ``POST /_reset``. See ``scenarios.py`` for what each scenario does.
 """
 
@@ -29,6 +30,7 @@ from typing import Any, cast
 
 import httptools
 
+from tests.upstream import responses as rs
 from tests.upstream import scenarios as sc
 
 CONTROL_PATHS = frozenset({"/_log", "/_reset"})
@@ -592,12 +594,40 @@ class App:
         }
         send_json(conn, 200, answer, keep)
 
+    async def responses(self, conn: Connection, request: Request, entry: dict[str, Any]) -> None:
+        """``POST /v1/responses``: see ``responses.py``; ``length`` ends incomplete."""
+        keep = request.keep_alive
+        body = entry["body"] if isinstance(entry["body"], dict) else {}
+        model = body.get("model")
+        length = model == "length"
+        try:
+            spec = sc.parse_spec("normal" if length else str(model))
+        except (sc.UnknownScenario, sc.BadScenario) as exc:
+            send_json(conn, 404, sc.error_body(str(exc), "invalid_request_error", None), keep)
+            return
+        entry["scenario"] = spec.name
+        if spec.name == "error_status":
+            status = spec.integer("status")
+            send_json(conn, status, sc.status_error(status), keep)
+            return
+        stream = rs.events(spec, str(model), rs.prompt_of(body), length=length)
+        headers = [("content-type", "text/event-stream"), ("transfer-encoding", "chunked")]
+        conn.write(head(200, headers, keep))
+        for event in stream:
+            conn.write(http_chunk(rs.sse(event)))
+            await conn.drain()
+        if spec.name == "drop":
+            call = Call(conn, spec, str(model), True, True, 0, entry["id"], keep)
+            await drop(call)
+        conn.write(LAST_CHUNK)
+
 
 Route = Callable[[App, Connection, Request, dict[str, Any]], Coroutine[Any, Any, None]]
 ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/v1/models"): App.models,
     ("POST", "/v1/chat/completions"): App.chat,
     ("POST", "/v1/embeddings"): App.embeddings,
+    ("POST", "/v1/responses"): App.responses,
 }
 
 

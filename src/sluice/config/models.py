@@ -19,7 +19,7 @@ from sluice.config.values import (
 )
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
-PROVIDERS = ("openai", "simulator")
+PROVIDERS = ("openai", "openai-responses", "simulator")
 STRATEGIES = ("weighted", "least-busy")
 
 
@@ -154,7 +154,8 @@ def _deployment(
     # OPENAI_API_KEY goes with OPENAI_BASE_URL, as in the SDK: it is never sent to a
     # base URL written here unless that is OpenAI's own, or the entry names it.
     default_key_env = None
-    if provider == "openai" and (url is None or base_url == OPENAI_DEFAULT_BASE_URL):
+    openai_family = provider in ("openai", "openai-responses")
+    if openai_family and (url is None or base_url == OPENAI_DEFAULT_BASE_URL):
         default_key_env = "OPENAI_API_KEY"
     api_key: Secret | None = None
     key_env = string(data, "api_key_env", at, default_key_env)

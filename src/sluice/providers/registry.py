@@ -17,8 +17,17 @@ def _openai_chat() -> Wire:
     return OpenAIChatWire()
 
 
+def _openai_responses() -> Wire:
+    from sluice.providers.openai_responses import OpenAIResponsesWire
+
+    return OpenAIResponsesWire()
+
+
 #: provider name → its wire (made on demand).
-WIRES: dict[str, Callable[[], Wire]] = {"openai": _openai_chat}
+WIRES: dict[str, Callable[[], Wire]] = {
+    "openai": _openai_chat,
+    "openai-responses": _openai_responses,
+}
 
 
 def wire_format(provider: str) -> WireFormat:

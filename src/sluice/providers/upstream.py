@@ -147,7 +147,7 @@ class HTTPProvider:
         self._head = f"POST {target} HTTP/1.1\r\n".encode("latin-1") + self._lines
         self._connect_timeout = deployment.timeouts.connect or None
         self.owned_by = owned_by
-        if owned_by == "openai" and "openai.com" not in deployment.base_url:
+        if owned_by.startswith("openai") and "openai.com" not in deployment.base_url:
             self.owned_by = f"openai-compatible ({self._origin.authority})"
 
     def payload(self, request: ChatRequest) -> bytes:
