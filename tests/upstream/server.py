@@ -131,8 +131,16 @@ class Request:
             return None
 
 
+#: Reason phrases of statuses ``http.HTTPStatus`` does not know.
+OTHER_PHRASES = {529: "Site Overloaded"}
+
+
 def head(status: int, headers: list[tuple[str, str]], keep_alive: bool = True) -> bytes:
-    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:  # 529 (Anthropic's "overloaded") and other unlisted statuses
+        phrase = OTHER_PHRASES.get(status, "Unknown")
+    lines = [f"HTTP/1.1 {status} {phrase}"]
     lines += [f"{name}: {value}" for name, value in headers]
     lines.append(f"connection: {'keep-alive' if keep_alive else 'close'}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
