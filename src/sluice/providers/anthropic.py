@@ -24,7 +24,9 @@ before it is an error. Anthropic's ``input_tokens`` leaves out cache reads and w
 
 With ``verbatim`` the consumer writes this format's bytes as they came: every event goes
 out as a ``Verbatim`` (its events decoded beside it), except a run of plain
-``text_delta`` events, which is checked in C and passed along unread.
+``text_delta`` events, which is checked in C and passed along unread. Without it, such a
+run is decoded from the same check, skipping the SSE decoder's line-by-line path that
+``event:`` lines take (about half the time per event).
 """
 
 from __future__ import annotations
@@ -561,12 +563,11 @@ def _plain_prefix(events: bytes) -> int:
 class MessagesDecoder:
     """Response reads → batches, one Messages stream."""
 
-    __slots__ = ("_input", "_plain", "_sse", "_started", "_tools", "_verbatim", "done", "error")
+    __slots__ = ("_input", "_sse", "_started", "_tools", "_verbatim", "done", "error")
 
     def __init__(self, verbatim: bool) -> None:
         self._sse = SSEDecoder()
         self._verbatim = verbatim
-        self._plain = verbatim
         self._started = False
         #: message_start's usage: the input side, unless message_delta says otherwise.
         self._input: _Usage | None = None
@@ -581,13 +582,16 @@ class MessagesDecoder:
 
     def feed(self, data: bytes) -> Batch:
         out: Batch = []
-        if self._plain and self._started:
+        if self._started:
+            verbatim = self._verbatim
             for item in self._split(data):
                 if type(item) is bytes:
                     if self._payload(item, out):
                         break
-                else:
+                elif verbatim:
                     out.append(item)  # type: ignore[arg-type]
+                else:
+                    out.extend(item.expanded())  # type: ignore[union-attr]
             return out
         for payload in self._sse.feed_data(data):
             if self._payload(payload, out):
