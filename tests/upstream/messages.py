@@ -1,5 +1,5 @@
 """Scenarios of the test upstream's ``POST /v1/messages`` (Anthropic's Messages API), and
-the pure helpers tests use to check them.
+the pure functions tests use to check them.
 
 A request picks its scenario as on the OpenAI side: its ``model`` is ``NAME`` or
 ``NAME:k=v,k=v``, and the ``x-upstream-scenario`` header overrides it. Unknown names get
