@@ -105,7 +105,11 @@ def run_gateway(
         path = workdir / "sluice.yaml"
         path.write_text(text)
         cmd += ["--config", str(path)]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SLUICE_"))}
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENAI_", "ANTHROPIC_", "SLUICE_"))
+    }
     full_env["SLUICE_DB"] = str(db_path)
     full_env.update(env or {})
     log_path = workdir / "gateway.log"

@@ -144,7 +144,7 @@ model_list:
       id: primary
   - model_name: claude
     litellm_params:
-      model: anthropic/claude-3-5-sonnet
+      model: vertex_ai/claude-3-5-sonnet
   - model_name: gpt-4o
     litellm_params:
       model: bedrock/anthropic.claude-v2
@@ -169,7 +169,7 @@ def test_unsupported_keys_are_warned_about_with_their_line_never_fatal() -> None
         ("model_list[0].litellm_params.max_retries", "max_retries"),
         ("model_list[0].litellm_params.input_cost_per_token", "input_cost_per_token"),
         ("model_list[0].model_info", "model_info"),
-        ("model_list[1].litellm_params.model", "anthropic/"),
+        ("model_list[1].litellm_params.model", "vertex_ai/"),
         ("model_list[2].litellm_params.model", "bedrock/"),
         ("router_settings.routing_strategy", "routing_strategy"),
         ("router_settings.enable_pre_call_checks", "enable_pre_call_checks"),
@@ -181,7 +181,7 @@ def test_unsupported_keys_are_warned_about_with_their_line_never_fatal() -> None
     ]:
         assert f"litellm.yaml line {line_of(UNSUPPORTED, needle)}: {key}: " in warnings, key
     assert "SLUICE_MASTER_KEY" in warnings
-    assert "'anthropic' is not supported" in warnings
+    assert "'vertex_ai' is not supported" in warnings
     # Lines in order, one warning per key.
     lines = [int(re.search(r" line (\d+):", w).group(1)) for w in settings.warnings]  # type: ignore[union-attr]
     assert lines == sorted(lines) and len(settings.warnings) == 12

@@ -67,6 +67,9 @@ Scenarios (parameters with defaults):
 ``tool_call`` (no parameters)
     One function call ``get_weather`` whose arguments (``TOOL_ARGUMENTS``) arrive in
     pieces; ``finish_reason`` is ``tool_calls`` and there is no content.
+
+``POST /v1/messages`` (Anthropic's Messages API) has scenarios of its own, in
+``messages.py``; they are parsed the same way (``parse_with``).
 """
 
 from __future__ import annotations
@@ -180,10 +183,17 @@ def _check(spec: Spec) -> None:
 @lru_cache(maxsize=1024)
 def parse_spec(text: str) -> Spec:
     """Parse ``NAME`` or ``NAME:k=v,k=v``; raises UnknownScenario or BadScenario."""
+    spec = parse_with(text, SCENARIOS)
+    _check(spec)
+    return spec
+
+
+def parse_with(text: str, table: Mapping[str, Mapping[str, ParamValue]]) -> Spec:
+    """Parse ``text`` against ``table`` (scenario → parameter defaults)."""
     name, _, rest = text.strip().partition(":")
-    if name not in SCENARIOS:
+    if name not in table:
         raise UnknownScenario(name)
-    defaults = SCENARIOS[name]
+    defaults = table[name]
     params = dict(defaults)
     for item in filter(None, (part.strip() for part in rest.split(","))):
         key, eq, raw = item.partition("=")
@@ -191,9 +201,7 @@ def parse_spec(text: str) -> Spec:
         if not eq or key not in defaults:
             raise BadScenario(f"scenario {name!r} has no parameter {key!r}")
         params[key] = _parse_value(key, raw.strip(), defaults[key])
-    spec = Spec(name, tuple(sorted(params.items())))
-    _check(spec)
-    return spec
+    return Spec(name, tuple(sorted(params.items())))
 
 
 def _words(prefix: str, count: int) -> list[str]:

@@ -3,9 +3,11 @@
 Run ``python -m tests.upstream.server --host 127.0.0.1 --port 0 [--port-file PATH]``;
 it prints ``listening on http://HOST:PORT`` once ready and stops on SIGTERM/SIGINT.
 Raw asyncio protocol + httptools, so every TCP write and every close is deliberate.
-Endpoints: ``POST /v1/chat/completions``, ``POST /v1/embeddings``, ``POST /v1/responses``
-(``responses.py``), ``GET /v1/models``,
-``GET /_log``, ``POST /_reset``. See ``scenarios.py`` for what each scenario does.
+Endpoints: ``POST /v1/chat/completions``, ``POST /v1/messages`` (Anthropic's Messages
+API), ``POST /v1/responses`` (``responses.py``), ``POST /v1/embeddings``,
+``GET /v1/models``, ``GET /_log``, ``POST /_reset``. See ``scenarios.py`` and
+``messages.py`` for what each scenario does. ``/_log`` keeps every request's headers and
+body, so tests can check what was sent.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any, cast
 
 import httptools
 
+from tests.upstream import messages as am
 from tests.upstream import responses as rs
 from tests.upstream import scenarios as sc
 
@@ -133,8 +136,16 @@ class Request:
             return None
 
 
+#: Reason phrases of statuses ``http.HTTPStatus`` does not know.
+OTHER_PHRASES = {529: "Site Overloaded"}
+
+
 def head(status: int, headers: list[tuple[str, str]], keep_alive: bool = True) -> bytes:
-    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:  # 529 (Anthropic's "overloaded") and other unlisted statuses
+        phrase = OTHER_PHRASES.get(status, "Unknown")
+    lines = [f"HTTP/1.1 {status} {phrase}"]
     lines += [f"{name}: {value}" for name, value in headers]
     lines.append(f"connection: {'keep-alive' if keep_alive else 'close'}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -355,7 +366,7 @@ def crlf_events(call: Call) -> list[bytes]:
 
 
 async def write_events(
-    call: Call, events: tuple[bytes, ...] | list[bytes], interval: float
+    call: Call | MessagesCall, events: tuple[bytes, ...] | list[bytes], interval: float
 ) -> None:
     for index, event in enumerate(events):
         if index and interval:
@@ -414,7 +425,7 @@ async def stream_failing(call: Call) -> None:
         raise ConnectionClosed
 
 
-async def drop(call: Call) -> None:
+async def drop(call: Call | MessagesCall) -> None:
     await call.conn.flushed()
     await asyncio.sleep(0.005)  # let the peer read what was sent before it goes
     call.conn.close(rst=bool(call.spec.integer("rst")))
@@ -464,6 +475,75 @@ async def run_scenario(call: Call) -> None:
         await stream_multibyte(call)
     else:
         await stream_normal(call)
+
+
+# ------------------------------------------------------------ anthropic messages
+
+
+@dataclass
+class MessagesCall:
+    """One Anthropic Messages request, decoded."""
+
+    conn: Connection
+    spec: sc.Spec
+    model: str
+    stream: bool
+    prompt: int
+    request_id: int
+    keep_alive: bool
+
+    def stream_head(self) -> bytes:
+        headers = [
+            ("content-type", "text/event-stream; charset=utf-8"),
+            ("request-id", f"req_{self.request_id}"),
+            ("transfer-encoding", "chunked"),
+            ("cache-control", "no-cache"),
+        ]
+        return head(200, headers, self.keep_alive)
+
+
+def send_anthropic_error(
+    conn: Connection,
+    status: int,
+    kind: str,
+    message: str,
+    keep_alive: bool,
+    extra: list[tuple[str, str]] | None = None,
+) -> None:
+    send_json(conn, status, am.error_body(kind, message), keep_alive, extra)
+
+
+async def run_messages(call: MessagesCall) -> None:
+    conn, spec = call.conn, call.spec
+    if spec.name == "error_status":
+        status = spec.integer("status")
+        extra = am.retry_after(spec) if status == 429 else []
+        send_json(conn, status, am.status_error(status), call.keep_alive, extra)
+        return
+    if spec.name == "prompt_too_long":
+        send_anthropic_error(
+            conn, 400, "invalid_request_error", am.PROMPT_TOO_LONG, call.keep_alive
+        )
+        return
+    if not call.stream:
+        if spec.name in am.FAILING:
+            send_anthropic_error(conn, 529, "overloaded_error", "Overloaded", call.keep_alive)
+            return
+        send_json(conn, 200, am.message(spec, call.model, call.prompt), call.keep_alive)
+        return
+    events = am.stream_events(spec, call.model, call.prompt)
+    conn.write(call.stream_head())
+    if spec.name == "multibyte":
+        await conn.flushed()
+        pieces = sc.multibyte_pieces(b"".join(events))
+        await write_events(call, [http_chunk(p) for p in pieces], spec.number("interval"))
+    else:
+        await write_events(call, [http_chunk(e) for e in events], 0.0)
+    if spec.name == "overloaded":
+        conn.write(http_chunk(am.error_event("overloaded_error", "Overloaded")))
+    elif spec.name == "drop":
+        await drop(call)
+    conn.write(LAST_CHUNK)
 
 
 # ------------------------------------------------------------------------ app
@@ -621,6 +701,42 @@ class App:
             await drop(call)
         conn.write(LAST_CHUNK)
 
+    async def messages(self, conn: Connection, request: Request, entry: dict[str, Any]) -> None:
+        keep = request.keep_alive
+        body = entry["body"]
+        if not isinstance(body, dict):
+            message = "The request body must be a JSON object."
+            send_anthropic_error(conn, 400, "invalid_request_error", message, keep)
+            return
+        model = body.get("model")
+        text = request.headers.get(sc.SCENARIO_HEADER) or model
+        if not isinstance(text, str) or not text:
+            send_anthropic_error(conn, 400, "invalid_request_error", "model: Field required", keep)
+            return
+        if not isinstance(body.get("max_tokens"), int):
+            message = "max_tokens: Field required"
+            send_anthropic_error(conn, 400, "invalid_request_error", message, keep)
+            return
+        try:
+            spec = am.parse_spec(text)
+        except sc.UnknownScenario:
+            send_anthropic_error(conn, 404, "not_found_error", f"model: {text}", keep)
+            return
+        except sc.BadScenario as exc:
+            send_anthropic_error(conn, 400, "invalid_request_error", str(exc), keep)
+            return
+        entry["scenario"] = spec.name
+        call = MessagesCall(
+            conn=conn,
+            spec=spec,
+            model=model if isinstance(model, str) else text,
+            stream=body.get("stream") is True,
+            prompt=am.input_tokens(body),
+            request_id=entry["id"],
+            keep_alive=keep,
+        )
+        await run_messages(call)
+
 
 Route = Callable[[App, Connection, Request, dict[str, Any]], Coroutine[Any, Any, None]]
 ROUTES: dict[tuple[str, str], Route] = {
@@ -628,6 +744,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("POST", "/v1/chat/completions"): App.chat,
     ("POST", "/v1/embeddings"): App.embeddings,
     ("POST", "/v1/responses"): App.responses,
+    ("POST", "/v1/messages"): App.messages,
 }
 
 

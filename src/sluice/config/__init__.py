@@ -14,6 +14,7 @@ Nothing else in the package reads the environment or a file for settings.
 from sluice.config.errors import ConfigError, Keys
 from sluice.config.loading import load, parse
 from sluice.config.models import (
+    ANTHROPIC_DEFAULT_BASE_URL,
     OPENAI_DEFAULT_BASE_URL,
     PROVIDERS,
     STRATEGIES,
@@ -29,6 +30,7 @@ from sluice.config.settings import LOG_LEVELS, Settings
 from sluice.config.values import Secret
 
 __all__ = [
+    "ANTHROPIC_DEFAULT_BASE_URL",
     "LOG_LEVELS",
     "OPENAI_DEFAULT_BASE_URL",
     "PROVIDERS",

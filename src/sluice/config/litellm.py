@@ -9,7 +9,8 @@ unknown key never stops the start. The README lists what is honoured.
 - ``model_list[]``: ``model_name`` is the public name; entries sharing one are the
   deployments of that model. ``litellm_params``: ``model`` (``openai/…``, ``azure/…``,
   ``hosted_vllm/…``, ``ollama/…``, ``ollama_chat/…``, ``groq/…``, ``openrouter/…``,
-  ``deepseek/…`` — all served by the ``openai`` provider), ``api_base``, ``api_key``
+  ``deepseek/…`` — all served by the ``openai`` provider; ``anthropic/…`` and bare
+  ``claude…`` names by the ``anthropic`` provider), ``api_base``, ``api_key``
   (``os.environ/NAME``; a literal key works but is warned about), ``api_version``
   (Azure), ``organization``, ``extra_headers``, ``weight``, ``timeout``,
   ``stream_timeout``, and ``rpm``/``tpm``, which become the model's rate limits (the
@@ -31,7 +32,7 @@ import yaml
 
 from sluice.config.errors import ConfigError, Keys, key_name
 from sluice.config.litellm_reader import ENV_PREFIX, HINTS, Reader
-from sluice.config.models import OPENAI_DEFAULT_BASE_URL
+from sluice.config.models import ANTHROPIC_DEFAULT_BASE_URL, OPENAI_DEFAULT_BASE_URL
 from sluice.config.settings import Settings, build
 
 AZURE_API_VERSION = "2024-10-21"  # the first GA version with stream_options.include_usage
@@ -39,7 +40,7 @@ AZURE_API_VERSION = "2024-10-21"  # the first GA version with stream_options.inc
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Family:
-    """A LiteLLM provider prefix that Sluice serves with its ``openai`` provider."""
+    """A LiteLLM provider prefix and the Sluice provider that serves it."""
 
     base_url: str | None  # None: ``api_base`` is required
     key_env: str | None = None  # where LiteLLM looks for the key by default
@@ -48,6 +49,7 @@ class Family:
     suffix: str = ""
     #: The upstream refuses requests without a key (so a missing one is an error here).
     key_required: bool = False
+    provider: str = "openai"
 
 
 FAMILIES: dict[str, Family] = {
@@ -59,9 +61,19 @@ FAMILIES: dict[str, Family] = {
     "groq": Family("https://api.groq.com/openai/v1", "GROQ_API_KEY", key_required=True),
     "openrouter": Family("https://openrouter.ai/api/v1", "OPENROUTER_API_KEY", key_required=True),
     "deepseek": Family("https://api.deepseek.com/v1", "DEEPSEEK_API_KEY", key_required=True),
+    # LiteLLM appends /v1/messages to api_base unless it ends with it; so does the wire.
+    "anthropic": Family(
+        ANTHROPIC_DEFAULT_BASE_URL,
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_API_BASE",
+        key_required=True,
+        provider="anthropic",
+    ),
 }
 #: Bare model names (no ``provider/``) that LiteLLM sends to OpenAI.
 OPENAI_PREFIXES = ("gpt-", "o1", "o3", "o4", "chatgpt-")
+#: Bare model names that LiteLLM sends to Anthropic.
+ANTHROPIC_PREFIXES = ("claude",)
 
 _ENTRY_KEYS = {"model_name", "litellm_params"}
 _PARAM_KEYS = {
@@ -245,7 +257,9 @@ class _Converter(Reader):
         prefix, slash, upstream = target.partition("/")
         if not slash:
             prefix, upstream = "openai", target
-            if not target.startswith(OPENAI_PREFIXES):
+            if target.startswith(ANTHROPIC_PREFIXES):
+                prefix = "anthropic"
+            elif not target.startswith(OPENAI_PREFIXES):
                 self.warn(
                     (*at, "model"),
                     f"cannot tell who serves {target!r}; write provider/model"
@@ -261,7 +275,7 @@ class _Converter(Reader):
                 f" this deployment of {name!r} is skipped",
             )
             return None
-        out: dict[str, Any] = {"provider": "openai"}
+        out: dict[str, Any] = {"provider": family.provider}
         if upstream != "*":
             out["model"] = upstream
         base: str | None = None

@@ -19,7 +19,12 @@ from sluice.config.values import (
 )
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
-PROVIDERS = ("openai", "openai-responses", "simulator")
+#: As the Anthropic SDK takes it: the wire appends ``/v1/messages``.
+ANTHROPIC_DEFAULT_BASE_URL = "https://api.anthropic.com"
+#: With no ``models`` section and both keys set, names starting with this go to
+#: Anthropic and every other name to OpenAI.
+ANTHROPIC_NAME_PREFIX = "claude"
+PROVIDERS = ("openai", "openai-responses", "anthropic", "simulator")
 STRATEGIES = ("weighted", "least-busy")
 
 
@@ -56,6 +61,8 @@ class Deployment:
     weight: float = 1.0
     #: Position among the model's deployments.
     index: int = 0
+    #: ``max_tokens`` for a request without one, where the upstream requires it (Anthropic).
+    max_tokens_default: int = 4096
 
     def upstream_model(self, public: str) -> str:
         return self.model or public
@@ -122,12 +129,16 @@ _DEPLOYMENT_KEYS = {
     "max_tokens",
     "weight",
     "api_key",
+    "max_tokens_default",
 }
 #: Keys of a model entry about routing rather than about one deployment.
 _ROUTE_KEYS = {"strategy", "retries", "fallbacks", "context_window_fallbacks"}
 
 
-def _env_base_url(env: Mapping[str, str]) -> str:
+def _env_base_url(env: Mapping[str, str], provider: str = "openai") -> str:
+    if provider == "anthropic":
+        url = env.get("ANTHROPIC_BASE_URL") or ANTHROPIC_DEFAULT_BASE_URL
+        return http_url(url, (), name="ANTHROPIC_BASE_URL")
     url = env.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL
     return http_url(url, (), name="OPENAI_BASE_URL")
 
@@ -150,13 +161,16 @@ def _deployment(
         )
     assert provider is not None
     url = string(data, "base_url", at, None)
-    base_url = _env_base_url(env) if url is None else http_url(url, (*at, "base_url"))
+    base_url = _env_base_url(env, provider) if url is None else http_url(url, (*at, "base_url"))
     # OPENAI_API_KEY goes with OPENAI_BASE_URL, as in the SDK: it is never sent to a
-    # base URL written here unless that is OpenAI's own, or the entry names it.
+    # base URL written here unless that is OpenAI's own, or the entry names it. The
+    # same for ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL.
     default_key_env = None
     openai_family = provider in ("openai", "openai-responses")
     if openai_family and (url is None or base_url == OPENAI_DEFAULT_BASE_URL):
         default_key_env = "OPENAI_API_KEY"
+    if provider == "anthropic" and (url is None or base_url == ANTHROPIC_DEFAULT_BASE_URL):
+        default_key_env = "ANTHROPIC_API_KEY"
     api_key: Secret | None = None
     key_env = string(data, "api_key_env", at, default_key_env)
     literal = data.get("api_key")
@@ -193,6 +207,7 @@ def _deployment(
         headers={str(k): str(v) for k, v in headers.items()},
         weight=_weight(data, at),
         index=index,
+        max_tokens_default=integer(data, "max_tokens_default", at, 4096, minimum=1),
     )
 
 
@@ -302,20 +317,43 @@ def routes_of(
     return routes
 
 
+def _env_deployment(
+    name: str, provider: str, env: Mapping[str, str], timeouts: Timeouts
+) -> Deployment:
+    key = env.get("ANTHROPIC_API_KEY" if provider == "anthropic" else "OPENAI_API_KEY", "")
+    return Deployment(
+        name=name,
+        provider=provider,
+        base_url=_env_base_url(env, provider),
+        api_key=Secret(key),
+        timeouts=timeouts,
+    )
+
+
 def default_models(
     env: Mapping[str, str], timeouts: Timeouts | None = None
 ) -> dict[str, Deployment]:
-    """No ``models:`` section: pass every name to OpenAI if a key is set, else simulate."""
+    """No ``models:`` section: pass every name to OpenAI if its key is set, else to
+    Anthropic if its key is set, else simulate (see :func:`default_prefixes` for both)."""
     timeouts = timeouts or Timeouts()
-    key = env.get("OPENAI_API_KEY", "")
-    if key:
-        return {
-            "*": Deployment(
-                name="*",
-                provider="openai",
-                base_url=_env_base_url(env),
-                api_key=Secret(key),
-                timeouts=timeouts,
-            )
-        }
+    if env.get("OPENAI_API_KEY", ""):
+        return {"*": _env_deployment("*", "openai", env, timeouts)}
+    if env.get("ANTHROPIC_API_KEY", ""):
+        return {"*": _env_deployment("*", "anthropic", env, timeouts)}
     return {"*": Deployment(name="*", provider="simulator", timeouts=timeouts)}
+
+
+def default_prefixes(
+    raw: Mapping[str, Any], env: Mapping[str, str], timeouts: Timeouts, routing: Routing
+) -> dict[str, ModelRoute]:
+    """No ``models:`` section and both ``OPENAI_API_KEY`` and ``ANTHROPIC_API_KEY``:
+    names starting with ``claude`` go to Anthropic (every other one to OpenAI)."""
+    if mapping(raw, "models", ()) or not env.get("OPENAI_API_KEY", ""):
+        return {}
+    if not env.get("ANTHROPIC_API_KEY", ""):
+        return {}
+    name = f"{ANTHROPIC_NAME_PREFIX}*"
+    deployment = _env_deployment(name, "anthropic", env, timeouts)
+    return {
+        ANTHROPIC_NAME_PREFIX: ModelRoute(name, (deployment,), routing.strategy, routing.retries)
+    }

@@ -13,6 +13,7 @@ from sluice.config.models import (
     ModelRoute,
     Routing,
     Timeouts,
+    default_prefixes,
     routes_of,
     routing_of,
     timeouts_of,
@@ -61,18 +62,28 @@ class Settings:
     #: each one's first deployment). The key ``*`` catches every other name.
     routes: Mapping[str, ModelRoute] = field(default_factory=dict)
     routing: Routing = field(default_factory=Routing)
+    #: Model name prefix → route, for names that are not in ``routes``; tried before
+    #: ``*``. Only the defaults without a ``models`` section fill it.
+    prefixes: Mapping[str, ModelRoute] = field(default_factory=dict)
     #: Problems that did not stop the start (e.g. LiteLLM keys Sluice ignores), logged once.
     warnings: tuple[str, ...] = ()
 
     def resolve(self, model: str) -> Deployment | None:
         found = self.models.get(model)
         if found is None:
-            found = self.models.get("*")
+            prefixed = self._prefixed(model)
+            found = prefixed.deployments[0] if prefixed else self.models.get("*")
         return found
+
+    def _prefixed(self, model: str) -> ModelRoute | None:
+        for prefix, route in self.prefixes.items():
+            if model.startswith(prefix):
+                return route
+        return None
 
     def route(self, model: str) -> ModelRoute | None:
         """Where requests for ``model`` go: every deployment, retries and fallbacks."""
-        found = self.routes.get(model) or self.routes.get("*")
+        found = self.routes.get(model) or self._prefixed(model) or self.routes.get("*")
         if found is None and not self.routes:
             deployment = self.resolve(model)
             if deployment is not None:
@@ -135,6 +146,7 @@ def build(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Settin
         models=models,
         routes=routes,
         routing=routing,
+        prefixes=default_prefixes(raw, env, timeouts, routing),
         keepalive_interval=number(raw, "keepalive_interval", (), 15.0),
         max_body_bytes=integer(raw, "max_body_bytes", (), 4 * 1024 * 1024, minimum=1),
         db_path=db_path,

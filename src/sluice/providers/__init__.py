@@ -58,6 +58,8 @@ class Wire(Protocol):
     path: str
     #: The same for embeddings requests; None: the format has no embeddings.
     embeddings_path: str | None
+    #: Headers every request carries (an API version), key or no key.
+    fixed_headers: Mapping[str, str]
 
     def auth_headers(self, key: str, base_url: str) -> dict[str, str]: ...
 

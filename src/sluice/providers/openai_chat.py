@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import partial
+from types import MappingProxyType
 from typing import Any, Literal
 
 import msgspec
@@ -604,6 +605,7 @@ class OpenAIChatWire:
     format: WireFormat = FORMAT
     path = "/chat/completions"
     embeddings_path: str | None = "/embeddings"
+    fixed_headers: Mapping[str, str] = MappingProxyType({})
 
     def auth_headers(self, key: str, base_url: str) -> dict[str, str]:
         if ".azure.com" in base_url:

@@ -12,6 +12,7 @@ gets its own ids and sequence numbers from the gateway, which stores the respons
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
@@ -364,6 +365,7 @@ class OpenAIResponsesWire:
     format: WireFormat = FORMAT
     path = "/responses"
     embeddings_path: str | None = "/embeddings"
+    fixed_headers: Mapping[str, str] = MappingProxyType({})
 
     def auth_headers(self, key: str, base_url: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"}

@@ -11,22 +11,29 @@ from sluice.providers import Provider, Wire
 from sluice.providers.http import Pool
 
 
-def _openai_chat() -> Wire:
+def _openai_chat(deployment: Deployment) -> Wire:
     from sluice.providers.openai_chat import OpenAIChatWire
 
     return OpenAIChatWire()
 
 
-def _openai_responses() -> Wire:
+def _openai_responses(deployment: Deployment) -> Wire:
     from sluice.providers.openai_responses import OpenAIResponsesWire
 
     return OpenAIResponsesWire()
 
 
-#: provider name → its wire (made on demand).
-WIRES: dict[str, Callable[[], Wire]] = {
+def _anthropic(deployment: Deployment) -> Wire:
+    from sluice.providers.anthropic import AnthropicWire
+
+    return AnthropicWire(deployment.max_tokens_default)
+
+
+#: provider name → its wire for one deployment (made on demand).
+WIRES: dict[str, Callable[[Deployment], Wire]] = {
     "openai": _openai_chat,
     "openai-responses": _openai_responses,
+    "anthropic": _anthropic,
 }
 
 
@@ -34,7 +41,7 @@ def wire_format(provider: str) -> WireFormat:
     """The wire format a provider speaks (``sluice`` for the simulator)."""
     if provider == "simulator":
         return "sluice"
-    return WIRES[provider]().format
+    return WIRES[provider](Deployment(name="", provider=provider)).format
 
 
 def build(deployment: Deployment, pool: Pool) -> Provider:
@@ -44,7 +51,7 @@ def build(deployment: Deployment, pool: Pool) -> Provider:
         return SimulatorProvider(deployment)
     from sluice.providers.upstream import HTTPProvider
 
-    wire = WIRES[deployment.provider]()
+    wire = WIRES[deployment.provider](deployment)
     return HTTPProvider(deployment, pool, wire, owned_by=deployment.provider)
 
 

@@ -138,6 +138,7 @@ class HTTPProvider:
             "Content-Type": "application/json",
             "Accept": "text/event-stream",
         }
+        headers.update(wire.fixed_headers)
         key = deployment.api_key.get() if deployment.api_key else ""
         if key:
             headers.update(wire.auth_headers(key, deployment.base_url))
