@@ -466,6 +466,10 @@ class ChatDecoder:
         if self._verbatim:
             events: Batch = []
             self._events(chunk, events)
+            if b"\n" in payload:
+                # JSON split over several ``data:`` lines (legal between tokens): each
+                # line goes out as its own, or the client would read half a chunk.
+                payload = payload.replace(b"\n", b"\ndata: ")
             out.append(Verbatim(FORMAT, b"data: " + payload + b"\n\n", 1, None, events))
         else:
             self._events(chunk, out)
