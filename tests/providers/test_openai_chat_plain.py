@@ -38,7 +38,7 @@ def _text(payload: Payload | bytes) -> str:
     return str(payload["choices"][0]["delta"]["content"])
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     chunk_stream(),
     st.sampled_from(sorted(SERIALISERS)),

@@ -131,7 +131,7 @@ def _chunk_events(tagged: Tagged, dumps: Any) -> list[bytes]:
 
 
 STREAM_SETTINGS = settings(
-    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
 
