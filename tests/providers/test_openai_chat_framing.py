@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sluice.errors import SluiceError
-from sluice.events import Batch, StreamEvent, TextDelta, Verbatim, expand
+from sluice.events import Batch, Start, StreamEvent, TextDelta, Verbatim, expand
 from sluice.providers.openai_chat import ChatDecoder
 from sluice.sse import SSEDecoder
 from tests.providers.openai_chunks import SERIALISERS, Payload, Tagged, chunk_stream, reads
@@ -130,6 +130,11 @@ def test_any_framing_decodes_alike_and_passes_the_payloads_through(
     assert (whole.raised, whole.error) == (reference.raised, reference.error)
     if reference.raised is None:
         assert whole.events() == reference.events()
+        # First, who answers: the upstream's id, model, time and fingerprint.
+        start = Start(
+            "openai_chat", "chatcmpl-1", "m", 1_700_000_000, None, {"system_fingerprint": "fp_1"}
+        )
+        assert reference.events()[0] == start
 
     forwarded = [tag for tag, _ in tagged]
     ended = next((i for i, tag in enumerate(forwarded) if tag in ("error", "bad")), len(items))
