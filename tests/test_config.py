@@ -230,7 +230,11 @@ record:
         (
             "models:\n  gpt:\n    provider: opneai\n",
             3,
-            ["models.gpt.provider", "unknown provider 'opneai'", "openai, openai-responses, anthropic, simulator"],
+            [
+                "models.gpt.provider",
+                "unknown provider 'opneai'",
+                "openai, openai-responses, anthropic, simulator",
+            ],
         ),
         (
             "models:\n  gpt:\n    api_key_env: MY_KEY\n",

@@ -13,7 +13,17 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from sluice.dialects import STREAM_HEADERS, Encoder
-from sluice.events import Batch, Start, StreamEvent, TextDelta, Usage, Verbatim
+from sluice.events import (
+    Batch,
+    Embedding,
+    ReasoningDelta,
+    RefusalDelta,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+    Verbatim,
+)
 from sluice.exchange import Exchange
 from sluice.policies import Call
 from sluice.store import Record
@@ -127,24 +137,26 @@ async def relay(
     anext = stream.__anext__
     chunks = 0
     while batch is not None:
-        chunks += len(batch)
         for event in batch:
             kind = type(event)
-            if kind is Verbatim:
-                # Counted as the upstream events it holds; its text is read only when
-                # kept, and only decoded ones can hold usage.
-                chunks += event.count - 1  # type: ignore[union-attr]
+            if kind is TextDelta:
+                chunks += 1
+                if text is not None and not event.choice:  # type: ignore[union-attr]
+                    text.append(event.text)  # type: ignore[union-attr]
+            elif kind is Verbatim:
                 inner = event.events  # type: ignore[union-attr]
                 if inner is not None:
-                    _account(inner, record, text)
-                elif text is not None:
-                    _account(event.expanded(), record, text)  # type: ignore[union-attr]
+                    chunks += _account(inner, record, text)
+                else:
+                    # A run of plain content chunks: one delta each, and no usage; its
+                    # text is read only when kept.
+                    chunks += event.count  # type: ignore[union-attr]
+                    if text is not None:
+                        _account(event.expanded(), record, text)  # type: ignore[union-attr]
+            elif kind in _DELTAS:
+                chunks += 1
             elif kind is Usage:
                 _usage(event, record)  # type: ignore[arg-type]
-            elif kind is Start:
-                chunks -= 1
-            elif text is not None and kind is TextDelta:
-                text.append(event.text)  # type: ignore[union-attr]
         data = encode(batch)
         if record.ttft_ms is None and (data or not encoder.streaming):
             record.ttft_ms = (time.perf_counter() - t0) * 1000
@@ -165,16 +177,28 @@ async def relay(
     await write(tail, more=False)
 
 
+#: The events that carry output, besides text: what ``record.chunks`` counts (and what
+#: an estimate of output tokens counts, when the upstream reported none).
+_DELTAS = frozenset({ReasoningDelta, ToolCallDelta, RefusalDelta, Embedding})
+
+
 def _usage(usage: Usage, record: Record) -> None:
     record.input_tokens = usage.input_tokens
     record.output_tokens = usage.output_tokens
     record.usage_source = usage.source
 
 
-def _account(events: list[StreamEvent], record: Record, text: list[str] | None) -> None:
+def _account(events: list[StreamEvent], record: Record, text: list[str] | None) -> int:
+    """Read usage and (when kept) choice 0's text from ``events``; how many deltas."""
+    deltas = 0
     for event in events:
         kind = type(event)
-        if kind is Usage:
+        if kind is TextDelta:
+            deltas += 1
+            if text is not None and not event.choice:  # type: ignore[union-attr]
+                text.append(event.text)  # type: ignore[union-attr]
+        elif kind in _DELTAS:
+            deltas += 1
+        elif kind is Usage:
             _usage(event, record)  # type: ignore[arg-type]
-        elif text is not None and kind is TextDelta:
-            text.append(event.text)  # type: ignore[union-attr]
+    return deltas

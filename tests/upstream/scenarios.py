@@ -67,6 +67,16 @@ Scenarios (parameters with defaults):
 ``tool_call`` (no parameters)
     One function call ``get_weather`` whose arguments (``TOOL_ARGUMENTS``) arrive in
     pieces; ``finish_reason`` is ``tool_calls`` and there is no content.
+``choices`` (n=4)
+    As many choices as the request's ``n`` (1 if absent), streamed interleaved: a
+    role chunk per choice, then ``n`` rounds of one content chunk per choice (choice
+    ``c`` says ``c{c}w0``, `` c{c}w1``, ...; ``choice_text``), then a finish chunk per
+    choice. ``completion_tokens`` counts the content deltas of every choice.
+``logprobs`` (n=4)
+    As ``normal``; when the request asks (``"logprobs": true``) each content chunk
+    carries its token's logprobs (``token_logprobs``) with the request's
+    ``top_logprobs`` alternatives (0 if absent), and the JSON answer all of them.
+    Without it every choice has ``"logprobs": null``.
 
 ``POST /v1/messages`` (Anthropic's Messages API) has scenarios of its own, in
 ``messages.py``; they are parsed the same way (``parse_with``).
@@ -119,6 +129,8 @@ SCENARIOS: dict[str, dict[str, ParamValue]] = {
     "comments": {"n": 10, "interval": 0.0},
     "reasoning": {"steps": 4, "n": 4},
     "tool_call": {},
+    "choices": {"n": 4},
+    "logprobs": {"n": 4},
 }
 #: Scenarios that stream ``after`` content chunks and then fail.
 FAILING = frozenset({"midstream_error", "drop", "stall", "bad_json"})
@@ -228,7 +240,36 @@ def content_chunks(spec: Spec) -> list[str]:
         return [_large_chunk(i, spec.integer("size")) for i in range(spec.integer("n"))]
     if name in ("error_status", "context_length", "tool_call"):
         return []
+    if name == "choices":
+        return _words("c0w", spec.integer("n"))
     return _words("word", spec.integer("n"))
+
+
+def choice_count(spec: Spec, requested: int) -> int:
+    """How many choices the scenario streams for a request's ``n``."""
+    return requested if spec.name == "choices" else 1
+
+
+def choice_chunks(spec: Spec, index: int) -> list[str]:
+    """The content deltas of choice ``index`` (only ``choices`` has more than one)."""
+    if spec.name == "choices":
+        return _words(f"c{index}w", spec.integer("n"))
+    return content_chunks(spec) if index == 0 else []
+
+
+def choice_text(model: str, index: int) -> str:
+    """The exact content choice ``index`` of the scenario named by ``model`` streams."""
+    return "".join(choice_chunks(parse_spec(model), index))
+
+
+def token_logprobs(token: str, top: int) -> dict[str, Any]:
+    """The logprobs of one content token, with ``top`` alternatives (the token first)."""
+
+    def entry(text: str, rank: int) -> dict[str, Any]:
+        return {"token": text, "logprob": -0.25 * (rank + 1), "bytes": list(text.encode())}
+
+    alternatives = [token, *(f"alt{k}" for k in range(1, top))][:top]
+    return {**entry(token, 0), "top_logprobs": [entry(t, k) for k, t in enumerate(alternatives)]}
 
 
 def reasoning_chunks(spec: Spec) -> list[str]:
@@ -271,10 +312,10 @@ def deltas(spec: Spec) -> list[dict[str, Any]]:
     return reasoning + [{"content": text} for text in content_chunks(spec)]
 
 
-def completion_tokens(spec: Spec) -> int:
+def completion_tokens(spec: Spec, choices: int = 1) -> int:
     if spec.name == "tool_call":
         return len(TOOL_ARGUMENT_PIECES)
-    return len(reasoning_chunks(spec)) + len(content_chunks(spec))
+    return len(reasoning_chunks(spec)) + len(content_chunks(spec)) * choice_count(spec, choices)
 
 
 def prompt_tokens(messages: Any) -> int:
@@ -294,64 +335,104 @@ def completion_id(model: str) -> str:
     return "chatcmpl-" + hashlib.sha256(model.encode()).hexdigest()[:24]
 
 
-def usage(spec: Spec, prompt: int) -> dict[str, int]:
-    done = completion_tokens(spec)
+def usage(spec: Spec, prompt: int, choices: int = 1) -> dict[str, int]:
+    done = completion_tokens(spec, choices)
     return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
 
 
-def stream_chunks(
-    spec: Spec, model: str, *, include_usage: bool, prompt: int
-) -> list[dict[str, Any]]:
-    """Every ``chat.completion.chunk`` of a complete stream, in order (without [DONE])."""
+def _logprobs(spec: Spec, tokens: list[str], top_logprobs: int | None) -> Any:
+    if spec.name != "logprobs" or top_logprobs is None:
+        return None
+    return {"content": [token_logprobs(t, top_logprobs) for t in tokens], "refusal": None}
 
-    def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
+
+def stream_chunks(
+    spec: Spec,
+    model: str,
+    *,
+    include_usage: bool,
+    prompt: int,
+    choices: int = 1,
+    top_logprobs: int | None = None,
+) -> list[dict[str, Any]]:
+    """Every ``chat.completion.chunk`` of a complete stream, in order (without [DONE]).
+
+    ``choices`` is the request's ``n``; ``top_logprobs`` its ``top_logprobs`` (0 if
+    absent) when it asked for ``logprobs``, else None."""
+
+    def chunk(items: list[dict[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {
             "id": completion_id(model),
             "object": "chat.completion.chunk",
             "created": CREATED,
             "model": model,
             "system_fingerprint": SYSTEM_FINGERPRINT,
-            "choices": choices,
+            "choices": items,
         }
         if include_usage:
             out["usage"] = None
         return out
 
-    def choice(delta: Mapping[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def choice(
+        delta: Mapping[str, Any], finish: str | None = None, index: int = 0, logprobs: Any = None
+    ) -> dict[str, Any]:
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
 
-    chunks = [chunk([choice({"role": "assistant", "content": ""})])]
-    chunks += [chunk([choice(delta)]) for delta in deltas(spec)]
-    chunks.append(chunk([choice({}, finish_reason(spec))]))
+    count = choice_count(spec, choices)
+    role = {"role": "assistant", "content": ""}
+    chunks = [chunk([choice(role, index=c)]) for c in range(count)]
+    if spec.name == "choices":
+        texts = [choice_chunks(spec, c) for c in range(count)]
+        for step in range(spec.integer("n")):
+            chunks += [chunk([choice({"content": texts[c][step]}, index=c)]) for c in range(count)]
+    else:
+        for delta in deltas(spec):
+            tokens = [delta["content"]] if "content" in delta else []
+            chunks.append(chunk([choice(delta, logprobs=_logprobs(spec, tokens, top_logprobs))]))
+    chunks += [chunk([choice({}, finish_reason(spec), c)]) for c in range(count)]
     if include_usage:
-        chunks.append({**chunk([]), "usage": usage(spec, prompt)})
+        chunks.append({**chunk([]), "usage": usage(spec, prompt, choices)})
     return chunks
 
 
-def completion(spec: Spec, model: str, *, prompt: int) -> dict[str, Any]:
-    """The non-streaming ``chat.completion`` body."""
-    message: dict[str, Any] = {"role": "assistant", "content": text_of(spec)}
-    if spec.name == "tool_call":
-        message["content"] = None
-        message["tool_calls"] = [
+def completion(
+    spec: Spec, model: str, *, prompt: int, choices: int = 1, top_logprobs: int | None = None
+) -> dict[str, Any]:
+    """The non-streaming ``chat.completion`` body (arguments as for ``stream_chunks``)."""
+    out: list[dict[str, Any]] = []
+    for index in range(choice_count(spec, choices)):
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": "".join(choice_chunks(spec, index)),
+        }
+        if spec.name == "tool_call":
+            message["content"] = None
+            message["tool_calls"] = [
+                {
+                    "id": TOOL_CALL_ID,
+                    "type": "function",
+                    "function": {"name": TOOL_NAME, "arguments": TOOL_ARGUMENTS},
+                }
+            ]
+        if spec.name == "reasoning":
+            message["reasoning_content"] = "".join(reasoning_chunks(spec))
+        message["refusal"] = None
+        logprobs = _logprobs(spec, choice_chunks(spec, index), top_logprobs)
+        out.append(
             {
-                "id": TOOL_CALL_ID,
-                "type": "function",
-                "function": {"name": TOOL_NAME, "arguments": TOOL_ARGUMENTS},
+                "index": index,
+                "message": message,
+                "logprobs": logprobs,
+                "finish_reason": finish_reason(spec),
             }
-        ]
-    if spec.name == "reasoning":
-        message["reasoning_content"] = "".join(reasoning_chunks(spec))
-    message["refusal"] = None
+        )
     return {
         "id": completion_id(model),
         "object": "chat.completion",
         "created": CREATED,
         "model": model,
-        "choices": [
-            {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason(spec)}
-        ],
-        "usage": usage(spec, prompt),
+        "choices": out,
+        "usage": usage(spec, prompt, choices),
         "system_fingerprint": SYSTEM_FINGERPRINT,
     }
 

@@ -330,6 +330,9 @@ class Call:
     prompt: int
     request_id: int
     keep_alive: bool
+    #: The request's ``n``, and its ``top_logprobs`` if it asked for ``logprobs``.
+    choices: int = 1
+    top_logprobs: int | None = None
 
     def headers(self, content_type: str) -> list[tuple[str, str]]:
         return [("content-type", content_type), ("x-request-id", f"req_{self.request_id}")]
@@ -341,15 +344,37 @@ class Call:
 
 
 @lru_cache(maxsize=512)
-def sse_events(spec: sc.Spec, model: str, include_usage: bool, prompt: int) -> tuple[bytes, ...]:
+def sse_events(
+    spec: sc.Spec,
+    model: str,
+    include_usage: bool,
+    prompt: int,
+    choices: int = 1,
+    top_logprobs: int | None = None,
+) -> tuple[bytes, ...]:
     """Every SSE event of the complete stream, ``\\n`` line endings, [DONE] last."""
-    chunks = sc.stream_chunks(spec, model, include_usage=include_usage, prompt=prompt)
+    chunks = sc.stream_chunks(
+        spec,
+        model,
+        include_usage=include_usage,
+        prompt=prompt,
+        choices=choices,
+        top_logprobs=top_logprobs,
+    )
     return (*(sc.sse_event(sc.encode(c)) for c in chunks), sc.sse_event(sc.DONE))
 
 
 @lru_cache(maxsize=512)
-def framed_events(spec: sc.Spec, model: str, include_usage: bool, prompt: int) -> tuple[bytes, ...]:
-    return tuple(http_chunk(e) for e in sse_events(spec, model, include_usage, prompt))
+def framed_events(
+    spec: sc.Spec,
+    model: str,
+    include_usage: bool,
+    prompt: int,
+    choices: int = 1,
+    top_logprobs: int | None = None,
+) -> tuple[bytes, ...]:
+    events = sse_events(spec, model, include_usage, prompt, choices, top_logprobs)
+    return tuple(http_chunk(e) for e in events)
 
 
 @lru_cache(maxsize=512)
@@ -377,7 +402,9 @@ async def write_events(
 
 async def stream_normal(call: Call) -> None:
     conn, spec = call.conn, call.spec
-    events = framed_events(spec, call.model, call.include_usage, call.prompt)
+    events = framed_events(
+        spec, call.model, call.include_usage, call.prompt, call.choices, call.top_logprobs
+    )
     if spec.name == "burst":
         conn.write(
             call.stream_head() + burst_body(spec, call.model, call.include_usage, call.prompt)
@@ -438,7 +465,10 @@ async def respond_json(call: Call) -> None:
         body = sc.error_body("Simulated upstream failure.", "server_error", None)
         send_json(conn, 500, body, call.keep_alive)
         return
-    body = sc.encode(sc.completion(spec, call.model, prompt=call.prompt))
+    answer = sc.completion(
+        spec, call.model, prompt=call.prompt, choices=call.choices, top_logprobs=call.top_logprobs
+    )
+    body = sc.encode(answer)
     headers = [*call.headers("application/json"), ("content-length", str(len(body)))]
     conn.write(head(200, headers, call.keep_alive))
     if spec.name == "slow_first_body":
@@ -621,6 +651,7 @@ class App:
             return
         entry["scenario"] = spec.name
         options = body.get("stream_options")
+        n, top = body.get("n"), body.get("top_logprobs")
         call = Call(
             conn=conn,
             spec=spec,
@@ -630,6 +661,8 @@ class App:
             prompt=sc.prompt_tokens(body.get("messages")),
             request_id=entry["id"],
             keep_alive=keep,
+            choices=n if type(n) is int and 1 <= n <= 128 else 1,
+            top_logprobs=(top if type(top) is int else 0) if body.get("logprobs") is True else None,
         )
         await run_scenario(call)
 

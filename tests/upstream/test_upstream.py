@@ -284,6 +284,61 @@ def test_tool_call_streams_arguments_in_pieces(client: openai.OpenAI) -> None:
     }
 
 
+def test_choices_streams_the_requested_n_interleaved(up: Upstream) -> None:
+    response = raw(up, {**chat("choices:n=3", usage=True), "n": 2})
+    chunks = [json.loads(e) for e in sse_data(response.body)[:-1]]
+    spec = sc.parse_spec("choices:n=3")
+    assert chunks == sc.stream_chunks(spec, "choices:n=3", include_usage=True, prompt=3, choices=2)
+    indices = [c["choices"][0]["index"] for c in chunks[:-1]]
+    assert indices == [0, 1] * 5  # role, three content rounds, finish
+    for index in (0, 1):
+        text = "".join(
+            c["choices"][0]["delta"].get("content") or ""
+            for c in chunks[:-1]
+            if c["choices"][0]["index"] == index
+        )
+        assert text == sc.choice_text("choices:n=3", index) == f"c{index}w0 c{index}w1 c{index}w2"
+    assert chunks[-1]["usage"]["completion_tokens"] == 6
+    # Without ``n``, one choice.
+    single = [json.loads(e) for e in sse_data(raw(up, chat("choices:n=3")).body)[:-1]]
+    assert {c["choices"][0]["index"] for c in single} == {0}
+
+
+def test_choices_non_stream(client: openai.OpenAI) -> None:
+    result = client.chat.completions.create(model="choices:n=2", messages=MESSAGES, n=3)
+    assert [c.index for c in result.choices] == [0, 1, 2]
+    assert [c.message.content for c in result.choices] == ["c0w0 c0w1", "c1w0 c1w1", "c2w0 c2w1"]
+
+
+def test_logprobs_only_when_asked(client: openai.OpenAI) -> None:
+    plain = list(
+        client.chat.completions.create(model="logprobs:n=2", messages=MESSAGES, stream=True)
+    )
+    assert all(c.choices[0].logprobs is None for c in plain)
+    stream = client.chat.completions.create(
+        model="logprobs:n=2", messages=MESSAGES, stream=True, logprobs=True, top_logprobs=2
+    )
+    tokens = []
+    for chunk in stream:
+        choice = chunk.choices[0]
+        if choice.delta.content:
+            assert choice.logprobs is not None and choice.logprobs.content is not None
+            (entry,) = choice.logprobs.content
+            assert entry.token == choice.delta.content
+            assert [t.token for t in entry.top_logprobs] == [entry.token, "alt1"]
+            tokens.append(entry.token)
+        else:
+            assert choice.logprobs is None
+    assert tokens == ["word0", " word1"]
+    result = client.chat.completions.create(
+        model="logprobs:n=2", messages=MESSAGES, logprobs=True, top_logprobs=1
+    )
+    logprobs = result.choices[0].logprobs
+    assert logprobs is not None and logprobs.content is not None
+    assert [t.token for t in logprobs.content] == ["word0", " word1"]
+    assert [len(t.top_logprobs) for t in logprobs.content] == [1, 1]
+
+
 def test_header_overrides_the_model(client: openai.OpenAI) -> None:
     result = client.chat.completions.create(
         model="gpt-4o", messages=MESSAGES, extra_headers={sc.SCENARIO_HEADER: "normal:n=2"}

@@ -170,8 +170,12 @@ class StreamEncoder:
                 if events and not self._include_usage and all(type(e) is Usage for e in events):
                     continue  # the usage chunk the gateway asked for, not the client
                 if v.count:
-                    # The upstream's chunks carry the role themselves.
-                    self._roles.update(getattr(e, "choice", 0) for e in (events or ()))
+                    # The upstream's chunks carry the role themselves, and number their
+                    # tool calls (from 0, in order, as tool calls encoded here are).
+                    for inner in events or ():
+                        self._roles.add(getattr(inner, "choice", 0))
+                        if type(inner) is ToolCallDelta:
+                            self._tools.get(inner.choice, inner.index)
                     self._roles.add(0)
                 parts.append(v.data)
             elif kind is TextDelta:

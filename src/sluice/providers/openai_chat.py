@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import partial
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import orjson
@@ -323,8 +323,10 @@ class _Parts:
 
 
 class _PlainDelta(msgspec.Struct, gc=False):
+    #: Some text: a run of plain chunks is a text part, so each must hold text (an
+    #: empty one, read, starts no part; left unread it would start an empty one).
+    content: Annotated[str, msgspec.Meta(min_length=1)]
     role: str | None = None
-    content: str | None = None
     reasoning_content: None = None
     reasoning: None = None
     refusal: None = None
@@ -334,16 +336,16 @@ class _PlainDelta(msgspec.Struct, gc=False):
 
 
 class _PlainChoice(msgspec.Struct, gc=False):
+    delta: _PlainDelta
     index: Literal[0] = 0
-    delta: _PlainDelta | None = None
     finish_reason: None = None
     logprobs: None = None
 
 
 class _PlainChunk(msgspec.Struct, gc=False):
-    """A chunk that maps to at most one text delta of choice 0 and nothing else."""
+    """A chunk that maps to exactly one text delta of choice 0 and nothing else."""
 
-    choices: list[_PlainChoice] | None = None
+    choices: Annotated[list[_PlainChoice], msgspec.Meta(min_length=1, max_length=1)]
     usage: None = None
     error: None = None
 
@@ -377,11 +379,7 @@ def plain_events(index: int, data: bytes) -> list[StreamEvent]:
     """The events of a run of plain content chunks (``Verbatim.decode``)."""
     out: list[StreamEvent] = []
     for payload in data[6:-2].split(b"\n\ndata: "):
-        chunk = _check_plain(payload)
-        for choice in chunk.choices or ():
-            delta = choice.delta
-            if delta is not None and delta.content:
-                out.append(TextDelta(delta.content, index))
+        out.append(TextDelta(_check_plain(payload).choices[0].delta.content, index))
     return out
 
 
@@ -428,13 +426,32 @@ class ChatDecoder:
 
     def feed(self, data: bytes) -> Batch:
         out: Batch = []
-        if self._plain and self._started:
-            for item in self._split(data):
-                if type(item) is bytes:
-                    if self._payload(item, out):
-                        break
-                else:
-                    out.append(item)  # type: ignore[arg-type]
+        if self._plain and not self._started:
+            # The first event says who answers (Start): decode up to its end, then
+            # the rest of the read may take the unread path (a whole burst body often
+            # comes in the first read).
+            first = data.find(b"\n\n")
+            if first < 0 or first + 2 == len(data):
+                return self._decoded(data, out)
+            self._decoded(data[: first + 2], out)
+            if self.done or not self._started:
+                return self._decoded(data[first + 2 :], out)
+            data = data[first + 2 :]
+        if self._plain:
+            before, run, after = self._split(data)
+            for payload in before:
+                if self._payload(payload, out):
+                    return out
+            if run:
+                self._run(run, out)
+            for payload in after:
+                if self._payload(payload, out):
+                    break
+            return out
+        return self._decoded(data, out)
+
+    def _decoded(self, data: bytes, out: Batch) -> Batch:
+        if self.done:
             return out
         for payload in self._sse.feed_data(data):
             if self._payload(payload, out):
@@ -449,7 +466,11 @@ class ChatDecoder:
         try:
             chunk = decode_chunk(payload)
         except (DecodeError, UnicodeDecodeError) as exc:
-            raise not_a_chunk(exc) from exc
+            # What came before it in this read still reaches the client, then the error.
+            self.error = not_a_chunk(exc)
+            self.error.__cause__ = exc
+            self.done = True
+            return True
         if chunk.error is not None:
             message, _, _ = error_fields(payload)
             self.error = UpstreamProtocolError(f"upstream error: {message}")
@@ -468,6 +489,10 @@ class ChatDecoder:
         if self._verbatim:
             events: Batch = []
             self._events(chunk, events)
+            if b"\n" in payload:
+                # JSON split over several ``data:`` lines (legal between tokens): each
+                # line goes out as its own, or the client would read half a chunk.
+                payload = payload.replace(b"\n", b"\ndata: ")
             out.append(Verbatim(FORMAT, b"data: " + payload + b"\n\n", 1, None, events))
         else:
             self._events(chunk, out)
@@ -529,9 +554,9 @@ class ChatDecoder:
                 )
             )
 
-    def _split(self, data: bytes) -> list[bytes | Verbatim]:
-        """One read as payloads to decode and, where it holds a run of plain content
-        chunks, one ``Verbatim`` passing them along undecoded, in stream order.
+    def _split(self, data: bytes) -> tuple[list[bytes], bytes, list[bytes]]:
+        """One read as the payloads before a run of plain content chunks, the run (left
+        unread; empty if there is none) and the payloads after it, in stream order.
 
         What the SSE decoder holds of an event from earlier reads is finished through it
         first and the read's unfinished last event goes to it after, so
@@ -539,43 +564,45 @@ class ChatDecoder:
         """
         sse = self._sse
         feed = sse.feed_data
-        items: list[bytes | Verbatim] = []
+        before: list[bytes] = []
         start = 0
         if not sse.at_boundary:
             first = data.find(b"\n\n")
             if first < 0:
-                items.extend(feed(data))
-                return items
+                return feed(data), b"", []
             start = first + 2
-            items.extend(feed(data[:start]))
+            before = feed(data[:start])
             if not sse.at_boundary:
-                items.extend(feed(data[start:]))
-                return items
+                before.extend(feed(data[start:]))
+                return before, b"", []
         last = data.rfind(b"\n\n")
         if last < start:
-            items.extend(feed(data[start:]))
-            return items
+            before.extend(feed(data[start:]))
+            return before, b"", []
         end = last + 2
         whole = data if start == 0 and end == len(data) else data[start:end]
         cut = _plain_prefix(whole)
         if not cut:
-            items.extend(feed(data[start:]))
-            return items
+            before.extend(feed(data[start:]))
+            return before, b"", []
         run = whole if cut == len(whole) else whole[:cut]
+        return before, run, feed(data[start + cut :])
+
+    def _run(self, run: bytes, out: Batch) -> None:
+        """A run of plain content chunks as one ``Verbatim``. Its part is settled here,
+        once the payloads before it in the read were decoded: they may have started
+        another part (a read that finishes a reasoning chunk, then holds content)."""
         parts = self._choices.get(0)
         if parts is None:
             parts = self._choices[0] = _Parts()
         if parts.kind != "t":
-            # The run is text: open its part first (an empty run of deltas is harmless).
+            # The run is text (every chunk of it holds some): its part starts here.
             ends: Batch = []
             parts.enter("t", 0, ends)
             if ends:
-                items.append(Verbatim(FORMAT, b"", 0, None, ends))
-        items.append(
-            Verbatim(FORMAT, run, run.count(b"\n\ndata: ") + 1, partial(plain_events, parts.open))
-        )
-        items.extend(feed(data[start + cut :]))
-        return items
+                out.append(Verbatim(FORMAT, b"", 0, None, ends))
+        count = run.count(b"\n\ndata: ") + 1
+        out.append(Verbatim(FORMAT, run, count, partial(plain_events, parts.open)))
 
 
 # -- errors -----------------------------------------------------------------------
