@@ -9,6 +9,11 @@ What has no canonical meaning stays Anthropic's: ``top_k``, ``metadata``,
 field this module does not know ride in ``extra`` and content blocks such as
 ``document`` as ``OpaquePart``; an upstream of another format refuses them by name.
 A ``tool_result`` block becomes a canonical ``tool`` message of its own.
+
+Newer fields map where they mean something canonical: ``thinking`` ``enabled`` (a
+budget) and ``adaptive`` (no size), ``output_config.effort`` (the reasoning effort) and
+``output_config.format`` (a JSON schema response format); top-level ``cache_control``
+marks the last block that can carry one, as Anthropic applies it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from sluice.events import (
     Reasoning,
     ReasoningPart,
     RedactedReasoningPart,
+    ResponseFormat,
     TextPart,
     Tool,
     ToolCallPart,
@@ -54,8 +60,13 @@ _CANONICAL = frozenset(
         "stop_sequences",
         "stream",
         "thinking",
+        "output_config",
+        "cache_control",
     }
 )
+#: Thinking types: with a budget, and the ones where the model decides how much.
+_THINKING_UNSIZED = frozenset({"adaptive", "between_tools"})
+_EFFORTS = frozenset({"low", "medium", "high", "xhigh", "max"})
 #: Anthropic's smallest thinking budget.
 MIN_THINKING_BUDGET = 1024
 
@@ -314,13 +325,21 @@ def _tool_choice(
     raise fail("tool_choice.type", "Input should be 'auto', 'any', 'tool' or 'none'")
 
 
-def _thinking(value: Any, max_tokens: int | None) -> tuple[Reasoning | None, bool]:
-    """The canonical reasoning request, and whether ``thinking`` was read (a type this
-    module does not know rides in ``extra``)."""
+def _thinking(
+    value: Any, max_tokens: int | None, effort: str | None
+) -> tuple[Reasoning | None, bool]:
+    """The canonical reasoning request, and whether it says all ``thinking`` said.
+
+    ``enabled`` is a budget; ``adaptive`` (the model decides) is a request to reason
+    with no size but the ``output_config.effort``, if any. What canonical form cannot
+    say (``between_tools``, ``display``, a type this module does not know) keeps the
+    object in ``extra`` too, for an Anthropic upstream; others refuse it by name.
+    """
     if value is None:
-        return None, True
+        return (Reasoning(effort=effort) if effort is not None else None), True
     thinking = _object(value, "thinking")
     kind = thinking.get("type")
+    whole = thinking.get("display") is None
     if kind == "disabled":
         return None, True
     if kind == "enabled":
@@ -329,9 +348,46 @@ def _thinking(value: Any, max_tokens: int | None) -> tuple[Reasoning | None, boo
         )
         if max_tokens is not None and budget >= max_tokens:
             raise fail("thinking.budget_tokens", "must be less than max_tokens")
-        return Reasoning(budget_tokens=budget), True
+        return Reasoning(effort=effort, budget_tokens=budget), whole
+    if kind in _THINKING_UNSIZED:
+        return Reasoning(effort=effort), whole and kind == "adaptive"
     _string(kind, "thinking.type")
     return None, False
+
+
+def _output_config(value: Any) -> tuple[str | None, ResponseFormat | None, bool]:
+    """``output_config``: its effort, its JSON output format, and whether that is all
+    it said (else the object rides in ``extra`` as well)."""
+    if value is None:
+        return None, None, True
+    config = _object(value, "output_config")
+    effort = config.get("effort")
+    if effort is not None and effort not in _EFFORTS:
+        raise fail("output_config.effort", f"Input should be one of {', '.join(sorted(_EFFORTS))}")
+    fmt: ResponseFormat | None = None
+    spec = config.get("format")
+    if spec is not None:
+        spec = _object(spec, "output_config.format")
+        if spec.get("type") != "json_schema":
+            raise fail("output_config.format.type", "Input should be 'json_schema'")
+        fmt = ResponseFormat(
+            "json_schema", _object(spec.get("schema"), "output_config.format.schema")
+        )
+    whole = set(config) <= {"effort", "format"} and (
+        spec is None or set(spec) <= {"type", "schema"}
+    )
+    return effort, fmt, whole
+
+
+def _cache_last_block(messages: list[Message], cache_control: dict[str, Any]) -> None:
+    """Top-level ``cache_control``: the marker goes on the last block that can hold
+    one, as Anthropic applies it."""
+    for message in reversed(messages):
+        for part in reversed(message.parts):
+            if isinstance(part, TextPart | ImagePart | ToolResultPart):
+                if part.cache_control is None:
+                    part.cache_control = cache_control
+                return
 
 
 def _stop(value: Any) -> list[str]:
@@ -380,12 +436,17 @@ def decode_messages(
             _string(user_id, "metadata.user_id")
     if data.get("service_tier") is not None:
         _string(data["service_tier"], "service_tier")
+    if data.get("cache_control") is not None:
+        _cache_last_block(messages, _object(data["cache_control"], "cache_control"))
     tools, server = _tools(data.get("tools"))
     tool_choice, parallel = _tool_choice(data.get("tool_choice"), tools, server)
-    reasoning, thinking_read = _thinking(data.get("thinking"), max_tokens)
+    effort, response_format, output_read = _output_config(data.get("output_config"))
+    reasoning, thinking_read = _thinking(data.get("thinking"), max_tokens, effort)
     extra = {k: v for k, v in data.items() if k not in _CANONICAL}
     if not thinking_read:
         extra["thinking"] = data["thinking"]
+    if not output_read:
+        extra["output_config"] = data["output_config"]
     if server:
         extra[SERVER_TOOLS] = server
     request_headers = {}
@@ -404,6 +465,7 @@ def decode_messages(
         top_p=top_p,
         max_tokens=max_tokens,
         stop=_stop(data.get("stop_sequences")),
+        response_format=response_format,
         reasoning=reasoning,
         source=FORMAT,
         extra=extra,
