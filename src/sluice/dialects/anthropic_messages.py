@@ -428,10 +428,19 @@ class StreamEncoder(_Blocks):
         return data
 
     def _encode(self, batch: list[StreamEvent]) -> None:
+        out = self._out
         for event in batch:
             if self._over:
                 return
             kind = type(event)
+            if kind is TextDelta:
+                t: TextDelta = event  # type: ignore[assignment]
+                if t.index == self._part and self._kind == "text" and not t.choice:
+                    # The common case, written here: more text for the open text block.
+                    if t.text:
+                        self._output_chars += len(t.text)
+                        out.append(self._text_head + orjson.dumps(t.text) + b"}}\n\n")
+                    continue
             if kind is Verbatim:
                 v: Verbatim = event  # type: ignore[assignment]
                 if v.format == FORMAT and (self._passthrough or not self._started):
