@@ -547,11 +547,20 @@ def test_keys_from_x_api_key_and_bearer(start_gateway: StartGateway, upstream: A
     assert caught.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
     with pytest.raises(anthropic.AuthenticationError):
         sdk(gateway, api_key="sk-wrong").messages.count_tokens(model="normal", messages=MESSAGES)
+    with httpx.Client(timeout=20) as client:
+        missing = client.post(
+            f"{gateway.url}/v1/messages",
+            json={"model": "normal", "max_tokens": 10, "messages": MESSAGES},
+        )
+    assert missing.status_code == 401
+    assert missing.json()["error"]["type"] == "authentication_error"
+    assert "x-api-key" in missing.json()["error"]["message"]
     by_header = sdk(gateway, api_key="sk-master-test")
     assert by_header.messages.create(model="normal", max_tokens=10, messages=MESSAGES).content
     by_bearer = anthropic.Anthropic(
         base_url=gateway.url, auth_token="sk-master-test", max_retries=0, timeout=20
     )
     assert by_bearer.messages.create(model="normal", max_tokens=10, messages=MESSAGES).content
-    rows = gateway.wait_records(4)
+    rows = gateway.wait_records(5)
+    assert [r["status"] for r in rows] == [401, 401, 401, 200, 200]
     assert [r["api"] for r in rows[-2:]] == ["anthropic_messages"] * 2

@@ -89,7 +89,7 @@ class Authenticator:
                 return Access()
             raise AuthenticationError(
                 "You didn't provide an API key. Send it in the Authorization header as"
-                " 'Authorization: Bearer YOUR_KEY'.",
+                " 'Authorization: Bearer YOUR_KEY' (or as 'x-api-key: YOUR_KEY').",
                 code="missing_api_key",
             )
         if self._master is not None and hmac.compare_digest(_digest(token), self._master):
