@@ -499,10 +499,16 @@ def test_what_an_openai_upstream_cannot_do_is_refused_by_name(gateway: RunningGa
             messages=MESSAGES,
             tools=[{"type": "web_search_20250305", "name": "web_search", "max_uses": 2}],
         )
-    # Choices are not a thing in this API: a client cannot ask for a second one.
-    with pytest.raises(anthropic.BadRequestError, match="'n'"):
+    # Choices are not a thing in this API: a client cannot ask for a second one, and
+    # other OpenAI fields are refused by name by an OpenAI upstream, never dropped.
+    for model in ("normal", "story"):
+        with pytest.raises(anthropic.BadRequestError, match="n: Extra inputs are not permitted"):
+            client.messages.create(
+                model=model, max_tokens=10, messages=MESSAGES, extra_body={"n": 2}
+            )
+    with pytest.raises(anthropic.BadRequestError, match="'logprobs'"):
         client.messages.create(
-            model="normal", max_tokens=10, messages=MESSAGES, extra_body={"n": 2}
+            model="normal", max_tokens=10, messages=MESSAGES, extra_body={"logprobs": True}
         )
     with pytest.raises(anthropic.BadRequestError, match="document"):
         client.messages.create(

@@ -23,6 +23,8 @@ from sluice.errors import (
     AuthenticationError,
     BodyTooLarge,
     MethodNotAllowed,
+    NotFound,
+    PermissionDenied,
     RateLimited,
     RequestError,
     SluiceError,
@@ -207,6 +209,8 @@ def test_count_tokens_bodies_have_no_max_tokens() -> None:
     [
         (RequestError("bad"), 400, "invalid_request_error"),
         (AuthenticationError("who"), 401, "authentication_error"),
+        (PermissionDenied("not yours"), 403, "permission_error"),
+        (NotFound("where"), 404, "not_found_error"),
         (BodyTooLarge("big"), 413, "request_too_large"),
         (MethodNotAllowed("no"), 405, "invalid_request_error"),
         (RateLimited("slow", headers={"Retry-After": "3"}), 429, "rate_limit_error"),

@@ -410,6 +410,9 @@ def decode_messages(
         raise fail("model", "Field required")
     if not isinstance(model, str) or not model.strip():
         raise fail("model", "Input should be a non-empty string")
+    if "n" in data:
+        # One answer per request in this API: a client cannot ask for more choices.
+        raise fail("n", "Extra inputs are not permitted")
     max_tokens: int | None = None
     if not count_only:
         if data.get("max_tokens") is None:
