@@ -17,6 +17,7 @@ import orjson
 from sluice import config
 from sluice.config import Settings
 from sluice.dialects import Dialect
+from sluice.dialects.anthropic_messages import AnthropicMessagesDialect, count_tokens_body
 from sluice.dialects.openai_chat import OpenAIChatDialect
 from sluice.dialects.openai_embeddings import OpenAIEmbeddingsDialect
 from sluice.dialects.text import TextDialect
@@ -128,8 +129,9 @@ class Gateway:
         self._text = TextDialect()
         self._openai = OpenAIChatDialect()
         embeddings = OpenAIEmbeddingsDialect()
+        self._anthropic = AnthropicMessagesDialect()
         self.routes = RouteTable()
-        text, openai = self._text, self._openai
+        text, openai, anthropic = self._text, self._openai, self._anthropic
         for method, path, route in (
             ("GET", "/", Route(text, self._generate)),
             ("POST", "/v1/chat/completions", Route(openai, self._generate)),
@@ -138,11 +140,15 @@ class Gateway:
             ("GET", "/v1/models/{id}", Route(openai, self._model)),
             ("GET", "/healthz", Route(openai, self._health)),
             ("GET", "/readyz", Route(openai, self._ready)),
+            ("POST", "/v1/messages", Route(anthropic, self._generate)),
+            ("POST", "/v1/messages/count_tokens", Route(anthropic, self._count_tokens)),
         ):
             self.routes.add(method, path, route)
 
     def _error_dialect(self, path: str) -> Dialect:
         """The dialect that renders errors for a path no route matched."""
+        if path == "/v1/messages" or path.startswith("/v1/messages/"):
+            return self._anthropic
         return self._text if path == "/" else self._openai
 
     @property
@@ -312,7 +318,7 @@ class Gateway:
             key=exchange.key,
             public=exchange.public,
         )
-        encoder = dialect.encoder(request, f"chatcmpl-{record.id}")
+        encoder = dialect.encoder(request, f"{dialect.id_prefix}{record.id}")
         if encoder.streaming and not self.settings.store_content:
             call.verbatim = encoder.verbatim
         stream = self._handler(request, call)
@@ -356,6 +362,21 @@ class Gateway:
         record.input_tokens = estimate_input_tokens(request)
         record.output_tokens = record.chunks
         record.usage_source = "estimated"
+
+    async def _count_tokens(self, exchange: Exchange, dialect: Dialect) -> None:
+        """Anthropic's ``count_tokens``: the gateway's estimate of the prompt, which
+        calls no upstream.
+
+        The seam for an exact count: a model served by an Anthropic upstream would be
+        asked instead (its own ``/v1/messages/count_tokens``, after ``model_access``);
+        nothing forwards yet.
+        """
+        body = await exchange.read_body(self.settings.max_body_bytes)
+        request = self._anthropic.decode_count(body, exchange.headers)
+        exchange.record.api = dialect.name
+        exchange.record.model = request.model
+        tokens = estimate_input_tokens(request)
+        await exchange.respond(200, JSON, count_tokens_body(tokens))
 
     async def _models(self, exchange: Exchange, dialect: Dialect) -> None:
         names = visible_models(exchange.key, self._model_names(), "*" in self.settings.models)

@@ -48,6 +48,9 @@ class Encoder(Protocol):
 class Dialect(Protocol):
     #: Recorded as the request's ``api``.
     name: str
+    #: Put before the record id to make the id of a response the gateway answers itself
+    #: (``chatcmpl-``, ``msg_``).
+    id_prefix: str
 
     def decode(
         self, body: bytes, query: Mapping[str, str], headers: Mapping[str, str], default_model: str

@@ -122,6 +122,7 @@ class EmbeddingsEncoder:
 
 class OpenAIEmbeddingsDialect:
     name = "openai_embeddings"
+    id_prefix = "emb-"
 
     def decode(
         self, body: bytes, query: Mapping[str, str], headers: Mapping[str, str], default_model: str

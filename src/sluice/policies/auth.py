@@ -2,9 +2,10 @@
 
 Authentication is on when ``SLUICE_MASTER_KEY`` is set or any key exists in the store
 (revoked and expired ones count: revoking every key must not open the gateway). Then
-every route but ``/healthz`` and ``/readyz`` needs ``Authorization: Bearer <key>``,
-except ``GET /`` when ``auth.public_seed`` is set: a browser cannot send the header, so
-that route is served without a key and limited per client address instead.
+every route but ``/healthz`` and ``/readyz`` needs ``Authorization: Bearer <key>`` (or,
+without that header, ``x-api-key: <key>``), except ``GET /`` when ``auth.public_seed``
+is set: a browser cannot send the header, so that route is served without a key and
+limited per client address instead.
 
 The app calls ``Authenticator.check`` for every request before dispatch, so rejections
 are recorded like any other; ``model_access`` is the first policy of the pipeline and
@@ -48,7 +49,8 @@ class Access:
 def bearer(headers: Mapping[str, str]) -> str | None:
     value = headers.get("authorization")
     if value is None:
-        return None
+        # Anthropic's clients send the key as ``x-api-key``.
+        return headers.get("x-api-key", "").strip() or None
     scheme, _, token = value.strip().partition(" ")
     if scheme.lower() != "bearer":
         return None
@@ -87,7 +89,7 @@ class Authenticator:
                 return Access()
             raise AuthenticationError(
                 "You didn't provide an API key. Send it in the Authorization header as"
-                " 'Authorization: Bearer YOUR_KEY'.",
+                " 'Authorization: Bearer YOUR_KEY' (or as 'x-api-key: YOUR_KEY').",
                 code="missing_api_key",
             )
         if self._master is not None and hmac.compare_digest(_digest(token), self._master):
