@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -307,11 +306,17 @@ def retrieve(gateway: RunningGateway, name: str) -> httpx.Response:
     return httpx.get(f"{gateway.api}/models/{name}", timeout=10)
 
 
-def test_models_without_a_catch_all(start_gateway: StartGateway, tmp_path: Path) -> None:
-    gateway = start_gateway({"models": {"story": SIM, "tale": {**SIM, "seed": 2}}})
-    assert [m["id"] for m in models(gateway)] == ["story", "tale"]
+def test_models_without_a_catch_all(start_gateway: StartGateway) -> None:
+    config = {"models": {"story": SIM, "tale": {**SIM, "seed": 2}, "meta-llama/Llama-3": SIM}}
+    gateway = start_gateway(config)
+    # In the config's order (the test writes its YAML with sorted keys).
+    assert [m["id"] for m in models(gateway)] == ["meta-llama/Llama-3", "story", "tale"]
     assert {m["owned_by"] for m in models(gateway)} == {"sluice-simulator"}
     assert retrieve(gateway, "tale").json()["id"] == "tale"
+    # A name with a slash is one name, as the SDK sends it.
+    with openai.OpenAI(base_url=gateway.api, api_key="unused", max_retries=0) as client:
+        assert client.models.retrieve("meta-llama/Llama-3").id == "meta-llama/Llama-3"
+    assert retrieve(gateway, "meta-llama/Llama-4").json()["error"]["code"] == "model_not_found"
     # What is not listed is not served: the same 404 for the model and for a request.
     missing = retrieve(gateway, "gpt-4o")
     assert missing.status_code == 404
