@@ -80,7 +80,7 @@ def client(gateway: RunningGateway) -> Iterator[openai.OpenAI]:
 
 
 def assemble(chunks: list[Any]) -> dict[int, dict[str, Any]]:
-    """Streamed choices put together by index, as LangChain and the SDK's helpers do."""
+    """Streamed choices put together by index, as LangChain and the SDK do."""
     choices: dict[int, dict[str, Any]] = {}
     for chunk in chunks:
         for c in chunk.choices:
@@ -140,7 +140,7 @@ def test_tool_calls_stream_and_validate(client: openai.OpenAI) -> None:
 
 
 def test_a_tool_loop_ends(client: openai.OpenAI) -> None:
-    """An agent loop as LangChain's runs it: call, run the tool, send the result back,
+    """A tool loop as LangChain runs it: call, run the tool, send the result back,
     until the model answers in text."""
     # With "auto", a message that names no tool gets text.
     answer = client.chat.completions.create(
