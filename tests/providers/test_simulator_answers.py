@@ -222,7 +222,8 @@ def test_a_bad_schema_fails_before_the_first_event() -> None:
     broken = Tool("broken", None, {"$ref": "#/$defs/Missing"})
     with pytest.raises(RequestError) as info:
         run(request("hi", tools=[broken], tool_choice=ToolChoice("required")))
-    assert "tools[0]" in info.value.message
+    assert info.value.param == "tools[0].function.parameters"
+    assert "'#/$defs/Missing' points at nothing" in info.value.message
 
 
 # -- n ---------------------------------------------------------------------------

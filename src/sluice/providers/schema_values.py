@@ -117,12 +117,10 @@ class _Maker:
         node: Any = self._root
         for token in ref[1:].split("/")[1:]:
             token = token.replace("~1", "/").replace("~0", "~")
-            if isinstance(node, list):
-                node = node[int(token)]
-            elif isinstance(node, Mapping):
-                node = node[token]
-            else:
-                raise ValueError(f"$ref {ref!r} does not point into the schema")
+            try:
+                node = node[int(token)] if isinstance(node, list) else node[token]
+            except (LookupError, ValueError, TypeError):
+                raise ValueError(f"$ref {ref!r} points at nothing in the schema") from None
         if node is True:
             return {}
         if not isinstance(node, Mapping):

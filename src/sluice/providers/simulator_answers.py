@@ -255,7 +255,8 @@ def draft(
     if plan.calls:
         for i, tool in enumerate(plan.calls):
             index = len(parts)
-            arguments = _json(tool.parameters or {"type": "object"}, rng, words, f"tools[{i}]")
+            where = f"tools[{i}].function.parameters"
+            arguments = _json(tool.parameters or {"type": "object"}, rng, words, where)
             call_id = "call_" + hashlib.sha256(f"{rng.random()}:{index}".encode()).hexdigest()[:24]
             head = ToolCallDelta(index, call_id, tool.name, "", choice)
             rest = [ToolCallDelta(index, arguments=p, choice=choice) for p in _pieces(arguments)]
@@ -264,7 +265,7 @@ def draft(
     index = len(parts)
     text: Iterable[str]
     if plan.schema is not None:
-        text = _pieces(_json(plan.schema, rng, words, "response_format"))
+        text = _pieces(_json(plan.schema, rng, words, "response_format.json_schema.schema"))
     elif plan.results:
         said = " ".join(_quote(name, result) for name, result in plan.results)
         length = story_rng.randint(15, 30)
@@ -280,7 +281,9 @@ def _json(schema: Mapping[str, Any], rng: random.Random, words: WordModel, where
     try:
         value = schema_value(schema, rng, words)
     except (ValueError, LookupError, TypeError) as exc:
-        raise RequestError(f"{where}: no value can be made for this schema: {exc}") from exc
+        raise RequestError(
+            f"{where}: no value can be made for this schema: {exc}", param=where
+        ) from exc
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
