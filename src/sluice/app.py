@@ -55,14 +55,19 @@ class Route:
 
 
 class RouteTable:
-    """Exact paths, and paths with one trailing ``{id}`` segment or more."""
+    """Exact paths, paths with one ``{id}`` segment, and paths that end in ``{rest}``:
+    everything after a prefix, slashes included (model names such as
+    ``meta-llama/Llama-3``)."""
 
     def __init__(self) -> None:
         self._exact: dict[str, dict[str, Route]] = {}
         self._prefixed: list[tuple[str, str, dict[str, Route]]] = []
+        self._rest: dict[str, dict[str, Route]] = {}
 
     def add(self, method: str, path: str, route: Route) -> None:
-        if "{" in path:
+        if path.endswith("{rest}"):
+            self._rest.setdefault(path.removesuffix("{rest}"), {})[method] = route
+        elif "{" in path:
             head, _, tail = path.partition("{id}")
             for prefix, suffix, methods in self._prefixed:
                 if (prefix, suffix) == (head, tail):
@@ -81,6 +86,9 @@ class RouteTable:
                 middle = path[len(prefix) : len(path) - len(suffix)]
                 if middle and "/" not in middle:
                     return methods
+        for prefix, methods in self._rest.items():
+            if len(path) > len(prefix) and path.startswith(prefix):
+                return methods
         return None
 
 
@@ -137,7 +145,7 @@ class Gateway:
             ("POST", "/v1/chat/completions", Route(openai, self._generate)),
             ("POST", "/v1/embeddings", Route(embeddings, self._generate)),
             ("GET", "/v1/models", Route(openai, self._models)),
-            ("GET", "/v1/models/{id}", Route(openai, self._model)),
+            ("GET", "/v1/models/{rest}", Route(openai, self._model)),
             ("GET", "/healthz", Route(openai, self._health)),
             ("GET", "/readyz", Route(openai, self._ready)),
             ("POST", "/v1/messages", Route(anthropic, self._generate)),

@@ -6,7 +6,9 @@ are billed as output tokens and are already counted in ``output_tokens``; discou
 cached input and the Batch API are not applied, so for those the cost is an upper
 bound. The config's ``pricing:`` section adds models or overrides these.
 
-A model that is in neither has an unknown cost (``None``), never a silent zero.
+A model that is in neither has an unknown cost (``None``), never a silent zero. An
+answer no upstream was paid for (the simulator's) costs ``FREE``, unless the config's
+``pricing:`` names its model (to try budgets offline).
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ PRICES_AS_OF = "2025-06"
 class Price:
     input: float  # USD per million input (prompt) tokens
     output: float  # USD per million output (completion) tokens
+
+
+#: The price of an answer generated in the gateway itself.
+FREE = Price(0.0, 0.0)
 
 
 def _same(price: Price, *names: str) -> dict[str, Price]:
@@ -50,13 +56,16 @@ class PriceTable:
     """The configured prices over the defaults."""
 
     def __init__(self, configured: Mapping[str, Price] | None = None) -> None:
-        self._prices = {**DEFAULT_PRICES, **(configured or {})}
+        self._configured = dict(configured or {})
+        self._prices = {**DEFAULT_PRICES, **self._configured}
 
-    def price(self, *names: str | None) -> Price | None:
-        """The price of the first name that has one (public name, then upstream model)."""
+    def price(self, *names: str | None, listed: bool = True) -> Price | None:
+        """The price of the first name that has one (public name, then upstream model);
+        with ``listed=False``, among the configured prices only."""
+        prices = self._prices if listed else self._configured
         for name in names:
             if name is not None:
-                found = self._prices.get(name)
+                found = prices.get(name)
                 if found is not None:
                     return found
         return None

@@ -6,7 +6,8 @@ instance sees it. It runs once per request that reached the pipeline: for a key 
 budget, in the policy as soon as the stream is complete (before the client sees its
 end, so its next request is checked against it); otherwise in the app once usage is
 final (reported by the upstream, or estimated after the client left or the stream
-broke). A cache hit or a coalesced reader called no upstream: it costs 0.
+broke). A cache hit or a coalesced reader called no upstream: it costs 0; so does a
+simulator's answer, unless ``pricing:`` names its model.
 
 ``Budgets.policy`` refuses a key whose running spend reached its budget, before the
 upstream is called: 429 ``insufficient_quota``, as OpenAI answers an exhausted quota.
@@ -34,7 +35,7 @@ from collections.abc import AsyncGenerator
 from sluice.errors import BudgetExceeded
 from sluice.events import Batch, ChatRequest
 from sluice.policies import Call, Handler
-from sluice.pricing import PriceTable
+from sluice.pricing import FREE, Price, PriceTable
 from sluice.state import SharedState, StateUnavailable
 from sluice.store import VirtualKey
 from sluice.store.keys import KeyStore
@@ -149,8 +150,14 @@ class Budgets:
         if record.cache in _FREE:
             record.cost_usd = 0.0
             return
-        upstream = call.deployment.upstream_model(request.model) if call.deployment else None
-        price = self._prices.price(request.model, upstream)
+        deployment = call.deployment
+        upstream = deployment.upstream_model(request.model) if deployment else None
+        price: Price | None
+        if deployment is not None and deployment.provider == "simulator":
+            # Generated here: no upstream was paid, whatever the list price of the name.
+            price = self._prices.price(request.model, upstream, listed=False) or FREE
+        else:
+            price = self._prices.price(request.model, upstream)
         record.cost_usd = self._prices.cost(price, record.input_tokens, record.output_tokens)
         key = call.key
         if not record.cost_usd or key is None or key.budget_usd is None:

@@ -6,9 +6,14 @@ tests run against. A stream waits ``ttft`` seconds, then yields one word per
 the words due by then, then one batch of ``Usage`` and ``Finish``. The words come from
 ``wordmodel``; the same seed, messages and model always give the same text.
 
-Settings come from ``deployment.simulator``; request options that it honours:
-``max_tokens`` / ``max_completion_tokens`` (lower the deployment's ``max_tokens``; a
-story cut short finishes with ``"length"``) and ``seed`` (mixed into the story's seed).
+Settings come from ``deployment.simulator``; request fields that it honours:
+``max_tokens`` (lowers the deployment's ``max_tokens``, per choice; an answer cut
+short finishes with ``"length"``) and ``seed`` (mixed into the story's seed).
+
+A request that asks for more — ``n`` choices, tools, a JSON ``response_format``,
+``reasoning``, logprobs, or that ends with tool results — is answered as
+``simulator_answers`` describes: the choices are written side by side, one token of
+each per step, paced as words are. A plain request never goes through that code.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import random
 import struct
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 
 from sluice.config import Deployment
 from sluice.events import (
@@ -36,11 +41,13 @@ from sluice.events import (
     Start,
     StreamEvent,
     TextDelta,
+    TextPart,
     Usage,
     WireFormat,
     estimate_input_tokens,
     message_text,
 )
+from sluice.providers.simulator_answers import Counts, Plan, draft, plan_for, steps, story_words
 from sluice.providers.wordmodel import default_model
 
 __all__ = ["SimulatorProvider"]
@@ -58,9 +65,13 @@ class SimulatorProvider:
     def __init__(self, deployment: Deployment) -> None:
         self._deployment = deployment
 
-    async def stream(
-        self, request: ChatRequest, verbatim: bool = False
-    ) -> AsyncGenerator[Batch, None]:
+    def stream(self, request: ChatRequest, verbatim: bool = False) -> AsyncGenerator[Batch, None]:
+        plan = plan_for(request)
+        if plan.plain and request.n == 1:
+            return self._story(request)
+        return self._answers(request, plan)
+
+    async def _story(self, request: ChatRequest) -> AsyncGenerator[Batch, None]:
         settings = self._deployment.simulator
         if request.operation == "embeddings":
             if settings.ttft > 0:
@@ -71,10 +82,8 @@ class SimulatorProvider:
         rng = random.Random(_seed(settings.seed, request))
         # The story fits the deployment's budget, not the request's: a request that asks
         # for fewer tokens gets the same story, cut short.
-        budget = settings.max_tokens
-        length = rng.randint(max(1, budget * 55 // 100), max(1, budget * 85 // 100))
         prompt = _last_user_text(request.messages)
-        story = default_model().story(rng, length, prompt, limit=budget)
+        story = story_words(rng, default_model(), settings.max_tokens, prompt)
 
         loop = asyncio.get_running_loop()
         # Every token has a due time counted from one start, so pacing never drifts.
@@ -119,6 +128,66 @@ class SimulatorProvider:
         )
         yield [PartEnd(0), Finish(reason, reason), usage]
 
+    async def _answers(self, request: ChatRequest, plan: Plan) -> AsyncGenerator[Batch, None]:
+        settings = self._deployment.simulator
+        limit = _token_limit(settings.max_tokens, request.max_tokens)
+        words = default_model()
+        counts = Counts()
+        writers: list[Iterator[list[StreamEvent]]] = []
+        for choice in range(request.n):
+            # Choice 0 tells the story a plain request would; the others their own.
+            story_seed = _seed(settings.seed, request, f"choice {choice}" if choice else "")
+            rng = random.Random(_seed(settings.seed, request, f"extras {choice}"))
+            laid = draft(
+                plan, request, choice, random.Random(story_seed), rng, words, settings.max_tokens
+            )
+            writers.append(steps(laid, choice, limit, counts))
+
+        loop = asyncio.get_running_loop()
+        start = loop.time() + settings.ttft
+        if settings.ttft > 0:
+            await asyncio.sleep(settings.ttft)
+        tps = settings.tokens_per_second
+        interval = 1.0 / tps if tps > 0 else 0.0
+
+        batch: list[StreamEvent] = [
+            Start("sluice", f"sim-{uuid.uuid4().hex[:24]}", request.model, int(time.time()))
+        ]
+        step = 0
+        while writers:
+            if interval:
+                due = start + step * interval
+                if due > loop.time():
+                    if batch:
+                        yield batch
+                        batch = []
+                    delay = due - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+            # One step of every choice that is still writing: they are written side by side.
+            going = []
+            for writer in writers:
+                events = next(writer, None)
+                if events is not None:
+                    batch.extend(events)
+                    going.append(writer)
+            writers = going
+            step += 1
+            if len(batch) >= _BATCH:
+                yield batch
+                batch = []
+                if not interval:
+                    await asyncio.sleep(0)
+        batch.append(
+            Usage(
+                input_tokens=estimate_input_tokens(request),
+                output_tokens=counts.output,
+                source="reported",
+                reasoning_tokens=counts.reasoning,
+            )
+        )
+        yield batch
+
     async def aclose(self) -> None:
         # Nothing is held between streams; each stream's own aclose() stops it.
         return None
@@ -128,13 +197,17 @@ def _token_limit(default: int, max_tokens: int | None) -> int:
     return default if max_tokens is None else min(default, max_tokens)
 
 
-def _seed(base: int, request: ChatRequest) -> int:
-    """A seed from the deployment's, the request's ``seed``, model and messages.
+def _seed(base: int, request: ChatRequest, salt: str = "") -> int:
+    """A seed from the deployment's, the request's ``seed``, model and messages (and
+    ``salt``, to draw another sequence from the same request).
 
     ``hashlib``, not ``hash()``: string hashes change from process to process.
     """
+    parts: list[object] = [base, request.seed, request.model, [_plain(m) for m in request.messages]]
+    if salt:
+        parts.append(salt)
     material = json.dumps(
-        [base, request.seed, request.model, [_plain(m) for m in request.messages]],
+        parts,
         sort_keys=True,
         ensure_ascii=False,
         separators=(",", ":"),
@@ -145,7 +218,11 @@ def _seed(base: int, request: ChatRequest) -> int:
 
 
 def _plain(message: Message) -> list[str]:
-    return [message.role, message_text(message)]
+    plain = [message.role, message_text(message)]
+    # Tool calls and results (and images) count too, though text-only messages weigh
+    # in as they always did: the same request keeps its story.
+    plain.extend(repr(p) for p in message.parts if type(p) is not TextPart)
+    return plain
 
 
 def _last_user_text(messages: list[Message]) -> str:

@@ -35,6 +35,7 @@ FALLBACK = 0.3
 LONG_PARAGRAPH = 90
 
 _PARAGRAPH = "\n\n"
+_PUNCTUATION = ".,;:!?—-'"
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 # Words that say nothing about what a story should be about.
 _STOPWORD_TEXT = """
@@ -52,6 +53,10 @@ def _topic_form(word: str) -> str:
     """``"Dragon's,"`` → ``"dragon"``: the form prompt words are matched against."""
     word = word.strip(".,;:!?—-").lower()
     return word[:-2] if word.endswith("'s") else word
+
+
+def _bare(word: str) -> str:
+    return word.strip(_PUNCTUATION)
 
 
 class WordModel:
@@ -127,6 +132,21 @@ class WordModel:
                         found.append(form)
                     break
         return found
+
+    def phrase(self, rng: random.Random, count: int) -> str:
+        """``count`` words that follow each other in the corpus, without punctuation:
+        the stuff of made-up string values (``"packed bread and cheese"``)."""
+        words = self._words
+        for _ in range(4):  # rather open on a word that says something
+            start = rng.randrange(max(1, len(words) - count))
+            if _topic_form(words[start]) not in _STOPWORDS:
+                break
+        run = [_bare(word) for word in words[start : start + count]]
+        return " ".join(word for word in run if word) or "story"
+
+    def word(self, rng: random.Random) -> str:
+        """One corpus word without punctuation (never empty)."""
+        return _bare(rng.choice(self._words)) or "story"
 
     def story(
         self, rng: random.Random, length: int, prompt: str = "", limit: int | None = None
