@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from sluice import schemas
 from sluice.dialects import Headers
 from sluice.errors import RequestError, SluiceError
 from sluice.events import (
@@ -54,6 +55,7 @@ def decode(body: bytes) -> ChatRequest:
         raise _fail(f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise _fail("the request body must be a JSON object")
+    schemas.validate("openai_chat_request", data)
     model = data.get("model")
     if not isinstance(model, str) or not model.strip():
         raise _fail("'model' is required and must be a non-empty string", "model")
