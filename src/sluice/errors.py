@@ -5,6 +5,7 @@
     │   ├── BodyTooLarge             413
     │   ├── NotFound                 404  (unknown route)
     │   ├── MethodNotAllowed         405
+    │   ├── UnsupportedMediaType     415  (a Content-Encoding the gateway cannot decode)
     │   ├── ModelNotFound            404  model_not_found
     │   └── ContextWindowExceeded    400  context_length_exceeded (the upstream said so)
     ├── AuthenticationError          401
@@ -67,6 +68,11 @@ class NotFound(RequestError):
 class MethodNotAllowed(RequestError):
     status = 405
     code = "method_not_allowed"
+
+
+class UnsupportedMediaType(RequestError):
+    status = 415
+    code = "unsupported_media_type"
 
 
 class ModelNotFound(RequestError):
