@@ -228,6 +228,23 @@ def test_the_first_problem_is_the_shallowest() -> None:
     assert error.param == "n"
 
 
+def test_places_deep_in_long_arrays_keep_their_indices() -> None:
+    """The explanation looks at the failing message alone; the indices it names are
+    those of the body as sent."""
+    parts: list[Any] = [{"type": "text", "text": "x"}] * 9
+    messages: list[Any] = [*MESSAGES * 40]
+    messages[37] = {"role": "user", "content": [*parts[:5], {"type": "text"}, *parts[5:]]}
+    error = problem(chat(messages=messages))
+    assert error.param == "messages[37].content[5].text"
+    assert error.message == "messages[37].content[5].text is required"
+    messages[37] = MESSAGES[0]
+    messages[12] = {"role": "user", "content": "x", "name": 5}
+    messages[30] = {"role": {}, "content": "x"}
+    assert problem(chat(messages=messages)).param == "messages[12].name"
+    error = problem(chat(messages=messages, logit_bias={"a.b": "x"}))
+    assert error.param == "logit_bias.a.b"
+
+
 def test_validate_leaves_the_body_as_it_was() -> None:
     data = chat(temperature=None, tools=[TOOL], tool_choice="auto", top_k=None)
     before = copy.deepcopy(data)

@@ -20,6 +20,7 @@ a top-level ``null`` counts as absent (clients send unset options as ``null``), 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
 from importlib import resources
@@ -36,6 +37,9 @@ NAMES = ("openai_chat_request", "openai_responses_request", "openai_embeddings_r
 
 Schema = Mapping[str, Any]
 Rule = Callable[[dict[str, Any]], RequestError | None]
+Path = list[str | int]
+#: Where an error is in the body as sent (jsonschema may have seen a narrowed copy).
+Place = Callable[[ValidationError], Path]
 
 #: Keywords that only say "one of these": another error at the same depth says more.
 _WEAK = frozenset({"anyOf", "oneOf"})
@@ -78,14 +82,19 @@ class _Checker:
             schema = target
         return schema
 
-    def first_error(self, data: dict[str, Any]) -> ValidationError | None:
+    def first_error(self, data: dict[str, Any]) -> tuple[ValidationError, Place] | None:
+        """The first problem in ``data`` and where it is, or None if there is none."""
         try:
             self.check(data)
-        except fastjsonschema.JsonSchemaException:
-            errors = list(self.explainer.iter_errors(data))
-            # None when the two disagree: jsonschema, which implements Draft 2020-12
-            # itself, is the one to believe.
-            return min(enumerate(errors), key=_relevance)[1] if errors else None
+        except fastjsonschema.JsonSchemaValueException as exc:
+            narrowed, place = _narrow(data, exc.message)
+            tries = [(narrowed, place)] if narrowed is not data else []
+            for body, where in [*tries, (data, _as_is)]:
+                errors = list(self.explainer.iter_errors(body))
+                if errors:
+                    return min(enumerate(errors), key=_relevance)[1], where
+            # The two disagree: jsonschema, which implements Draft 2020-12 itself, is
+            # the one to believe.
         return None
 
 
@@ -115,15 +124,70 @@ def validate(name: str, data: dict[str, Any]) -> None:
     if None in data.values():
         data = {k: v for k, v in data.items() if v is not None or k in checker.required}
     try:
-        error = checker.first_error(data)
+        found = checker.first_error(data)
     except RecursionError as exc:
         raise RequestError("the request body is nested too deeply") from exc
-    if error is not None:
-        raise _explain(checker, error)
+    if found is not None:
+        error, place = found
+        raise _Explanation(checker, place).explain(error)
     for rule in checker.rules:
         problem = rule(data)
         if problem is not None:
             raise problem
+
+
+def _as_is(error: ValidationError) -> Path:
+    return list(error.absolute_path)
+
+
+_STEP = re.compile(r"\.([^.\[\s]+)|\[(\d+)\]")
+
+
+def _narrow(data: dict[str, Any], message: str) -> tuple[dict[str, Any], Place]:
+    """``data`` with every array on the way to where fastjsonschema stopped cut down to
+    the item it stopped in, and the ``Place`` that maps paths in the copy back.
+
+    jsonschema takes some 25 times as long as the compiled check: over every message of
+    a body of megabytes that is seconds on the event loop, over the one that failed
+    what checking one message costs. The message of fastjsonschema's exception starts
+    with the failing place, ``data.messages[30].content[2]``; a name it cannot read
+    (a key with a dot, say) only stops the narrowing there.
+    """
+    name = message.split(" ", 1)[0]
+    if not name.startswith("data"):
+        return data, _as_is
+    steps: Path = []
+    position = len("data")
+    while (match := _STEP.match(name, position)) is not None:
+        key, index = match.groups()
+        steps.append(key if key is not None else int(index))
+        position = match.end()
+    #: Path in the copy of an array cut down to one item → that item's index in ``data``.
+    cuts: dict[tuple[str | int, ...], int] = {}
+
+    def cut(node: Any, depth: int, at: Path) -> Any:
+        if depth == len(steps):
+            return node
+        step = steps[depth]
+        if isinstance(step, int) and isinstance(node, list) and step < len(node):
+            cuts[tuple(at)] = step
+            return [cut(node[step], depth + 1, [*at, 0])]
+        if isinstance(step, str) and isinstance(node, dict) and step in node:
+            return {**node, step: cut(node[step], depth + 1, [*at, step])}
+        return node
+
+    narrowed = cut(data, 0, [])
+    if not cuts:
+        return data, _as_is
+
+    def place(error: ValidationError) -> Path:
+        path = list(error.absolute_path)
+        return [
+            cuts.get(tuple(path[:k]), step) if type(step) is int else step
+            for k, step in enumerate(path)
+        ]
+
+    return narrowed, place
 
 
 def _relevance(item: tuple[int, ValidationError]) -> tuple[int, bool, int]:
@@ -136,51 +200,56 @@ def _relevance(item: tuple[int, ValidationError]) -> tuple[int, bool, int]:
 # -- explaining one error ---------------------------------------------------------
 
 
-def _explain(checker: _Checker, error: ValidationError) -> RequestError:
-    while error.validator in _WEAK and error.context:
-        chosen = _choose_branch(checker, error)
-        if isinstance(chosen, RequestError):
-            return chosen
-        error = chosen
-    return _describe(error)
+class _Explanation:
+    def __init__(self, checker: _Checker, place: Place) -> None:
+        self.checker = checker
+        self.place = place
 
+    def explain(self, error: ValidationError) -> RequestError:
+        while error.validator in _WEAK and error.context:
+            chosen = self.choose_branch(error)
+            if isinstance(chosen, RequestError):
+                return chosen
+            error = chosen
+        return _describe(error, self.place(error))
 
-def _choose_branch(checker: _Checker, error: ValidationError) -> ValidationError | RequestError:
-    """The error inside the ``oneOf``/``anyOf`` branch the client meant, or the
-    ``RequestError`` that says no branch fits the instance at all."""
-    instance: Any = error.instance
-    alternatives: Any = error.validator_value
-    path = list(error.absolute_path)
-    branches = [checker.resolve(branch) for branch in alternatives]
-    candidates = [i for i, branch in enumerate(branches) if _accepts(checker, branch, instance)]
-    if not candidates:
-        kinds: set[str] = set()
-        for branch in branches:
-            kinds |= _types(checker, branch) or set()
-        return _type_error(path, kinds, instance)
-    if isinstance(instance, dict) and len(candidates) > 1:
-        tag = _discriminator(checker, [branches[i] for i in candidates])
-        if tag is not None:
-            if tag not in instance:
-                return _error([*path, tag], f"{_name([*path, tag])} is required")
-            values = {i: _tag_values(checker, branches[i], tag) for i in candidates}
-            matching = [i for i in candidates if instance[tag] in values[i]]
-            if not matching:
-                allowed = [v for i in candidates for v in values[i]]
-                return _enum_error([*path, tag], allowed, instance[tag])
-            candidates = matching
-    by_branch: dict[int, list[ValidationError]] = {}
-    for sub in error.context or ():
-        by_branch.setdefault(int(sub.relative_schema_path[0]), []).append(sub)
-    errors = [sub for i in candidates for sub in by_branch.get(i, ())]
-    if not errors:  # the instance fits a candidate: oneOf matched more than one
-        return _describe(error)
-    if len({int(sub.relative_schema_path[0]) for sub in errors}) > 1:
-        # Several branches still fit: follow the one that got furthest into the instance.
-        deepest = max(errors, key=lambda sub: len(sub.absolute_path))
-        branch = deepest.relative_schema_path[0]
-        errors = [sub for sub in errors if sub.relative_schema_path[0] == branch]
-    return min(enumerate(errors), key=_relevance)[1]
+    def choose_branch(self, error: ValidationError) -> ValidationError | RequestError:
+        """The error inside the ``oneOf``/``anyOf`` branch the client meant, or the
+        ``RequestError`` that says no branch fits the instance at all."""
+        checker = self.checker
+        instance: Any = error.instance
+        alternatives: Any = error.validator_value
+        path = self.place(error)
+        branches = [checker.resolve(branch) for branch in alternatives]
+        candidates = [i for i, b in enumerate(branches) if _accepts(checker, b, instance)]
+        if not candidates:
+            kinds: set[str] = set()
+            for branch in branches:
+                kinds |= _types(checker, branch) or set()
+            return _type_error(path, kinds, instance)
+        if isinstance(instance, dict) and len(candidates) > 1:
+            tag = _discriminator(checker, [branches[i] for i in candidates])
+            if tag is not None:
+                if tag not in instance:
+                    return _error([*path, tag], f"{_name([*path, tag])} is required")
+                values = {i: _tag_values(checker, branches[i], tag) for i in candidates}
+                matching = [i for i in candidates if instance[tag] in values[i]]
+                if not matching:
+                    allowed = [v for i in candidates for v in values[i]]
+                    return _enum_error([*path, tag], allowed, instance[tag])
+                candidates = matching
+        by_branch: dict[int, list[ValidationError]] = {}
+        for sub in error.context or ():
+            by_branch.setdefault(int(sub.relative_schema_path[0]), []).append(sub)
+        errors = [sub for i in candidates for sub in by_branch.get(i, ())]
+        if not errors:  # the instance fits a candidate: oneOf matched more than one
+            return _describe(error, path)
+        if len({int(sub.relative_schema_path[0]) for sub in errors}) > 1:
+            # Several branches still fit: follow the one that got furthest into the body.
+            deepest = max(errors, key=lambda sub: len(sub.absolute_path))
+            branch = deepest.relative_schema_path[0]
+            errors = [sub for sub in errors if sub.relative_schema_path[0] == branch]
+        return min(enumerate(errors), key=_relevance)[1]
 
 
 def _types(checker: _Checker, schema: Any) -> set[str] | None:
@@ -260,8 +329,7 @@ def _tag_values(checker: _Checker, branch: Any, tag: str) -> list[Any]:
 # -- messages -------------------------------------------------------------------
 
 
-def _describe(error: ValidationError) -> RequestError:
-    path = list(error.absolute_path)
+def _describe(error: ValidationError, path: Path) -> RequestError:
     keyword = error.validator
     # jsonschema types these "or Unset": an error from iter_errors has them all.
     expected: Any = error.validator_value
@@ -313,7 +381,7 @@ def _describe(error: ValidationError) -> RequestError:
     return _error(path, f"{name} is invalid: {_clip(error.message)}")
 
 
-def _type_error(path: list[str | int], kinds: Iterable[str], value: Any) -> RequestError:
+def _type_error(path: Path, kinds: Iterable[str], value: Any) -> RequestError:
     kinds = set(kinds)
     if "number" in kinds:
         kinds.discard("integer")
@@ -325,14 +393,14 @@ def _type_error(path: list[str | int], kinds: Iterable[str], value: Any) -> Requ
     return _error(path, f"{_name(path)} must be {expected}; got {got}")
 
 
-def _enum_error(path: list[str | int], allowed: Iterable[Any], value: Any) -> RequestError:
+def _enum_error(path: Path, allowed: Iterable[Any], value: Any) -> RequestError:
     allowed = [v for v in allowed if v is not None]
     bare = all(isinstance(v, str) for v in allowed)
     shown = ", ".join(v if bare else _show(v) for v in allowed)
     return _error(path, f"{_name(path)} must be one of {shown}; got {_show(value)}")
 
 
-def _error(path: list[str | int], message: str) -> RequestError:
+def _error(path: Path, message: str) -> RequestError:
     return RequestError(message, param=_param(path))
 
 
