@@ -5,6 +5,7 @@
     │   ├── BodyTooLarge             413
     │   ├── NotFound                 404  (unknown route)
     │   ├── MethodNotAllowed         405
+    │   ├── UnsupportedMediaType     415  (a Content-Encoding the gateway cannot decode)
     │   ├── ModelNotFound            404  model_not_found
     │   ├── Unsupported              400  unsupported_parameter (not in the upstream's format)
     │   └── ContextWindowExceeded    400  context_length_exceeded (the upstream said so)
@@ -74,6 +75,11 @@ class Unsupported(RequestError):
     """A request field the chosen upstream's format cannot carry: refused, never dropped."""
 
     code = "unsupported_parameter"
+
+
+class UnsupportedMediaType(RequestError):
+    status = 415
+    code = "unsupported_media_type"
 
 
 class ModelNotFound(RequestError):

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
+from sluice import codings
 from sluice.errors import BodyTooLarge
 from sluice.store import Record, VirtualKey
 
@@ -62,9 +63,12 @@ class Exchange:
         return self._query
 
     async def read_body(self, limit: int) -> bytes:
+        """The body, decoded as its ``Content-Encoding`` says: at most ``limit`` bytes as
+        sent and as decoded, ``BodyTooLarge`` (413) past either."""
         declared = self.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise BodyTooLarge(f"the request body is larger than {limit} bytes")
+        decoder = codings.decoder(self.headers.get("content-encoding"), limit)
         parts: list[bytes] = []
         size = 0
         while True:
@@ -77,8 +81,9 @@ class Exchange:
                 size += len(body)
                 if size > limit:
                     raise BodyTooLarge(f"the request body is larger than {limit} bytes")
-                parts.append(body)
+                parts.append(decoder.feed(body))
             if not message.get("more_body", False):
+                parts.append(decoder.flush())
                 return b"".join(parts)
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from sluice import schemas
 from sluice.errors import RequestError
 from sluice.events import (
     ChatRequest,
@@ -285,6 +286,7 @@ def check_numbers(data: dict[str, Any]) -> None:
 
 def decode_chat(body: bytes) -> ChatRequest:
     data = parse_object(body)
+    schemas.validate("openai_chat_request", data)
     model = data.get("model")
     if not isinstance(model, str) or not model.strip():
         raise fail("'model' is required and must be a non-empty string", "model")
