@@ -132,8 +132,7 @@ def echo_of(request: ChatRequest) -> dict[str, Any]:
         ],
         "top_p": request.top_p,
         "truncation": "disabled",
-        "user": request.user,
-    }
+    } | ({"user": request.user} if request.user is not None else {})
 
 
 def _annotation(item: Any) -> Any:

@@ -159,14 +159,13 @@ def _content_part(value: Any, where: str, assistant: bool) -> dict[str, Any]:
         text = _string(part.get("text"), f"{where}.text")
         if assistant:
             annotations = part.get("annotations")
-            out = {
+            logprobs = part.get("logprobs")
+            return {
                 "type": "output_text",
                 "text": text,
                 "annotations": annotations if isinstance(annotations, list) else [],
+                "logprobs": logprobs if isinstance(logprobs, list) else [],
             }
-            if isinstance(part.get("logprobs"), list):
-                out["logprobs"] = part["logprobs"]
-            return out
         return {"type": "input_text", "text": text}
     if kind == "refusal":
         return {"type": "refusal", "refusal": _string(part.get("refusal"), f"{where}.refusal")}
@@ -634,7 +633,8 @@ def decode_responses(body: bytes) -> ResponsesRequest:
         "tools": tools_echo,
         "top_p": top_p,
         "truncation": data.get("truncation") or "disabled",
-        "user": user,
     }
+    if user is not None:  # a string or absent, never null
+        echo["user"] = user
     echo.update((k, data.get(k)) for k in _ECHOED)
     return ResponsesRequest(request, items, bool(store), previous, summaries, echo)
