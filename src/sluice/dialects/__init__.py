@@ -48,6 +48,8 @@ class Encoder(Protocol):
 class Dialect(Protocol):
     #: Recorded as the request's ``api``.
     name: str
+    #: Starts the id of a response the gateway names itself (the record id follows).
+    id_prefix: str
 
     def decode(
         self, body: bytes, query: Mapping[str, str], headers: Mapping[str, str], default_model: str

@@ -350,6 +350,7 @@ class CompletionEncoder:
 
 class OpenAIChatDialect:
     name = "openai_chat"
+    id_prefix = "chatcmpl-"
 
     def decode(
         self, body: bytes, query: Mapping[str, str], headers: Mapping[str, str], default_model: str

@@ -52,6 +52,7 @@ class TextEncoder:
 
 class TextDialect:
     name = "text"
+    id_prefix = "chatcmpl-"
 
     def decode(
         self, body: bytes, query: Mapping[str, str], headers: Mapping[str, str], default_model: str
