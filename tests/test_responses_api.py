@@ -166,8 +166,20 @@ def test_the_stream_helper_and_the_stored_response(
 # -- the wire, tools, reasoning, endings -------------------------------------------------
 
 
-def test_wire_format(relayed: RunningGateway) -> None:
-    body = {"model": "normal", "input": "Tell me a story", "stream": True}
+@pytest.mark.parametrize(
+    ("model", "options"),
+    [
+        ("normal", {}),
+        ("tool_call", {"tools": TOOLS}),
+        ("reasoning", {}),
+        ("reasoning", {"reasoning": {"summary": "detailed"}}),
+        ("normal:finish=length", {}),
+        ("midstream_error", {}),
+    ],
+)
+def test_wire_format(relayed: RunningGateway, model: str, options: dict[str, Any]) -> None:
+    """Every event as OpenAI's description has it, named by its ``event:`` line."""
+    body = {"model": model, "input": "Tell me a story", "stream": True, **options}
     with (
         httpx.Client(timeout=20) as client,
         client.stream("POST", f"{relayed.api}/responses", json=body) as response,
