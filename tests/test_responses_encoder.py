@@ -20,7 +20,8 @@ from openai import omit
 from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import ResponseStreamEvent
 
-from sluice.dialects.openai_responses import ResponseBuilder, ResponseEncoder, StreamEncoder
+from sluice.dialects.openai_responses import ResponseEncoder, StreamEncoder
+from sluice.dialects.responses_stream import ResponseBuilder
 from sluice.errors import UpstreamProtocolError
 from sluice.events import (
     Annotations,

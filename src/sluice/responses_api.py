@@ -31,7 +31,8 @@ import orjson
 
 from sluice.dialects import Dialect, Encoder
 from sluice.dialects.openai_responses import ID_PREFIX, OpenAIResponsesDialect
-from sluice.dialects.responses_request import ResponsesRequest, decode_responses, messages_of
+from sluice.dialects.responses_items import messages_of
+from sluice.dialects.responses_request import ResponsesRequest, decode_responses
 from sluice.errors import NotFound, RequestError, ServiceUnavailable, SluiceError, Unsupported
 from sluice.events import Batch, ChatRequest
 from sluice.exchange import Exchange

@@ -1,17 +1,11 @@
 """OpenAI Responses request bodies (``CreateResponse``) → the canonical ``ChatRequest``.
 
-Input is a string or a list of items. Items are checked and brought into the shape
-``GET /v1/responses/{id}/input_items`` lists them in (string contents as parts, a
-status on each), and the canonical messages are read from that shape, the same way
-for the items of this request and for those of stored responses a
-``previous_response_id`` chains in (``messages_of``).
-
-What the canonical request has no place for rides in ``extra`` under its own name,
-so an upstream of another format refuses it by name instead of dropping it: built-in
-tools (``builtin_tools``), ``include``, ``prompt``, ``truncation``, ... Some fields are
-the gateway's own business and never go upstream: ``store``, ``previous_response_id``
-and ``reasoning.summary`` (reasoning is streamed as summary text when asked for, as
-reasoning text otherwise).
+Input is a string or a list of items (``responses_items``). What the canonical request
+has no place for rides in ``extra`` under its own name, so an upstream of another
+format refuses it by name instead of dropping it: built-in tools (``builtin_tools``),
+``include``, ``prompt``, ``truncation``, ... Some fields are the gateway's own business
+and never go upstream: ``store``, ``previous_response_id`` and ``reasoning.summary``
+(reasoning is streamed as summary text when asked for, as reasoning text otherwise).
 """
 
 from __future__ import annotations
@@ -20,62 +14,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sluice.dialects.openai_request import fail, parse_object
+from sluice.dialects.responses_items import (
+    FORMAT,
+    messages_of,
+    need_object,
+    need_string,
+    normalise_items,
+    optional_string,
+)
 from sluice.events import (
     ChatRequest,
-    ImagePart,
-    Message,
-    OpaquePart,
-    Part,
     Reasoning,
-    ReasoningPart,
-    RedactedReasoningPart,
     ResponseFormat,
-    Role,
     TextPart,
     Tool,
-    ToolCallPart,
     ToolChoice,
-    ToolResultPart,
-    WireFormat,
 )
 
-FORMAT: WireFormat = "openai_responses"
-
-#: Items of tools that only OpenAI runs (``Item`` in OpenAI's description): kept whole,
-#: for an upstream of this format; another refuses them by name.
-BUILTIN_CALL_ITEMS = frozenset(
-    {
-        "file_search_call",
-        "computer_call",
-        "web_search_call",
-        "tool_search_call",
-        "additional_tools",
-        "compaction",
-        "image_generation_call",
-        "code_interpreter_call",
-        "local_shell_call",
-        "shell_call",
-        "apply_patch_call",
-        "mcp_list_tools",
-        "mcp_approval_request",
-        "mcp_call",
-        "custom_tool_call",
-        "program",
-    }
-)
-BUILTIN_OUTPUT_ITEMS = frozenset(
-    {
-        "computer_call_output",
-        "tool_search_output",
-        "local_shell_call_output",
-        "shell_call_output",
-        "apply_patch_call_output",
-        "mcp_approval_response",
-        "custom_tool_call_output",
-        "program_output",
-    }
-)
-_INPUT_ROLES = frozenset({"user", "assistant", "system", "developer"})
 _SUMMARY_MODES = frozenset({"auto", "concise", "detailed"})
 #: Values of ``include`` the gateway honours itself: a reasoning signature is always
 #: sent as ``encrypted_content``.
@@ -130,262 +85,7 @@ class ResponsesRequest:
     echo: dict[str, Any] = field(default_factory=dict)
 
 
-# -- items -----------------------------------------------------------------------
-
-
-def _string(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise fail(f"'{where}' must be a string", where)
-    return value
-
-
-def _object(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise fail(f"'{where}' must be an object", where)
-    return value
-
-
-def _optional_string(item: dict[str, Any], key: str, where: str) -> str | None:
-    value = item.get(key)
-    if value is None:
-        return None
-    return _string(value, f"{where}.{key}")
-
-
-def _content_part(value: Any, where: str, assistant: bool) -> dict[str, Any]:
-    part = _object(value, where)
-    kind = part.get("type")
-    if kind in ("input_text", "output_text"):
-        text = _string(part.get("text"), f"{where}.text")
-        if assistant:
-            annotations = part.get("annotations")
-            logprobs = part.get("logprobs")
-            return {
-                "type": "output_text",
-                "text": text,
-                "annotations": annotations if isinstance(annotations, list) else [],
-                "logprobs": logprobs if isinstance(logprobs, list) else [],
-            }
-        return {"type": "input_text", "text": text}
-    if kind == "refusal":
-        return {"type": "refusal", "refusal": _string(part.get("refusal"), f"{where}.refusal")}
-    if kind == "input_image":
-        url = _optional_string(part, "image_url", where)
-        file_id = _optional_string(part, "file_id", where)
-        if url is None and file_id is None:
-            raise fail(f"'{where}' needs an 'image_url' or a 'file_id'", f"{where}.image_url")
-        detail = _optional_string(part, "detail", where) or "auto"
-        return {**part, "detail": detail}
-    if kind == "input_file":
-        return part
-    if isinstance(kind, str):
-        raise fail(f"'{where}.type' {kind!r} is not a content type of a message", f"{where}.type")
-    raise fail(f"'{where}.type' must be a string", f"{where}.type")
-
-
-def _message(item: dict[str, Any], where: str) -> dict[str, Any]:
-    role = item.get("role")
-    if role not in _INPUT_ROLES:
-        raise fail(
-            f"'{where}.role' must be one of assistant, developer, system, user; got {role!r}",
-            f"{where}.role",
-        )
-    assistant = role == "assistant"
-    content = item.get("content")
-    if isinstance(content, str):
-        content = [{"type": "output_text" if assistant else "input_text", "text": content}]
-    if not isinstance(content, list):
-        raise fail(f"'{where}.content' must be a string or an array", f"{where}.content")
-    parts = [_content_part(p, f"{where}.content[{j}]", assistant) for j, p in enumerate(content)]
-    out: dict[str, Any] = {"type": "message", "role": role, "content": parts}
-    _keep_id(item, out, where)
-    out["status"] = item.get("status") or "completed"
-    return out
-
-
-def _keep_id(item: dict[str, Any], out: dict[str, Any], where: str) -> None:
-    value = item.get("id")
-    if value is not None:
-        out["id"] = _string(value, f"{where}.id")
-
-
-def _function_call(item: dict[str, Any], where: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "function_call"}
-    _keep_id(item, out, where)
-    out["call_id"] = _string(item.get("call_id"), f"{where}.call_id")
-    out["name"] = _string(item.get("name"), f"{where}.name")
-    out["arguments"] = _string(item.get("arguments", ""), f"{where}.arguments")
-    out["status"] = item.get("status") or "completed"
-    return out
-
-
-def _function_output(item: dict[str, Any], where: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "function_call_output"}
-    _keep_id(item, out, where)
-    out["call_id"] = _string(item.get("call_id"), f"{where}.call_id")
-    output = item.get("output")
-    if isinstance(output, list):
-        output = [
-            _content_part(p, f"{where}.output[{j}]", assistant=False) for j, p in enumerate(output)
-        ]
-    elif not isinstance(output, str):
-        raise fail(f"'{where}.output' must be a string or an array", f"{where}.output")
-    out["output"] = output
-    out["status"] = item.get("status") or "completed"
-    return out
-
-
-def _texts(value: Any, kind: str, where: str) -> list[dict[str, Any]]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise fail(f"'{where}' must be an array", where)
-    out = []
-    for j, part in enumerate(value):
-        at = f"{where}[{j}]"
-        part = _object(part, at)
-        if part.get("type", kind) != kind:
-            raise fail(f"'{at}.type' must be '{kind}'", f"{at}.type")
-        out.append({"type": kind, "text": _string(part.get("text"), f"{at}.text")})
-    return out
-
-
-def _reasoning(item: dict[str, Any], where: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "reasoning"}
-    _keep_id(item, out, where)
-    out["summary"] = _texts(item.get("summary"), "summary_text", f"{where}.summary")
-    content = _texts(item.get("content"), "reasoning_text", f"{where}.content")
-    if content:
-        out["content"] = content
-    encrypted = _optional_string(item, "encrypted_content", where)
-    if encrypted is not None:
-        out["encrypted_content"] = encrypted
-    if item.get("status") is not None:
-        out["status"] = item["status"]
-    return out
-
-
-def normalise_items(value: Any) -> list[dict[str, Any]]:
-    """``input`` as items in their listed shape; raises naming what is wrong."""
-    if isinstance(value, str):
-        return [
-            {
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": value}],
-                "status": "completed",
-            }
-        ]
-    if not isinstance(value, list):
-        raise fail("'input' must be a string or an array of items", "input")
-    items = []
-    for i, item in enumerate(value):
-        where = f"input[{i}]"
-        item = _object(item, where)
-        kind = item.get("type", "message" if "role" in item else None)
-        if kind == "message":
-            items.append(_message(item, where))
-        elif kind == "function_call":
-            items.append(_function_call(item, where))
-        elif kind == "function_call_output":
-            items.append(_function_output(item, where))
-        elif kind == "reasoning":
-            items.append(_reasoning(item, where))
-        elif kind in BUILTIN_CALL_ITEMS or kind in BUILTIN_OUTPUT_ITEMS:
-            items.append(item)
-        elif kind == "item_reference":
-            raise fail(
-                f"'{where}': item references are not supported; send the item itself, or"
-                " continue the conversation with 'previous_response_id'",
-                f"{where}.type",
-            )
-        elif isinstance(kind, str):
-            raise fail(f"'{where}.type' {kind!r} is not a known input item type", f"{where}.type")
-        else:
-            raise fail(f"'{where}' needs a 'type' (or a 'role' for a message)", f"{where}.type")
-    return items
-
-
-# -- items → messages ------------------------------------------------------------
-
-
-def _parts(content: list[dict[str, Any]]) -> list[Part]:
-    parts: list[Part] = []
-    for part in content:
-        kind = part.get("type")
-        if kind in ("input_text", "output_text"):
-            parts.append(TextPart(part["text"]))
-        elif kind == "refusal":
-            parts.append(TextPart(part["refusal"]))  # what the assistant said, as text
-        elif kind == "input_image" and isinstance(part.get("image_url"), str):
-            detail = part.get("detail")
-            parts.append(ImagePart(part["image_url"], detail if detail != "auto" else None))
-        else:
-            parts.append(OpaquePart(FORMAT, part))  # input_file, an image by file_id
-    return parts
-
-
-def _reasoning_part(item: dict[str, Any]) -> Part:
-    texts = item.get("content") or item.get("summary") or []
-    text = "\n\n".join(t["text"] for t in texts)
-    signature = item.get("encrypted_content")
-    if not text and signature:
-        # Reasoning sent encrypted and nothing else: Anthropic's redacted thinking, or
-        # OpenAI's encrypted reasoning; either way only its own format can read it.
-        return RedactedReasoningPart(signature)
-    return ReasoningPart(text, signature)
-
-
-def messages_of(items: list[dict[str, Any]]) -> list[Message]:
-    """The canonical messages of items in their listed shape. What the assistant did in
-    a row (messages, reasoning, function calls) is one assistant message."""
-    messages: list[Message] = []
-
-    def assistant(part: Part) -> None:
-        if messages and messages[-1].role == "assistant":
-            messages[-1].parts.append(part)
-        else:
-            messages.append(Message("assistant", [part]))
-
-    for item in items:
-        kind = item.get("type")
-        if kind == "message":
-            role: Role = item["role"]
-            parts = _parts(item["content"])
-            if role == "assistant":
-                for part in parts:
-                    assistant(part)
-            else:
-                messages.append(Message(role, parts))
-        elif kind == "function_call":
-            assistant(ToolCallPart(item["call_id"], item["name"], item["arguments"]))
-        elif kind == "function_call_output":
-            output = item["output"]
-            if isinstance(output, str):
-                result: list[TextPart | ImagePart] = [TextPart(output)]
-            else:
-                result = []
-                for part in _parts(output):
-                    if isinstance(part, TextPart | ImagePart):
-                        result.append(part)
-                    else:
-                        result = []
-                        break
-                if not result and output:
-                    # A file in a tool result has no canonical form: keep the item whole.
-                    messages.append(Message("tool", [OpaquePart(FORMAT, item)]))
-                    continue
-            messages.append(Message("tool", [ToolResultPart(item["call_id"], result)]))
-        elif kind == "reasoning":
-            assistant(_reasoning_part(item))
-        elif kind in BUILTIN_OUTPUT_ITEMS:
-            messages.append(Message("tool", [OpaquePart(FORMAT, item)]))
-        else:
-            assistant(OpaquePart(FORMAT, item))
-    return messages
-
-
-# -- the other fields ------------------------------------------------------------
+# -- the fields besides input ---------------------------------------------------
 
 
 def _tools(value: Any) -> tuple[list[Tool], list[dict[str, Any]], list[dict[str, Any]]]:
@@ -399,7 +99,7 @@ def _tools(value: Any) -> tuple[list[Tool], list[dict[str, Any]], list[dict[str,
     echo: list[dict[str, Any]] = []
     for i, item in enumerate(value):
         at = f"tools[{i}]"
-        item = _object(item, at)
+        item = need_object(item, at)
         kind = item.get("type")
         if not isinstance(kind, str):
             raise fail(f"'{at}.type' must be a string", f"{at}.type")
@@ -410,7 +110,7 @@ def _tools(value: Any) -> tuple[list[Tool], list[dict[str, Any]], list[dict[str,
         name = item.get("name")
         if not isinstance(name, str) or not name:
             raise fail(f"'{at}.name' is required", f"{at}.name")
-        description = _optional_string(item, "description", at)
+        description = optional_string(item, "description", at)
         parameters = item.get("parameters")
         if parameters is not None and not isinstance(parameters, dict):
             raise fail(f"'{at}.parameters' must be an object", f"{at}.parameters")
@@ -451,12 +151,12 @@ def _tool_choice(value: Any, tools: list[Tool], extra: dict[str, Any]) -> ToolCh
 def _text_format(value: Any, extra: dict[str, Any]) -> tuple[ResponseFormat | None, Any]:
     if value is None:
         return None, {"format": {"type": "text"}}
-    text = _object(value, "text")
+    text = need_object(value, "text")
     rest = {k: v for k, v in text.items() if k != "format" and v is not None}
     fmt = text.get("format")
     response_format: ResponseFormat | None = None
     if fmt is not None:
-        fmt = _object(fmt, "text.format")
+        fmt = need_object(fmt, "text.format")
         kind = fmt.get("type")
         if kind in ("text", "json_object"):
             response_format = ResponseFormat(kind)
@@ -486,8 +186,8 @@ def _text_format(value: Any, extra: dict[str, Any]) -> tuple[ResponseFormat | No
 def _reasoning_options(value: Any, extra: dict[str, Any]) -> tuple[Reasoning | None, bool, Any]:
     if value is None:
         return None, False, {"effort": None, "summary": None}
-    options = _object(value, "reasoning")
-    effort = _optional_string(options, "effort", "reasoning")
+    options = need_object(value, "reasoning")
+    effort = optional_string(options, "effort", "reasoning")
     summary = options.get("summary") or options.get("generate_summary")
     if summary is not None and summary not in _SUMMARY_MODES:
         raise fail(
@@ -525,7 +225,7 @@ def _flag(data: dict[str, Any], name: str, default: bool | None) -> bool | None:
 def _metadata(value: Any) -> dict[str, str]:
     if value is None:
         return {}
-    metadata = _object(value, "metadata")
+    metadata = need_object(value, "metadata")
     if len(metadata) > 16:
         raise fail("'metadata' holds at most 16 keys", "metadata")
     for key, item in metadata.items():
@@ -565,7 +265,7 @@ def decode_responses(body: bytes) -> ResponsesRequest:
         )
     previous = data.get("previous_response_id")
     if previous is not None:
-        previous = _string(previous, "previous_response_id")
+        previous = need_string(previous, "previous_response_id")
     if data.get("input") is None:
         if previous is None:
             raise fail("'input' is required", "input")
@@ -574,7 +274,7 @@ def decode_responses(body: bytes) -> ResponsesRequest:
         items = normalise_items(data["input"])
     instructions = data.get("instructions")
     if instructions is not None:
-        instructions = _string(instructions, "instructions")
+        instructions = need_string(instructions, "instructions")
     stream = _flag(data, "stream", False)
     store = _flag(data, "store", True)
     parallel = _flag(data, "parallel_tool_calls", None)
@@ -587,7 +287,7 @@ def decode_responses(body: bytes) -> ResponsesRequest:
         raise fail("'max_output_tokens' must be an integer of at least 16", "max_output_tokens")
     user = data.get("user")
     if user is not None:
-        user = _string(user, "user")
+        user = need_string(user, "user")
     metadata = _metadata(data.get("metadata"))
 
     extra = {k: v for k, v in data.items() if k not in _READ and v is not None}
