@@ -156,6 +156,7 @@ def test_a_chat_upstream_refuses_what_it_cannot_carry_and_drops_what_does_not_ma
     ("body", "param"),
     [
         ({"input": 3}, "input"),
+        ({"input": []}, "input"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
         ({"input": [{"role": "user", "content": [{"type": "audio"}]}]}, "input[0].content[0].type"),
         ({"input": [{"type": "function_call", "name": "f"}]}, "input[0].call_id"),

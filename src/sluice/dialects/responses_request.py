@@ -266,12 +266,9 @@ def decode_responses(body: bytes) -> ResponsesRequest:
     previous = data.get("previous_response_id")
     if previous is not None:
         previous = need_string(previous, "previous_response_id")
-    if data.get("input") is None:
-        if previous is None:
-            raise fail("'input' is required", "input")
-        items: list[dict[str, Any]] = []
-    else:
-        items = normalise_items(data["input"])
+    items = normalise_items(data["input"]) if data.get("input") is not None else []
+    if not items and previous is None:
+        raise fail("'input' is required and must not be empty", "input")
     instructions = data.get("instructions")
     if instructions is not None:
         instructions = need_string(instructions, "instructions")
