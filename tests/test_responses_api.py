@@ -528,3 +528,19 @@ def test_records_name_the_api(start_gateway: StartGateway) -> None:
         (f"/v1/responses/{response_id}", "openai_responses", "ok"),
     ]
     assert rows[0]["output_tokens"] > 0
+    assert response_id == f"resp_{rows[0]['id']}"  # the response is named after its record
+
+
+def test_keep_alives_while_the_first_token_is_awaited(start_gateway: StartGateway) -> None:
+    slow: dict[str, Any] = {"provider": "simulator", "ttft": 0.6, "tokens_per_second": 0}
+    gateway = start_gateway({**SIMULATOR, "models": {"*": slow}, "keepalive_interval": 0.1})
+    body = {"model": "story", "input": "Tell me a story", "stream": True}
+    with (
+        httpx.Client(timeout=20) as client,
+        client.stream("POST", f"{gateway.api}/responses", json=body) as response,
+    ):
+        raw = b"".join(response.iter_raw())
+    assert raw.startswith(b": keep-alive\n\n")
+    events = list(sdk(gateway).responses.create(**body))
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[-1].type == "response.completed"
