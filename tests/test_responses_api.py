@@ -1,5 +1,5 @@
 """The OpenAI Responses API through the official SDK, against the simulator and the
-OpenAI-compatible test upstream: streams, JSON, the stream helper, function tools,
+OpenAI-compatible test upstream: streams, JSON, responses.stream(), function tools,
 reasoning, stored responses and conversations, failures before and after the first byte."""
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def test_a_json_response(served: tuple[RunningGateway, str, str | None]) -> None
     openapi.validator("Response").validate(response.model_dump(exclude_unset=True))
 
 
-def test_the_stream_helper_and_the_stored_response(
+def test_responses_stream_and_the_stored_response(
     served: tuple[RunningGateway, str, str | None],
 ) -> None:
     gateway, model, _ = served
@@ -318,7 +318,7 @@ def test_a_failure_after_the_first_byte_is_an_error_event(
     assert failed.output[0].status == "incomplete"
     stored = client.responses.retrieve(failed.id)
     assert stored.status == "failed" and stored.error is not None
-    # The stream helper says so too.
+    # responses.stream() says so too.
     with client.responses.stream(model=model, input="Tell me a story") as stream:
         types = [e.type for e in stream]
         assert types[-1] == "response.failed"
