@@ -9,20 +9,20 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
 
 from sluice import config
 from sluice.config import Settings
-from sluice.dialects import Dialect
+from sluice.dialects import Dialect, Encoder
 from sluice.dialects.anthropic_messages import AnthropicMessagesDialect, count_tokens_body
 from sluice.dialects.openai_chat import OpenAIChatDialect
 from sluice.dialects.openai_embeddings import OpenAIEmbeddingsDialect
 from sluice.dialects.text import TextDialect
 from sluice.errors import MethodNotAllowed, NotFound, SluiceError
-from sluice.events import ChatRequest, estimate_input_tokens, transcript
+from sluice.events import Batch, ChatRequest, estimate_input_tokens, transcript
 from sluice.exchange import ClientGone, Exchange, Receive, Scope, Send
 from sluice.journal import journals_for
 from sluice.policies import Call, Handler, pipeline
@@ -35,9 +35,11 @@ from sluice.pricing import PriceTable
 from sluice.providers.http import Pool
 from sluice.providers.registry import Providers
 from sluice.relay import relay
+from sluice.responses_api import ResponsesAPI
 from sluice.state import SharedState, open_state
 from sluice.store import Record, RecordStore
 from sluice.store.keys import KeyStore
+from sluice.store.responses import ResponseStore, SQLiteResponseStore
 
 log = logging.getLogger("sluice")
 
@@ -125,6 +127,8 @@ class Gateway:
                 flush_interval=settings.record_flush_interval,
             )
         self.store: RecordStore = store
+        # Stored responses of the Responses API live in the record database too.
+        self.responses: ResponseStore = SQLiteResponseStore(settings.db_path)
         # Keys live in the record database (a worker thread reads them, cached briefly).
         self.keys = KeyStore(settings.db_path, cache_ttl=settings.key_cache_ttl)
         self._auth = Authenticator(settings, self.keys)
@@ -140,12 +144,18 @@ class Gateway:
         self._anthropic = AnthropicMessagesDialect()
         self.routes = RouteTable()
         text, openai, anthropic = self._text, self._openai, self._anthropic
+        api = ResponsesAPI(self.responses, self._serve, settings.max_body_bytes)
+        responses = api.dialect
         for method, path, route in (
             ("GET", "/", Route(text, self._generate)),
             ("POST", "/v1/chat/completions", Route(openai, self._generate)),
             ("POST", "/v1/embeddings", Route(embeddings, self._generate)),
             ("GET", "/v1/models", Route(openai, self._models)),
             ("GET", "/v1/models/{rest}", Route(openai, self._model)),
+            ("POST", "/v1/responses", Route(responses, api.create)),
+            ("GET", "/v1/responses/{id}", Route(responses, api.retrieve)),
+            ("DELETE", "/v1/responses/{id}", Route(responses, api.delete)),
+            ("GET", "/v1/responses/{id}/input_items", Route(responses, api.input_items)),
             ("GET", "/healthz", Route(openai, self._health)),
             ("GET", "/readyz", Route(openai, self._ready)),
             ("POST", "/v1/messages", Route(anthropic, self._generate)),
@@ -189,6 +199,7 @@ class Gateway:
             Router(self.settings, self._providers, self._state),
         )
         await self.store.start()
+        await self.responses.start()
         _tune_gc()
         for name, deployment in self.settings.models.items():
             if deployment.provider == "simulator":
@@ -208,6 +219,7 @@ class Gateway:
         if self._pool is not None:
             await self._pool.close()
         await self.store.close()
+        await self.responses.close()
         await asyncio.to_thread(self.keys.close)
         if self._state is not None:
             await self._state.close()
@@ -311,7 +323,16 @@ class Gateway:
         )
         await self._serve(exchange, dialect, request)
 
-    async def _serve(self, exchange: Exchange, dialect: Dialect, request: ChatRequest) -> None:
+    async def _serve(
+        self,
+        exchange: Exchange,
+        dialect: Dialect,
+        request: ChatRequest,
+        encoder: Encoder | None = None,
+        wrap: Callable[[AsyncGenerator[Batch, None]], AsyncGenerator[Batch, None]] | None = None,
+    ) -> None:
+        """Serve ``request`` through the pipeline to the client: with the dialect's encoder
+        unless one is given, the event stream passed through ``wrap`` when given."""
         record = exchange.record
         record.api = dialect.name
         record.model = request.model
@@ -326,10 +347,13 @@ class Gateway:
             key=exchange.key,
             public=exchange.public,
         )
-        encoder = dialect.encoder(request, f"{dialect.id_prefix}{record.id}")
+        if encoder is None:
+            encoder = dialect.encoder(request, f"{dialect.id_prefix}{record.id}")
         if encoder.streaming and not self.settings.store_content:
             call.verbatim = encoder.verbatim
         stream = self._handler(request, call)
+        if wrap is not None:
+            stream = wrap(stream)
         task = asyncio.current_task()
         assert task is not None
         watcher = exchange.watch_disconnect(task)

@@ -124,3 +124,31 @@ def m003_keys(db: sqlite3.Connection) -> None:
         )
         """
     )
+
+
+@migration
+def m004_responses(db: sqlite3.Connection) -> None:
+    # Stored responses of the OpenAI Responses API (store: true), so that any instance on
+    # this database can retrieve one or continue its conversation. ``previous_response_id``
+    # links a response to the one it continues; the JSON columns hold the input items as
+    # given, the output items, usage and error, and ``body`` the Response object's other
+    # fields (tools, tool_choice, sampling, metadata, ...).
+    db.execute(
+        """
+        CREATE TABLE responses (
+            id TEXT PRIMARY KEY,
+            created_at REAL NOT NULL,
+            model TEXT NOT NULL,
+            status TEXT NOT NULL,
+            key_id TEXT,
+            previous_response_id TEXT,
+            instructions TEXT,
+            input_items TEXT NOT NULL,
+            output TEXT NOT NULL,
+            usage TEXT,
+            error TEXT,
+            body TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX responses_created_at ON responses (created_at)")
