@@ -299,7 +299,7 @@ def test_the_key_ignores_only_what_does_not_change_the_answer() -> None:
     same = [
         key(),
         key(temperature=0.0, top_p=None),  # 0.0 is 0; null is absent
-        key(user="someone", metadata={"a": 1}, store=True, service_tier="auto"),
+        key(user="someone", metadata={"a": "1"}, store=True, service_tier="auto"),
         key([{"role": "user", "content": [{"type": "text", "text": "hi"}]}]),
         key([{"role": "user", "content": "hi", "name": None}]),
     ]
