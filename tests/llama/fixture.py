@@ -1,4 +1,4 @@
-"""Run llama-cpp-python's OpenAI-compatible server on the tiny test model.
+"""Run llama.cpp's own server, ``llama-server``, on the tiny test model.
 
 Usage::
 
@@ -6,18 +6,20 @@ Usage::
         client = openai.OpenAI(base_url=base_url, api_key="unused")
         ...
 
-The model is served under the name ``tiny`` (``LLAMA_MODEL``).  When ``llama_cpp`` is not
-importable the calling test is skipped, except in CI (``CI`` set to a true value), where it
-fails: CI must install ``llama-cpp-python[server]``.
+The model is served under the name ``tiny`` (``LLAMA_MODEL``), for chat and embeddings
+alike.  Streamed responses end with the server closing the connection (see
+``NO_KEEPALIVE``).  The binary is
+``$SLUICE_LLAMA_SERVER`` when set, else ``.cache/llama/llama-server``, which
+``scripts/build-llama-server`` (run by ``scripts/test``) builds.  When it is missing the
+calling test is skipped, except in CI (``CI`` set to a true value), where it fails.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
+import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,25 +34,36 @@ LLAMA_MODEL = "tiny"
 N_CTX = 512
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
+BINARY_ENV = "SLUICE_LLAMA_SERVER"
+DEFAULT_BINARY = Path(__file__).resolve().parents[2] / ".cache" / "llama" / "llama-server"
+#: llama-server closes the connection right after every streamed response, yet announces
+#: keep-alive: a client that reuses the connection races the close and may fail with
+#: "Server disconnected without sending a response". Clients of the raw server in tests
+#: therefore open a connection per request.
+NO_KEEPALIVE = httpx.Limits(max_keepalive_connections=0)
 
 
 def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
 
-def require_llama_cpp() -> None:
-    """Skip (locally) or fail (in CI) when llama-cpp-python's server is not installed."""
-    missing = [
-        name
-        for name in ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context")
-        if importlib.util.find_spec(name) is None
-    ]
-    if not missing:
-        return
-    reason = (
-        f"llama-cpp-python server not importable (missing: {', '.join(missing)}); "
-        "install with: pip install 'llama-cpp-python[server]'"
-    )
+def llama_server_binary() -> Path | None:
+    """The llama-server to run: ``$SLUICE_LLAMA_SERVER`` (a path or a name on PATH), else
+    the one scripts/build-llama-server built; None when neither is an executable."""
+    configured = os.environ.get(BINARY_ENV, "").strip()
+    if configured:
+        found = shutil.which(configured)
+        return Path(found) if found else None
+    return DEFAULT_BINARY if os.access(DEFAULT_BINARY, os.X_OK) else None
+
+
+def require_llama_server() -> Path:
+    """The binary, or skip (locally) / fail (in CI) when there is none."""
+    binary = llama_server_binary()
+    if binary is not None:
+        return binary
+    where = os.environ.get(BINARY_ENV) or str(DEFAULT_BINARY)
+    reason = f"llama-server not found at {where}; build it with: scripts/build-llama-server"
     if _in_ci():
         pytest.fail(f"{reason} -- it is required in CI", pytrace=False)
     pytest.skip(reason)
@@ -84,69 +97,78 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def start_llama_server(
-    tmp_dir: Path, *, startup_timeout: float = STARTUP_TIMEOUT_S
+    tmp_dir: Path, *, startup_timeout: float = STARTUP_TIMEOUT_S, embeddings: bool = True
 ) -> Iterator[str]:
     """Write the tiny model into ``tmp_dir``, serve it, yield ``http://127.0.0.1:PORT/v1``.
 
-    The server runs with one thread for generation and for prompt processing (identical
-    float results request after request, so greedy output is reproducible) and with
-    ``interrupt_requests`` off: by default llama-cpp-python ends an in-flight stream (with
-    ``data: [DONE]`` and no finish chunk) as soon as another request arrives; off, requests
-    queue on the server's single model lock instead.
+    One slot (``--parallel 1``): overlapping requests queue instead of being batched
+    together, and one thread for generation and for prompt processing, so every request
+    computes the same floats and greedy output is reproducible.  ``embeddings`` (the
+    default) adds ``--embeddings --pooling mean``: ``/v1/embeddings`` answers only then
+    (the tiny model names no pooling type, and the OpenAI shape needs one); chat output
+    is the same either way.
     """
-    require_llama_cpp()
+    binary = require_llama_server()
     tmp_dir.mkdir(parents=True, exist_ok=True)
     model_path = tmp_dir / "tiny.gguf"
     write_tiny_model(model_path)
     log_path = tmp_dir / "llama-server.log"
     port = _free_port()
     cmd = [
-        sys.executable,
-        "-m",
-        "llama_cpp.server",
+        str(binary),
         "--model",
         str(model_path),
-        "--model_alias",
+        "--alias",
         LLAMA_MODEL,
         "--host",
         "127.0.0.1",
         "--port",
         str(port),
-        "--n_ctx",
+        "--ctx-size",
         str(N_CTX),
-        "--n_threads",
+        "--parallel",
         "1",
-        "--n_threads_batch",
+        "--threads",
+        "1",
+        "--threads-batch",
         "1",
         "--seed",
         "1234",
-        "--use_mlock",
-        "false",
-        "--interrupt_requests",
-        "false",
+        "--no-webui",
+        "--no-warmup",
     ]
+    if embeddings:
+        cmd += ["--embeddings", "--pooling", "mean"]
+    # llama-server reads LLAMA_ARG_* variables as options: only the command line counts.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_")}
     base_url = f"http://127.0.0.1:{port}/v1"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_dir
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_dir,
+            env=env,
         )
     try:
         deadline = time.monotonic() + startup_timeout
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(
-                    f"llama server exited with code {proc.returncode} before answering:\n"
+                    f"llama-server exited with code {proc.returncode} before answering:\n"
                     f"{_log_tail(log_path)}"
                 )
             try:
-                r = httpx.get(f"{base_url}/models", timeout=2.0, trust_env=False)
+                # 503 while the model loads, 200 once it can serve.
+                r = httpx.get(f"{base_url}/health", timeout=2.0, trust_env=False)
                 if r.status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"llama server did not answer GET /v1/models within {startup_timeout}s:\n"
+                    f"llama-server did not answer GET /v1/health within {startup_timeout}s:\n"
                     f"{_log_tail(log_path)}"
                 )
             time.sleep(0.1)
