@@ -74,13 +74,14 @@ def test_relay_is_unchanged_in_content(gateway: RunningGateway, llama_url: str, 
         http_client=openai.DefaultHttpxClient(trust_env=False, limits=NO_KEEPALIVE),
     )
     through = openai.OpenAI(base_url=gateway.api, api_key="unused", max_retries=0)
-    want_text, want_finish, _ = _stream(direct, LLAMA_MODEL)
+    want_text, want_finish, upstream_chunks = _stream(direct, LLAMA_MODEL)
     got_text, got_finish, chunks = _stream(through, model)
     assert want_text
     assert got_text == want_text
     assert got_finish == want_finish
-    if model == "tiny-alias":
-        assert {c.model for c in chunks} == {"tiny-alias"}
+    # Clients see the model the upstream said answered, alias or not, in every chunk.
+    assert {c.model for c in chunks} == {c.model for c in upstream_chunks}
+    assert len({c.id for c in chunks}) == 1
 
     # Non-streaming through the gateway gives the same text.
     completion = through.chat.completions.create(
