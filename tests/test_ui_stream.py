@@ -138,7 +138,7 @@ def test_text_and_the_request_the_upstream_got(gateway: RunningGateway, upstream
         gateway,
         "normal",
         messages=[system, USER, earlier, {**USER, "id": "u2"}],
-        body={"temperature": 0.5, "maxOutputTokens": 99, "sessionId": "the app's own"},
+        body={"temperature": 0.5, "maxOutputTokens": 99, "projectId": "the app's own"},
         trigger="regenerate-message",
     )
     assert out["errors"] == []
@@ -157,7 +157,7 @@ def test_text_and_the_request_the_upstream_got(gateway: RunningGateway, upstream
         {"role": "user", "content": "Tell me a story"},
     ]
     assert sent["temperature"] == 0.5 and sent["max_tokens"] == 99
-    assert "sessionId" not in sent  # the application's field, not the model's
+    assert "projectId" not in sent  # the application's field, not the model's
 
 
 def test_default_model(start_gateway: StartGateway, upstream: Any) -> None:

@@ -61,7 +61,7 @@ def chunks(raw: bytes) -> list[dict[str, Any]]:
 
 
 def test_model_and_settings_from_the_body() -> None:
-    decoded = decode([USER], model="gpt", system="Be brief.", topP=0.5, sessionId="x")
+    decoded = decode([USER], model="gpt", system="Be brief.", topP=0.5, projectId="x")
     request = decoded.request
     assert (request.model, request.source, request.top_p) == ("gpt", "ui_stream", 0.5)
     assert request.system == [TextPart("Be brief.")]
