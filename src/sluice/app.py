@@ -40,6 +40,7 @@ from sluice.state import SharedState, open_state
 from sluice.store import Record, RecordStore
 from sluice.store.keys import KeyStore
 from sluice.store.responses import ResponseStore, SQLiteResponseStore
+from sluice.ui_chat_api import UIChatAPI
 
 log = logging.getLogger("sluice")
 
@@ -146,6 +147,12 @@ class Gateway:
         text, openai, anthropic = self._text, self._openai, self._anthropic
         api = ResponsesAPI(self.responses, self._serve, settings.max_body_bytes)
         responses = api.dialect
+        ui = UIChatAPI(
+            self._serve,
+            settings.max_body_bytes,
+            settings.default_model,
+            settings.keepalive_interval,
+        )
         for method, path, route in (
             ("GET", "/", Route(text, self._generate)),
             ("POST", "/v1/chat/completions", Route(openai, self._generate)),
@@ -160,6 +167,9 @@ class Gateway:
             ("GET", "/readyz", Route(openai, self._ready)),
             ("POST", "/v1/messages", Route(anthropic, self._generate)),
             ("POST", "/v1/messages/count_tokens", Route(anthropic, self._count_tokens)),
+            ("POST", "/api/chat", Route(ui.dialect, ui.create)),
+            ("GET", "/api/chat/{id}/stream", Route(ui.dialect, ui.resume)),
+            ("POST", "/api/chat/{id}/stop", Route(ui.dialect, ui.stop)),
         ):
             self.routes.add(method, path, route)
 

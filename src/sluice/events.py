@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 #: The wire formats Sluice reads and writes: one upstream module and one client
-#: dialect each. ``sluice`` is the simulator's (it has no bytes of its own).
-WireFormat = Literal["openai_chat", "anthropic_messages", "openai_responses", "sluice"]
+#: dialect each. ``sluice`` is the simulator's (it has no bytes of its own);
+#: ``ui_stream`` (the Vercel AI SDK's UI messages) is only ever a client's.
+WireFormat = Literal["openai_chat", "anthropic_messages", "openai_responses", "sluice", "ui_stream"]
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 #: The closed set of reasons a choice ends; ``Finish.native`` keeps the upstream's word.
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error", "other"]
