@@ -68,3 +68,5 @@ class VirtualKey:
     created_at: float = 0.0
     #: The master key (``SLUICE_MASTER_KEY``): admin, and a client key with no limits.
     master: bool = False
+    #: May sign in to the console (``sluice keys create --admin``), as the master key does.
+    admin: bool = False

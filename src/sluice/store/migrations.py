@@ -152,3 +152,9 @@ def m004_responses(db: sqlite3.Connection) -> None:
         """
     )
     db.execute("CREATE INDEX responses_created_at ON responses (created_at)")
+
+
+@migration
+def m005_key_admin(db: sqlite3.Connection) -> None:
+    # An admin key may sign in to the console, as the master key does.
+    db.execute("ALTER TABLE keys ADD COLUMN admin INTEGER NOT NULL DEFAULT 0")
