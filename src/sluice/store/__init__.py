@@ -35,6 +35,8 @@ class Record:
     cost_usd: float | None = None
     cache: str | None = None  # hit | miss | coalesced | bypass
     attempts: int = 0  # upstream attempts made (retries and fallbacks included)
+    #: When each batch of the stream arrived, encoded by ``store.timeline`` (a few KB).
+    timeline: bytes | bytearray | None = None
 
 
 class RecordStore(Protocol):

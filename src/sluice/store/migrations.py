@@ -158,3 +158,9 @@ def m004_responses(db: sqlite3.Connection) -> None:
 def m005_key_admin(db: sqlite3.Connection) -> None:
     # An admin key may sign in to the console, as the master key does.
     db.execute("ALTER TABLE keys ADD COLUMN admin INTEGER NOT NULL DEFAULT 0")
+
+
+@migration
+def m006_request_timeline(db: sqlite3.Connection) -> None:
+    # When each batch of a stream arrived (store/timeline.py): a few KB at most.
+    db.execute("ALTER TABLE requests ADD COLUMN timeline BLOB")
