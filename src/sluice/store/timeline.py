@@ -10,10 +10,11 @@ tells the relay how many more one-byte marks fit.
 
 The size is bounded. Once the marks pass ``MAX_BYTES`` they are merged at a coarser
 grain, doubled until they fit in half of it: a mark only once ``grain`` ms passed since
-the previous one, carrying every delta since (the marks up to the first delta excepted). The relay then marks at that grain too
-(a batch sooner than that is left for the next mark), so a long stream keeps its whole
-span, the first token and every stall longer than the grain, and costs less per batch,
-not more. The deltas after the last mark of a stream cut short are lost.
+the previous one, carrying every delta since (the marks up to the first delta
+excepted). The relay then marks at that grain too (a batch sooner than that is left for
+the next mark), so a long stream keeps its whole span, the first token and every stall
+longer than the grain, and costs less per batch, not more. The deltas after the last
+mark of a stream cut short are lost.
 """
 
 from __future__ import annotations
