@@ -350,13 +350,14 @@ def test_the_console_in_a_browser(gateway: RunningGateway, page: Page, tmp_path:
     expect(page.locator("#cards .card").first).to_contain_text("8")
     expect(page.locator("#by-group tbody tr")).to_have_count(3)  # story, slow, missing
     expect(page.locator("#by-group")).to_contain_text("story")
+    page.screenshot(path=str(shots / "overview.png"), full_page=True)
     page.click(".segmented button[data-value=key]")
     expect(page.locator("#by-group")).to_contain_text("master")
     page.click(".segmented button[data-value=day]")
     expect(page.locator("#charts .uplot")).to_have_count(6)
     page.click(".segmented button[data-value=model]")
     expect(page.locator("#by-group")).to_contain_text("story")
-    page.screenshot(path=str(shots / "overview.png"), full_page=True)
+    page.screenshot(path=str(shots / "overview-day.png"), full_page=True)
 
     # Requests: every seeded one, filtered, and new ones appear live.
     page.click("nav a[data-page=requests]")
