@@ -221,6 +221,13 @@ def test_every_change_needs_the_csrf_token_and_the_own_origin(gateway: RunningGa
     listing = call(gateway, "GET", "/ui/api/keys", base)
     assert key["key"].encode() not in listing.body and key["id"].encode() in listing.body
     path = f"/ui/api/keys/{key['id']}"
+    limits = json.dumps({"rpm": 5, "budget_usd": 1.5, "models": ["story"]})
+    assert call(gateway, "POST", path, {**base, "origin": own}, limits).status == 403
+    changed = call(gateway, "POST", path, allowed, limits)
+    assert changed.status == 200
+    assert (changed.json()["rpm"], changed.json()["models"]) == (5, ["story"])
+    bad = call(gateway, "POST", path, allowed, json.dumps({"rpm": -1}))
+    assert bad.status == 400 and "rpm" in bad.json()["error"]
     assert call(gateway, "DELETE", path, {**base, "origin": own}).status == 403
     revoked = call(gateway, "DELETE", path, {**base, "origin": own, "x-csrf-token": token})
     assert revoked.status == 200 and revoked.json()["revoked"] is True
@@ -411,6 +418,25 @@ def test_the_console_in_a_browser(gateway: RunningGateway, page: Page, tmp_path:
     page.reload()
     expect(page.locator("#keys tr", has_text="web-app")).to_have_count(1)
     assert secret not in page.content()  # shown once, never again
+    # Its limits, changed in place.
+    page.locator("#keys tr", has_text="web-app").locator("button[data-edit]").click()
+    page.fill("form[data-limits] input[name=rpm]", "1")
+    page.fill("form[data-limits] input[name=budget_usd]", "4")
+    page.click("form[data-limits] button[type=submit]")
+    row = page.locator("#keys tr", has_text="web-app")
+    expect(row).to_contain_text("1 rpm")
+    expect(row).to_contain_text("of $4.00")
+
+    def limited() -> bool:  # one request a minute now: the second is refused
+        with openai.OpenAI(base_url=gateway.api, api_key=secret, max_retries=0) as sdk:
+            try:
+                for _ in range(2):
+                    sdk.chat.completions.create(model="story", messages=MESSAGES)
+            except openai.RateLimitError:
+                return True
+        return False
+
+    until(limited, timeout=10, every=0.5)
     page.on("dialog", lambda dialog: dialog.accept())
     page.locator("#keys tr", has_text="web-app").locator("button[data-revoke]").click()
     expect(page.locator("#keys tr", has_text="web-app")).to_contain_text("revoked")

@@ -181,6 +181,25 @@ class KeyStore:
         )
         return None if row is None else _key(row)
 
+    def set_limits(
+        self,
+        key_id: str,
+        *,
+        models: Sequence[str] = (),
+        rpm: int | None = None,
+        tpm: int | None = None,
+        budget_usd: float | None = None,
+    ) -> VirtualKey | None:
+        """Replace the key's models and limits; None if there is no such key. Gateways
+        see the change within ``cache_ttl``, as they see a revocation."""
+        self._run(
+            lambda db: db.execute(
+                "UPDATE keys SET models = ?, rpm = ?, tpm = ?, budget_usd = ? WHERE id = ?",
+                (json.dumps(list(models)) if models else None, rpm, tpm, budget_usd, key_id),
+            )
+        )
+        return self.get(key_id)
+
     def revoke(self, key_id: str) -> VirtualKey | None:
         """Revoke the key; None if there is no such key. Revoking twice keeps the first time."""
         self._run(

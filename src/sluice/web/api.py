@@ -124,6 +124,8 @@ class API:
                 return 200, {"models": self._models(), "default": self._default_model}
         elif method == "POST" and path == "keys":
             return 201, await self._create(receive)
+        elif method == "POST" and path.startswith("keys/"):
+            return await self._set_limits(receive, path.removeprefix("keys/"))
         elif method == "DELETE" and path.startswith("keys/"):
             key_id = path.removeprefix("keys/")
             if await asyncio.to_thread(self.keys.get, key_id) is None:
@@ -142,35 +144,11 @@ class API:
         )
 
     async def _create(self, receive: Receive) -> dict[str, Any]:
-        try:
-            body = orjson.loads(await read_body(receive, 64 * 1024))
-        except orjson.JSONDecodeError:
-            raise BadRequest("expected a JSON object") from None
-        except BodyError as exc:
-            raise BadRequest(str(exc)) from None
-        if not isinstance(body, dict):
-            raise BadRequest("expected a JSON object")
+        body = await _object(receive)
         name = str(body.get("name") or "").strip()
         if not name:
             raise BadRequest("name: expected a name")
-        models_raw = body.get("models") or []
-        if isinstance(models_raw, str):
-            models_raw = [m for m in models_raw.split(",")]
-        if not isinstance(models_raw, list):
-            raise BadRequest("models: expected a list of model names")
-        models = list(dict.fromkeys(str(m).strip() for m in models_raw if str(m).strip()))
-        rpm = _positive(body, "rpm")
-        tpm = _positive(body, "tpm")
-        budget = body.get("budget_usd")
-        if budget in (None, ""):
-            budget = None
-        elif (
-            not isinstance(budget, int | float)
-            or isinstance(budget, bool)
-            or not math.isfinite(budget)
-            or budget < 0
-        ):
-            raise BadRequest("budget_usd: expected a non-negative amount")
+        models, rpm, tpm, budget = _limits(body)
         expires = str(body.get("expires") or "").strip()
         expires_at = parse_expiry(expires, time.time()) if expires else None
         admin = body.get("admin") is True
@@ -180,12 +158,60 @@ class API:
                 models=models,
                 rpm=rpm,
                 tpm=tpm,
-                budget_usd=None if budget is None else float(budget),
+                budget_usd=budget,
                 expires_at=expires_at,
                 admin=admin,
             )
         )
         return {"key": secret, **KeyRow(key, shown(secret), None, 0.0).as_dict()}
+
+    async def _set_limits(self, receive: Receive, key_id: str) -> tuple[int, Any]:
+        models, rpm, tpm, budget = _limits(await _object(receive))
+        key = await asyncio.to_thread(
+            lambda: self.keys.set_limits(key_id, models=models, rpm=rpm, tpm=tpm, budget_usd=budget)
+        )
+        if key is None:
+            return 404, {"error": f"no key with id {key_id!r}"}
+        row = next(row for row in await asyncio.to_thread(self.keys.rows) if row.key.id == key_id)
+        return 200, row.as_dict()
+
+
+async def _object(receive: Receive) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await read_body(receive, 64 * 1024))
+    except orjson.JSONDecodeError:
+        raise BadRequest("expected a JSON object") from None
+    except BodyError as exc:
+        raise BadRequest(str(exc)) from None
+    if not isinstance(body, dict):
+        raise BadRequest("expected a JSON object")
+    return body
+
+
+def _limits(body: dict[str, Any]) -> tuple[list[str], int | None, int | None, float | None]:
+    """A key's models and limits from a JSON body: names, rpm, tpm, budget (USD)."""
+    raw = body.get("models") or []
+    if isinstance(raw, str):
+        raw = raw.split(",")
+    if not isinstance(raw, list):
+        raise BadRequest("models: expected a list of model names")
+    models = list(dict.fromkeys(str(m).strip() for m in raw if str(m).strip()))
+    budget = body.get("budget_usd")
+    if budget in (None, ""):
+        budget = None
+    elif (
+        not isinstance(budget, int | float)
+        or isinstance(budget, bool)
+        or not math.isfinite(budget)
+        or budget < 0
+    ):
+        raise BadRequest("budget_usd: expected a non-negative amount")
+    return (
+        models,
+        _positive(body, "rpm"),
+        _positive(body, "tpm"),
+        None if budget is None else float(budget),
+    )
 
 
 def _positive(body: dict[str, Any], name: str) -> int | None:

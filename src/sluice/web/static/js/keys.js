@@ -70,7 +70,8 @@ export async function keys(main) {
         await load();
       },
     });
-    return el(
+    const edit = el("button", { type: "button", text: "Limits", "data-edit": k.id, onclick: () => editRow(tr, k) });
+    const tr = el(
       "tr",
       { "data-key": k.id },
       el("td", {}, el("code", { text: k.id })),
@@ -80,8 +81,45 @@ export async function keys(main) {
       el("td", {}, spend, bar),
       el("td", { text: k.expires_at ? fmt.time(k.expires_at) : "never" }),
       el("td", {}, el("span", { class: `badge ${status}`, text: status }), k.admin ? el("span", { class: "badge admin", text: "admin" }) : null),
-      el("td", {}, status === "active" ? revoke : null),
+      el("td", { class: "actions" }, status === "active" ? [edit, revoke] : null),
     );
+    return tr;
+  }
+
+  // Limits in place: models, requests and tokens per minute, budget.
+  function editRow(tr, k) {
+    const field = (name, value, attrs = {}) => el("input", { name, value: value ?? "", ...attrs });
+    const form = el(
+      "form",
+      { class: "limits", "data-limits": k.id },
+      el("label", {}, "Models", field("models", k.models.join(", "), { placeholder: "all" })),
+      el("label", {}, "Requests / min", field("rpm", k.rpm, { type: "number", min: 1, step: 1 })),
+      el("label", {}, "Tokens / min", field("tpm", k.tpm, { type: "number", min: 1, step: 1 })),
+      el("label", {}, "Budget (USD)", field("budget_usd", k.budget_usd, { type: "number", min: 0, step: "any" })),
+      el("button", { type: "submit", text: "Save" }),
+      el("button", { type: "button", text: "Cancel", onclick: () => load() }),
+      el("span", { class: "error", role: "alert" }),
+    );
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const data = new FormData(form);
+      const number = (name) => (data.get(name) ? Number(data.get(name)) : null);
+      try {
+        await api(`keys/${encodeURIComponent(k.id)}`, {
+          method: "POST",
+          body: {
+            models: (data.get("models") || "").split(",").map((m) => m.trim()).filter(Boolean),
+            rpm: number("rpm"),
+            tpm: number("tpm"),
+            budget_usd: number("budget_usd"),
+          },
+        });
+        await load();
+      } catch (err) {
+        form.querySelector(".error").textContent = err.message;
+      }
+    });
+    tr.replaceChildren(el("td", { colspan: 8 }, el("b", { text: `${k.id} (${k.name}) ` }), form));
   }
 
   form.addEventListener("submit", async (event) => {
