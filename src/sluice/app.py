@@ -26,7 +26,7 @@ from sluice.events import Batch, ChatRequest, estimate_input_tokens, transcript
 from sluice.exchange import ClientGone, Exchange, Receive, Scope, Send
 from sluice.journal import journals_for
 from sluice.policies import Call, Handler, pipeline
-from sluice.policies.auth import Authenticator, may_use, model_access, visible_models
+from sluice.policies.auth import Access, Authenticator, may_use, model_access, visible_models
 from sluice.policies.budget import Budgets
 from sluice.policies.cache import Cache
 from sluice.policies.ratelimit import RateLimits
@@ -41,6 +41,7 @@ from sluice.store import Record, RecordStore
 from sluice.store.keys import KeyStore
 from sluice.store.responses import ResponseStore, SQLiteResponseStore
 from sluice.ui_chat_api import UIChatAPI
+from sluice.web import Console, is_console
 
 log = logging.getLogger("sluice")
 
@@ -172,6 +173,8 @@ class Gateway:
             ("POST", "/api/chat/{id}/stop", Route(ui.dialect, ui.stop)),
         ):
             self.routes.add(method, path, route)
+        # The web console at /ui/: its own sign-in; its playground calls the routes above.
+        self.console = Console(settings, self._auth, self.keys, self._model_names, self._http)
 
     def _error_dialect(self, path: str) -> Dialect:
         """The dialect that renders errors for a path no route matched."""
@@ -231,6 +234,7 @@ class Gateway:
         await self.store.close()
         await self.responses.close()
         await asyncio.to_thread(self.keys.close)
+        await asyncio.to_thread(self.console.close)
         if self._state is not None:
             await self._state.close()
 
@@ -258,9 +262,16 @@ class Gateway:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _http(
+        self, scope: Scope, receive: Receive, send: Send, access: Access | None = None
+    ) -> None:
+        """Serve one request; ``access`` is given only by the console's playground,
+        for the requests it makes as the signed-in key."""
         path: str = scope["path"]
         method: str = scope["method"]
+        if access is None and is_console(path):
+            await self.console(scope, receive, send)  # not a client API call: not recorded
+            return
         client = scope.get("client")
         record = Record(
             id=new_id(),
@@ -280,7 +291,10 @@ class Gateway:
             dialect = self._error_dialect(path)
         t0 = time.perf_counter()
         try:
-            access = await self._auth.check(method, path, exchange.headers, record)
+            if access is None:
+                access = await self._auth.check(method, path, exchange.headers, record)
+            elif access.key is not None:
+                record.key_id = access.key.id
             exchange.key, exchange.public = access.key, access.public
             if routes is None:
                 raise NotFound(f"Unknown route: {method} {path}")

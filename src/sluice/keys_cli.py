@@ -103,7 +103,13 @@ def _create(args: argparse.Namespace, keys: KeyStore) -> int:
                     file=sys.stderr,
                 )
     secret, key = keys.create(
-        name, models=models, rpm=rpm, tpm=tpm, budget_usd=budget, expires_at=expires_at
+        name,
+        models=models,
+        rpm=rpm,
+        tpm=tpm,
+        budget_usd=budget,
+        expires_at=expires_at,
+        admin=args.admin,
     )
     if args.json:
         row = KeyRow(key, shown(secret), None, 0.0)
@@ -146,6 +152,8 @@ def _list(args: argparse.Namespace, keys: KeyStore) -> int:
         status = "revoked" if k.revoked else "active"
         if not k.revoked and k.expires_at is not None and k.expires_at <= now:
             status = "expired"
+        if k.admin:
+            status += ", admin"
         table.append(
             [
                 k.id,
@@ -246,6 +254,9 @@ def register(commands: Any) -> None:
     create.add_argument("--budget-usd", type=float, help="total spend allowed, in USD")
     create.add_argument(
         "--expires", help="30d, 12h, 90m; a date (2026-12-31, 00:00 UTC); or an ISO time"
+    )
+    create.add_argument(
+        "--admin", action="store_true", help="may also sign in to the console (/ui/)"
     )
     create.add_argument("--json", action="store_true", help="print a JSON object")
     create.set_defaults(keys_run=_create)

@@ -26,7 +26,7 @@ from sluice.events import (
 )
 from sluice.exchange import Exchange
 from sluice.policies import Call
-from sluice.store import Record
+from sluice.store import Record, timeline
 
 
 async def _next(stream: AsyncIterator[Batch]) -> Batch | None:
@@ -136,6 +136,16 @@ async def relay(
     write = exchange.write
     anext = stream.__anext__
     chunks = 0
+    # The token timeline (store/timeline.py): a mark per batch, one byte for the common
+    # one; on the record from the start, so a stream cut short keeps what it had.
+    # Milliseconds from an integer clock (cheaper than a float one converted); one-byte
+    # marks go in while ``chunks <= room``, which keeps the bytes under the cap.
+    record.timeline = marks = timeline.new()
+    mark = marks.append
+    clock_ns = time.perf_counter_ns
+    t0_ns = clock_ns() - int((time.time() - record.started_at) * 1e9)
+    last = counted = grain = 0
+    room = timeline.MAX_BYTES - len(marks)
     while batch is not None:
         for event in batch:
             kind = type(event)
@@ -157,6 +167,14 @@ async def relay(
                 chunks += 1
             elif kind is Usage:
                 _usage(event, record)  # type: ignore[arg-type]
+        gap = (clock_ns() - t0_ns) // 1_000_000 - last
+        if gap >= grain:
+            if gap < 64 and chunks - counted == 1 and chunks <= room:
+                mark(gap + gap)
+            else:
+                grain, room = timeline.append(marks, gap, chunks - counted, grain, chunks)
+            last += gap
+            counted = chunks
         data = encode(batch)
         if record.ttft_ms is None and (data or not encoder.streaming):
             record.ttft_ms = (time.perf_counter() - t0) * 1000
@@ -169,6 +187,9 @@ async def relay(
             batch = await anext()
         except StopAsyncIteration:
             batch = None
+    if chunks != counted:  # left for a mark that a coarse grain did not make
+        gap = (clock_ns() - t0_ns) // 1_000_000 - last
+        timeline.append(marks, gap, chunks - counted, grain, chunks)
     if text is not None:
         record.response = "".join(text)
     tail = encoder.end()

@@ -115,6 +115,18 @@ class Authenticator:
             )
         return Access(key)
 
+    async def admin(self, token: str) -> VirtualKey | None:
+        """Who ``token`` signs in to the console as: the master key, or a key marked
+        admin that is neither revoked nor expired; None for anything else."""
+        if self._master is not None and hmac.compare_digest(_digest(token), self._master):
+            return MASTER
+        key = await self._keys.lookup(token) if token.startswith(KEY_PREFIX) else None
+        if key is None or not key.admin or key.revoked:
+            return None
+        if key.expires_at is not None and key.expires_at <= time.time():
+            return None
+        return key
+
 
 def may_use(key: VirtualKey | None, model: str) -> bool:
     return key is None or not key.models or model in key.models

@@ -35,6 +35,8 @@ class Record:
     cost_usd: float | None = None
     cache: str | None = None  # hit | miss | coalesced | bypass
     attempts: int = 0  # upstream attempts made (retries and fallbacks included)
+    #: When each batch of the stream arrived, encoded by ``store.timeline`` (a few KB).
+    timeline: bytes | bytearray | None = None
 
 
 class RecordStore(Protocol):
@@ -68,3 +70,5 @@ class VirtualKey:
     created_at: float = 0.0
     #: The master key (``SLUICE_MASTER_KEY``): admin, and a client key with no limits.
     master: bool = False
+    #: May sign in to the console (``sluice keys create --admin``), as the master key does.
+    admin: bool = False

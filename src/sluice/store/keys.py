@@ -36,7 +36,7 @@ KEY_PREFIX = "sk-sluice-"
 _SHOWN = len(KEY_PREFIX) + 4
 _MAX_CACHED = 10_000
 
-_KEY_COLUMNS = "id, name, models, rpm, tpm, budget_usd, expires_at, revoked_at, created_at"
+_KEY_COLUMNS = "id, name, models, rpm, tpm, budget_usd, expires_at, revoked_at, created_at, admin"
 
 T = TypeVar("T")
 
@@ -78,11 +78,12 @@ class KeyRow:
             "created_at": k.created_at,
             "revoked": k.revoked,
             "revoked_at": self.revoked_at,
+            "admin": k.admin,
         }
 
 
 def _key(row: Sequence[Any]) -> VirtualKey:
-    id_, name, models, rpm, tpm, budget, expires_at, revoked_at, created_at = row
+    id_, name, models, rpm, tpm, budget, expires_at, revoked_at, created_at, admin = row
     return VirtualKey(
         id=id_,
         name=name,
@@ -93,6 +94,7 @@ def _key(row: Sequence[Any]) -> VirtualKey:
         expires_at=expires_at,
         revoked=revoked_at is not None,
         created_at=created_at,
+        admin=bool(admin),
     )
 
 
@@ -118,6 +120,7 @@ class KeyStore:
         tpm: int | None = None,
         budget_usd: float | None = None,
         expires_at: float | None = None,
+        admin: bool = False,
     ) -> tuple[str, VirtualKey]:
         """A new key: the secret (shown once, never stored) and what is stored of it."""
         secret = new_key()
@@ -130,6 +133,7 @@ class KeyStore:
             budget_usd=budget_usd,
             expires_at=expires_at,
             created_at=time.time(),
+            admin=admin,
         )
         row = (
             key.id,
@@ -142,11 +146,12 @@ class KeyStore:
             key.budget_usd,
             key.expires_at,
             key.created_at,
+            int(key.admin),
         )
         self._run(
             lambda db: db.execute(
                 "INSERT INTO keys (id, name, hash, prefix, models, rpm, tpm, budget_usd,"
-                " expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " expires_at, created_at, admin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
         )
@@ -175,6 +180,25 @@ class KeyStore:
             ).fetchone()
         )
         return None if row is None else _key(row)
+
+    def set_limits(
+        self,
+        key_id: str,
+        *,
+        models: Sequence[str] = (),
+        rpm: int | None = None,
+        tpm: int | None = None,
+        budget_usd: float | None = None,
+    ) -> VirtualKey | None:
+        """Replace the key's models and limits; None if there is no such key. Gateways
+        see the change within ``cache_ttl``, as they see a revocation."""
+        self._run(
+            lambda db: db.execute(
+                "UPDATE keys SET models = ?, rpm = ?, tpm = ?, budget_usd = ? WHERE id = ?",
+                (json.dumps(list(models)) if models else None, rpm, tpm, budget_usd, key_id),
+            )
+        )
+        return self.get(key_id)
 
     def revoke(self, key_id: str) -> VirtualKey | None:
         """Revoke the key; None if there is no such key. Revoking twice keeps the first time."""

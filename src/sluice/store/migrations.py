@@ -152,3 +152,50 @@ def m004_responses(db: sqlite3.Connection) -> None:
         """
     )
     db.execute("CREATE INDEX responses_created_at ON responses (created_at)")
+
+
+@migration
+def m005_key_admin(db: sqlite3.Connection) -> None:
+    # An admin key may sign in to the console, as the master key does.
+    db.execute("ALTER TABLE keys ADD COLUMN admin INTEGER NOT NULL DEFAULT 0")
+
+
+@migration
+def m006_request_timeline(db: sqlite3.Connection) -> None:
+    # When each batch of a stream arrived (store/timeline.py): a few KB at most.
+    db.execute("ALTER TABLE requests ADD COLUMN timeline BLOB")
+
+
+@migration
+def m007_console_indexes(db: sqlite3.Connection) -> None:
+    # The console pages records newest first, filtered by model, key or outcome: with
+    # the time after the filter column, a page is read from the index in order instead
+    # of sorting every match. Rebuilt under the same names, so the writer maintains as
+    # many indexes as before (each record written costs the same).
+    for name, column in (
+        ("requests_model", "model"),
+        ("requests_key_id", "key_id"),
+        ("requests_outcome", "outcome"),
+    ):
+        db.execute(f"DROP INDEX IF EXISTS {name}")
+        db.execute(f"CREATE INDEX {name} ON requests ({column}, started_at)")
+
+
+@migration
+def m008_console_sessions(db: sqlite3.Connection) -> None:
+    # Console sign-ins. Only a hash of the session cookie is kept; ``who`` is the key id
+    # (``master`` for the master key, with ``master_digest`` naming which master key, so
+    # that changing it ends those sessions), ``csrf`` the token every change must carry.
+    db.execute(
+        """
+        CREATE TABLE console_sessions (
+            hash TEXT PRIMARY KEY,
+            who TEXT NOT NULL,
+            master_digest TEXT,
+            csrf TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX console_sessions_expires_at ON console_sessions (expires_at)")

@@ -442,7 +442,7 @@ _INT64 = range(-(2**63), 2**63)
 
 def _clean(value: object) -> object:
     """A storable stand-in for a value SQLite refused."""
-    if value is None or isinstance(value, float | bytes):
+    if value is None or isinstance(value, float | bytes | bytearray):
         return value
     if isinstance(value, int):
         return value if value in _INT64 else None

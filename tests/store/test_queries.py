@@ -1,0 +1,191 @@
+"""The console's reads: what the overview adds up, how the list pages, and that both stay
+fast on 100,000 records because they read indexes."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from sluice.store import Record, timeline
+from sluice.store.migrations import migrate
+from sluice.store.queries import Filters, RecordQueries
+from sluice.store.sqlite import _INSERT, _row
+
+NOW = 1_800_000_000.0  # a whole hour: buckets start on the minute
+
+
+def write(path: Path, records: list[Record]) -> None:
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        migrate(db)
+        db.execute("BEGIN")
+        db.executemany(_INSERT, [_row(r) for r in records])
+        db.execute("COMMIT")
+    finally:
+        db.close()
+
+
+def rec(i: int, at: float, **kw: Any) -> Record:
+    record = Record(id=f"r{i}", started_at=at, route="/v1/chat/completions", api="openai_chat")
+    for name, value in kw.items():
+        setattr(record, name, value)
+    return record
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_the_overview_adds_up_per_minute_per_model_and_over_the_window(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    records = [
+        # minute -2: two of model a (one an error), one of b
+        rec(1, NOW - 110, model="a", ttft_ms=100, duration_ms=1100, output_tokens=50, cost_usd=0.5),
+        rec(2, NOW - 100, model="a", outcome="error", status=502, cost_usd=None),
+        rec(3, NOW - 90, model="b", ttft_ms=300, duration_ms=2300, output_tokens=40, cost_usd=1.0),
+        # minute -1: one of a
+        rec(4, NOW - 30, model="a", ttft_ms=200, duration_ms=700, output_tokens=25, cost_usd=0.25),
+        # a probe, and one outside the window: neither counts
+        rec(5, NOW - 20, route="/healthz"),
+        rec(6, NOW - 7200, model="a", ttft_ms=5),
+    ]
+    write(path, records)
+    queries = RecordQueries(str(path))
+    data = run(queries.overview("hour", "model", now=NOW - 1))
+    queries.close()
+    assert data["step"] == 60 and len(data["times"]) == 60
+    assert data["groups"] == ["a", "b"]
+    everything = data["all"]
+    assert everything["requests"] == 4 and everything["errors"] == 1
+    assert everything["error_rate"] == 0.25
+    assert everything["ttft_p50"] == 205  # the middle of its bin: 200 to 210 ms
+    assert everything["output_tokens"] == 115
+    assert abs(everything["tokens_per_s"] - 115 / 3.5) < 1e-9  # tokens ÷ generation time
+    assert everything["cost_usd"] == 1.75
+    a = data["series"]["a"]
+    assert a["requests_per_min"][-2:] == [2, 1]
+    assert a["error_rate"][-2:] == [0.5, 0]
+    assert a["ttft_p50"][-2:] == [105, 205]
+    assert a["requests_per_min"][0] == 0 and a["ttft_p50"][0] is None
+    totals = {t["group"]: t for t in data["totals"]}
+    assert totals["b"]["requests"] == 1 and totals["b"]["tokens_per_s"] == 20
+
+
+def test_the_overview_keeps_the_busiest_groups_and_adds_up_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    write(
+        path,
+        [rec(i, NOW - 60, model=f"m{i % 9}", key_id=f"k{i % 2}", ttft_ms=i) for i in range(90)],
+    )
+    queries = RecordQueries(str(path))
+    by_model = run(queries.overview("day", "model", now=NOW))
+    by_key = run(queries.overview("week", "key", now=NOW))
+    queries.close()
+    assert len(by_model["groups"]) == 7 and by_model["groups"][-1] == "other"
+    assert sum(t["requests"] for t in by_model["totals"]) == 90
+    assert by_key["groups"] == ["k0", "k1"]
+
+
+def test_pages_newest_first_with_filters_cursors_and_a_live_tail(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    write(
+        path,
+        [
+            rec(i, NOW + i, model="a" if i % 3 else "b", outcome="ok" if i % 5 else "rejected")
+            for i in range(100)
+        ],
+    )
+    queries = RecordQueries(str(path))
+    first = run(queries.page(Filters(model="a"), 10))
+    assert first["total"] == 66 and first["more"]
+    assert [r["id"] for r in first["rows"]][:3] == ["r98", "r97", "r95"]
+    second = run(queries.page(Filters(model="a"), 10, before=tuple(first["rows"][-1]["cursor"])))
+    assert second["rows"][0]["started_at"] < first["rows"][-1]["started_at"]
+    assert second["total"] is None
+    seen = {r["id"] for r in first["rows"]} | {r["id"] for r in second["rows"]}
+    assert len(seen) == 20
+    rejected = run(queries.page(Filters(outcome="rejected", status=None), 100))
+    assert rejected["total"] == 20
+    assert {r["outcome"] for r in rejected["rows"]} == {"rejected"}
+    newest = first["rows"][0]["cursor"]
+    assert run(queries.page(Filters(model="a"), 10, after=tuple(newest)))["rows"] == []
+    write(path, [rec(100, NOW + 100, model="a")])
+    tail = run(queries.page(Filters(model="a"), 10, after=tuple(newest)))
+    assert [r["id"] for r in tail["rows"]] == ["r100"]
+    detail = run(queries.record("r100"))
+    assert detail is not None and detail["model"] == "a" and detail["timeline"] == []
+    assert run(queries.record("nope")) is None
+    queries.close()
+
+
+def test_a_record_has_its_timeline_decoded(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    marks = timeline.encode([(250, 0), (10, 1), (20, 1)])
+    write(path, [rec(1, NOW, model="a", timeline=bytes(marks))])
+    queries = RecordQueries(str(path))
+    detail = run(queries.record("r1"))
+    queries.close()
+    assert detail is not None
+    assert detail["timeline"] == [[250, 0], [260, 1], [280, 1]]
+    assert detail["timeline_bytes"] == len(marks)
+
+
+def test_a_hundred_thousand_records_stay_fast_and_read_indexes(tmp_path: Path) -> None:
+    path = tmp_path / "big.db"
+    models = ["gpt-4o-mini", "gpt-4o", "claude", "llama", "story", "o3", "mini", "x"]
+    keys = [f"key_{i}" for i in range(20)]
+    blob = bytes(timeline.encode([(300, 1)] + [(20, 1)] * 100))
+    week = 7 * 86_400
+    records = [
+        rec(
+            i,
+            NOW - week + i * week / 100_000,
+            model=models[i % 8],
+            key_id=keys[i % 20],
+            outcome="error" if i % 17 == 0 else "ok",
+            ttft_ms=100 + i % 900,
+            duration_ms=3000.0,
+            output_tokens=100,
+            cost_usd=0.001,
+            timeline=blob,
+        )
+        for i in range(100_000)
+    ]
+    write(path, records)
+    db = sqlite3.connect(path)
+    for where in ("model = 'o3'", "key_id = 'key_3'", "outcome = 'error'", "started_at >= 0"):
+        plan = " ".join(
+            row[3]
+            for row in db.execute(
+                f"EXPLAIN QUERY PLAN SELECT * FROM requests WHERE {where}"
+                " ORDER BY started_at DESC, rowid DESC LIMIT 50"
+            )
+        )
+        assert "USING INDEX" in plan and "TEMP B-TREE" not in plan, plan
+    db.close()
+
+    queries = RecordQueries(str(path))
+    timings: dict[str, float] = {}
+
+    def timed(name: str, coro: Any) -> Any:
+        t0 = time.perf_counter()
+        result = run(coro)
+        timings[name] = time.perf_counter() - t0
+        return result
+
+    week_view = timed("overview week", queries.overview("week", "model", now=NOW))
+    timed("overview hour", queries.overview("hour", "key", now=NOW))
+    page = timed("first page", queries.page(Filters(), 50))
+    timed("next page", queries.page(Filters(), 50, before=tuple(page["rows"][-1]["cursor"])))
+    timed("filtered page", queries.page(Filters(model="o3", outcome="error"), 50))
+    timed("facets", queries.facets(NOW - week))
+    timed("detail", queries.record("r50000"))
+    queries.close()
+    assert week_view["all"]["requests"] > 99_000  # the week in whole hours
+    assert page["total"] == 100_000
+    # Generous bounds for a shared 2-core machine; typical figures are a tenth of these.
+    assert timings["overview week"] < 6.0, timings
+    assert max(v for k, v in timings.items() if k != "overview week") < 1.5, timings
