@@ -179,8 +179,12 @@ def build(request: ChatRequest, model: str) -> dict[str, Any]:
     else:
         refused = sorted(k for k in request.extra if k not in _DROPPABLE)
         if refused:
+            # The value is shown too: a field such as Anthropic's server tools names
+            # the tools only there.
+            shown = orjson.dumps(request.extra[refused[0]]).decode()
+            shown = shown if len(shown) <= 200 else shown[:199] + "…"
             raise Unsupported(
-                f"'{refused[0]}' cannot be sent to an OpenAI Responses upstream",
+                f"'{refused[0]}' ({shown}) cannot be sent to an OpenAI Responses upstream",
                 param=refused[0],
             )
     body["stream"] = True
