@@ -84,6 +84,8 @@ MIN_BUDGET = 1024
 #: ``reasoning_effort`` → thinking budget (``none`` asks for no thinking).
 BUDGETS: Mapping[str, int] = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
 UPSTREAM = "an Anthropic Messages upstream"
+#: Where an Anthropic client's server tools ride in ``ChatRequest.extra``.
+SERVER_TOOLS = "server_tools"
 
 # -- request ----------------------------------------------------------------------
 
@@ -361,7 +363,13 @@ def build(request: ChatRequest, model: str, max_tokens_default: int) -> dict[str
     if request.user is not None:
         body["metadata"] = {"user_id": request.user}
     if native:
-        body.update(request.extra)
+        extra = dict(request.extra)
+        # An Anthropic client's server tools ride apart from its custom tools (other
+        # formats refuse them by that name): here they go back in ``tools``.
+        server = extra.pop(SERVER_TOOLS, None)
+        if server:
+            body["tools"] = [*body.get("tools", ()), *server]
+        body.update(extra)
     body["stream"] = True
     return body
 
