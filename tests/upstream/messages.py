@@ -21,13 +21,13 @@ Usage: ``input_tokens`` is the number of whitespace-separated words of the reque
 
 Scenarios (parameters with defaults):
 
-``normal`` (n=10, stop=end_turn, cache_read=0, cache_write=0, cache_at=start)
+``normal`` (n=10, stop=end_turn, cache_read=0, cache_write=0, cache_at=start, interval=0.0)
     One text block of ``n`` deltas ``word0``, `` word1``, ...; ``stop`` is the
     ``stop_reason`` (``stop_sequence`` comes with ``stop_sequence: "STOP"``);
     ``cache_read`` and ``cache_write`` are the cache counts of ``message_start``, or
     with ``cache_at=delta`` of ``message_delta`` (with ``input_tokens`` again, as some
     Anthropic-compatible servers report them; ``message_start`` then has no cache
-    counts).
+    counts); each event is its own write, ``interval`` seconds after the one before.
 ``multibyte`` (interval=0.002)
     ``MULTIBYTE_CHUNKS`` as text deltas; the body is cut inside every multi-byte
     character and every ``data:``, each piece its own HTTP chunk and TCP write,
@@ -86,7 +86,14 @@ from tests.upstream.scenarios import (
 )
 
 SCENARIOS: dict[str, dict[str, ParamValue]] = {
-    "normal": {"n": 10, "stop": "end_turn", "cache_read": 0, "cache_write": 0, "cache_at": "start"},
+    "normal": {
+        "n": 10,
+        "stop": "end_turn",
+        "cache_read": 0,
+        "cache_write": 0,
+        "cache_at": "start",
+        "interval": 0.0,
+    },
     "multibyte": {"interval": 0.002},
     "thinking": {"steps": 3, "n": 3},
     "redacted": {"n": 3},

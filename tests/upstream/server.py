@@ -568,7 +568,8 @@ async def run_messages(call: MessagesCall) -> None:
         pieces = sc.multibyte_pieces(b"".join(events))
         await write_events(call, [http_chunk(p) for p in pieces], spec.number("interval"))
     else:
-        await write_events(call, [http_chunk(e) for e in events], 0.0)
+        interval = spec.number("interval") if spec.name == "normal" else 0.0
+        await write_events(call, [http_chunk(e) for e in events], interval)
     if spec.name == "overloaded":
         conn.write(http_chunk(am.error_event("overloaded_error", "Overloaded")))
     elif spec.name == "bare_error":
