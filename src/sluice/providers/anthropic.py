@@ -374,6 +374,44 @@ def build(request: ChatRequest, model: str, max_tokens_default: int) -> dict[str
     return body
 
 
+#: Anthropic's token count, beside ``/v1/messages``.
+COUNT_PATH = "/v1/messages/count_tokens"
+#: What ``count_tokens`` takes of a Messages body (not ``max_tokens``, ``stream``,
+#: sampling or ``metadata``).
+_COUNTED = frozenset(
+    {
+        "model",
+        "messages",
+        "system",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "mcp_servers",
+        "context_management",
+        "output_config",
+    }
+)
+
+
+def count_body(request: ChatRequest, model: str) -> bytes:
+    """The ``count_tokens`` body for ``request``: its Messages body, less what only a
+    generation takes."""
+    body = build(request, model, MAX_TOKENS_DEFAULT)
+    return orjson.dumps({k: v for k, v in body.items() if k in _COUNTED})
+
+
+def counted(body: bytes) -> int:
+    """The ``input_tokens`` of a ``count_tokens`` answer."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamProtocolError(f"the upstream's token count is not JSON: {exc}") from exc
+    tokens = parsed.get("input_tokens") if isinstance(parsed, dict) else None
+    if type(tokens) is not int or tokens < 0:
+        raise UpstreamProtocolError("the upstream's token count has no input_tokens number")
+    return tokens
+
+
 # -- response ---------------------------------------------------------------------
 
 
