@@ -262,11 +262,13 @@ _INCOMPLETE: dict[str, FinishReason] = {
 class ResponsesDecoder:
     """Response reads → batches, one Responses stream."""
 
-    __slots__ = ("_calls", "_open", "_parts", "_sse", "_started", "done", "error")
+    __slots__ = ("_argued", "_calls", "_open", "_parts", "_sse", "_started", "done", "error")
 
     def __init__(self) -> None:
         self._sse = SSEDecoder()
         self._parts: dict[tuple[int, int], int] = {}
+        #: Parts of function calls whose arguments came (as deltas, or in the item).
+        self._argued: set[int] = set()
         self._open = -1
         self._calls = False
         self._started = False
@@ -309,6 +311,7 @@ class ResponsesDecoder:
             out.append(TextDelta(event.delta or "", part, 0, event.logprobs or None))
         elif kind == "response.function_call_arguments.delta":
             part = self._part(event.output_index, 0, out)
+            self._argued.add(part)
             out.append(ToolCallDelta(part, None, None, event.delta or ""))
         elif kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
             out.append(ReasoningDelta(event.delta or "", self._part(event.output_index, 0, out)))
@@ -323,12 +326,21 @@ class ResponsesDecoder:
             if item.type == "function_call":
                 self._calls = True
                 part = self._part(event.output_index, 0, out)
-                out.append(ToolCallDelta(part, item.call_id or item.id, item.name, ""))
+                arguments = item.arguments or ""
+                if arguments:
+                    self._argued.add(part)
+                out.append(ToolCallDelta(part, item.call_id or item.id, item.name, arguments))
         elif kind == "response.output_item.done" and event.item is not None:
             item = event.item
             if item.type == "reasoning" and item.encrypted_content:
                 part = self._part(event.output_index, 0, out)
                 out.append(ReasoningDelta("", part, 0, item.encrypted_content))
+            elif item.type == "function_call" and item.arguments:
+                # A server that streams no argument deltas has them only here.
+                part = self._part(event.output_index, 0, out)
+                if part not in self._argued:
+                    self._argued.add(part)
+                    out.append(ToolCallDelta(part, None, None, item.arguments))
         elif kind == "response.created" and event.response is not None and not self._started:
             self._started = True
             response = event.response
