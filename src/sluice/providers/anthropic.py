@@ -655,7 +655,8 @@ class MessagesDecoder:
                 f"the upstream sent an event that is not a Messages stream event: {exc}"
             ) from exc
         kind = event.type
-        if kind == "error":
+        if kind == "error" or (not kind and event.error is not None):
+            # Some proxies write a late failure as ``data: {"error": {...}}`` alone.
             error = event.error or _Error()
             self.error = stream_error(error.type or "", error.message or "no message")
             self.done = True
