@@ -66,12 +66,13 @@ Scenarios (parameters with defaults):
 ``reasoning`` (steps=4, n=4)
     ``steps`` ``reasoning_content`` deltas (``think0``, `` think1``, ...), then ``n``
     content chunks, as DeepSeek and vLLM stream them.
-``tool_call`` (calls=1, text=0, whole=0)
+``tool_call`` (calls=1, text=0, whole=0, finish=tool_calls)
     ``calls`` (1 or 2) function calls from ``TOOL_CALLS`` (the first is ``get_weather``
     with ``TOOL_ARGUMENTS``), one after the other with OpenAI indices 0 and 1, their
-    arguments arriving in pieces; ``finish_reason`` is ``tool_calls``. ``text=1``:
-    the content ``TOOL_PREAMBLE`` comes first (else there is no content). ``whole=1``:
-    each call's arguments come whole in its first chunk, with no pieces after it.
+    arguments arriving in pieces; ``finish`` is the ``finish_reason`` (some servers
+    say ``stop`` after a tool call). ``text=1``: the content ``TOOL_PREAMBLE`` comes
+    first (else there is no content). ``whole=1``: each call's arguments come whole
+    in its first chunk, with no pieces after it.
 ``choices`` (n=4)
     As many choices as the request's ``n`` (1 if absent), streamed interleaved: a
     role chunk per choice, then ``n`` rounds of one content chunk per choice (choice
@@ -151,7 +152,7 @@ SCENARIOS: dict[str, dict[str, ParamValue]] = {
     "large": {"n": 3, "size": 262144},
     "comments": {"n": 10, "interval": 0.0},
     "reasoning": {"steps": 4, "n": 4},
-    "tool_call": {"calls": 1, "text": 0, "whole": 0},
+    "tool_call": {"calls": 1, "text": 0, "whole": 0, "finish": "tool_calls"},
     "choices": {"n": 4},
     "logprobs": {"n": 4},
 }
@@ -322,9 +323,7 @@ def tool_calls(spec: Spec) -> tuple[ToolCall, ...]:
 
 
 def finish_reason(spec: Spec) -> str:
-    if spec.name == "tool_call":
-        return "tool_calls"
-    if spec.name == "normal":
+    if spec.name in ("tool_call", "normal"):
         return spec.text("finish")
     return "stop"
 
