@@ -1,8 +1,9 @@
 """Anthropic → Anthropic passthrough end to end: the gateway in front of the test
 upstream's ``POST /v1/messages``. An Anthropic client gets the upstream's event bytes as
 they came, one write per upstream read; what it sends that only Anthropic reads
-(``anthropic-beta``, server tools, ``top_k``) reaches the upstream; an OpenAI client over
-the same upstream gets chat completion chunks."""
+(``anthropic-beta``, server tools, ``top_k``, adaptive thinking, ``output_config``)
+reaches the upstream as it was sent; an OpenAI client over the same upstream gets chat
+completion chunks."""
 
 from __future__ import annotations
 
@@ -144,7 +145,8 @@ def test_what_only_anthropic_reads_reaches_the_upstream(
         tools=[weather, web_search],
         betas=["interleaved-thinking-2025-05-14", "context-1m-2025-08-07"],
         metadata={"user_id": "user-7"},
-        extra_body={"top_k": 5},
+        thinking={"type": "adaptive"},
+        extra_body={"top_k": 5, "output_config": {"effort": "low"}},
     )
     assert message.content[0].type == "text"
     sent = sent_with(upstream, mark)
@@ -156,6 +158,10 @@ def test_what_only_anthropic_reads_reaches_the_upstream(
     assert sent_body["tools"] == [{**weather}, web_search]
     assert "server_tools" not in sent_body
     assert (sent_body["top_k"], sent_body["metadata"]) == (5, {"user_id": "user-7"})
+    # Adaptive thinking and an effort go as they came, never as a thinking budget.
+    assert sent_body["thinking"] == {"type": "adaptive"}
+    assert sent_body["output_config"] == {"effort": "low"}
+    assert "as_sent" not in sent_body
 
 
 def test_an_openai_client_over_the_same_upstream_gets_chat_chunks(

@@ -84,8 +84,10 @@ MIN_BUDGET = 1024
 #: ``reasoning_effort`` → thinking budget (``none`` asks for no thinking).
 BUDGETS: Mapping[str, int] = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
 UPSTREAM = "an Anthropic Messages upstream"
-#: Where an Anthropic client's server tools ride in ``ChatRequest.extra``.
+#: Where an Anthropic client's server tools ride in ``ChatRequest.extra``, and its
+#: ``thinking`` and ``output_config`` as it sent them (when read whole).
 SERVER_TOOLS = "server_tools"
+AS_SENT = "as_sent"
 
 # -- request ----------------------------------------------------------------------
 
@@ -334,7 +336,12 @@ def build(request: ChatRequest, model: str, max_tokens_default: int) -> dict[str
     body: dict[str, Any] = {"model": model, "messages": messages}
     if system:
         body["system"] = system
-    thinking, max_tokens = _thinking(request, request.max_tokens, max_tokens_default)
+    as_sent = request.extra.get(AS_SENT) if native else None
+    if as_sent is None:
+        thinking, max_tokens = _thinking(request, request.max_tokens, max_tokens_default)
+    else:
+        # An Anthropic client's own thinking and output_config go back as they came.
+        thinking, max_tokens = None, request.max_tokens or max_tokens_default
     body["max_tokens"] = max_tokens
     if thinking is not None:
         body["thinking"] = thinking
@@ -369,6 +376,7 @@ def build(request: ChatRequest, model: str, max_tokens_default: int) -> dict[str
         server = extra.pop(SERVER_TOOLS, None)
         if server:
             body["tools"] = [*body.get("tools", ()), *server]
+        body.update(extra.pop(AS_SENT, None) or {})
         body.update(extra)
     body["stream"] = True
     return body

@@ -49,7 +49,8 @@ from sluice.sse import SSEDecoder
 
 FORMAT: WireFormat = "openai_responses"
 #: Fields of other formats that do not change the answer: dropped on the way here.
-_DROPPABLE = frozenset({"metadata", "service_tier", "store", "stream_options"})
+#: (``as_sent``: an Anthropic client's fields whose meaning is in canonical form.)
+_DROPPABLE = frozenset({"metadata", "service_tier", "store", "stream_options", "as_sent"})
 
 # -- request ----------------------------------------------------------------------
 
