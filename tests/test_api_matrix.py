@@ -432,3 +432,22 @@ def test_embeddings(gateway: RunningGateway, served: str) -> None:
     data = got.json()["data"]
     assert [d["index"] for d in data] == [0, 1]
     assert all(isinstance(d["embedding"], list) and d["embedding"] for d in data)
+
+
+#: What clients send that asks for nothing a pair cannot do: ``max_completion_tokens``
+#: (the newer name of ``max_tokens``) and values that ask for nothing.
+HARMLESS: dict[str, Any] = {
+    "max_completion_tokens": 1000,
+    "logprobs": False,
+    "frequency_penalty": 0,
+    "presence_penalty": 0,
+}
+
+
+@pytest.mark.parametrize("served", UPSTREAMS)
+def test_chat_fields_that_ask_for_nothing_new_are_never_refused(
+    gateway: RunningGateway, served: str
+) -> None:
+    answer = ask(gateway, "chat", f"{served}/text", Ask(extra=HARMLESS), True)
+    assert_ok(answer)
+    assert answer.stop == "stop" and answer.text

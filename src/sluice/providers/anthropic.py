@@ -70,7 +70,7 @@ from sluice.events import (
     Verbatim,
     WireFormat,
 )
-from sluice.providers import Decoder
+from sluice.providers import NO_OP, Decoder
 from sluice.providers.upstream_errors import client_status, status_error
 from sluice.sse import SSEDecoder
 
@@ -106,15 +106,6 @@ _DROPPABLE = frozenset(
         "truncation",
     }
 )
-#: Values of foreign fields that ask for nothing (``logprobs: false``): dropped too.
-_NO_OP: Mapping[str, tuple[Any, ...]] = {
-    "logprobs": (False,),
-    "top_logprobs": (0,),
-    "frequency_penalty": (0,),
-    "presence_penalty": (0,),
-    "logit_bias": ({},),
-    "modalities": (["text"],),
-}
 
 
 def _refused(where: str, what: str) -> Unsupported:
@@ -309,7 +300,7 @@ def _thinking(request: ChatRequest, max_tokens: int | None, default: int) -> tup
 def _check_foreign(request: ChatRequest) -> None:
     """Refuse what another format asked for that Anthropic cannot do."""
     for name, value in sorted(request.extra.items()):
-        if name in _DROPPABLE or value is None or value in _NO_OP.get(name, ()):
+        if name in _DROPPABLE or value is None or value in NO_OP.get(name, ()):
             continue
         raise _refused(name, f"'{name}'")
     if request.n != 1:

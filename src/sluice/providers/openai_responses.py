@@ -42,15 +42,18 @@ from sluice.events import (
     Usage,
     WireFormat,
 )
-from sluice.providers import Decoder
+from sluice.providers import NO_OP, Decoder
 from sluice.providers.openai_chat import error_fields
 from sluice.providers.upstream_errors import status_error
 from sluice.sse import SSEDecoder
 
 FORMAT: WireFormat = "openai_responses"
 #: Fields of other formats that do not change the answer: dropped on the way here.
-#: (``as_sent``: an Anthropic client's fields whose meaning is in canonical form.)
-_DROPPABLE = frozenset({"metadata", "service_tier", "store", "stream_options", "as_sent"})
+#: (``as_sent``: an Anthropic client's fields whose meaning is in canonical form;
+#: ``max_completion_tokens`` is read into ``max_tokens`` already.)
+_DROPPABLE = frozenset(
+    {"metadata", "service_tier", "store", "stream_options", "as_sent", "max_completion_tokens"}
+)
 
 # -- request ----------------------------------------------------------------------
 
@@ -178,7 +181,11 @@ def build(request: ChatRequest, model: str) -> dict[str, Any]:
     if request.source == FORMAT:
         body.update(request.extra)
     else:
-        refused = sorted(k for k in request.extra if k not in _DROPPABLE)
+        refused = sorted(
+            k
+            for k, v in request.extra.items()
+            if k not in _DROPPABLE and v is not None and v not in NO_OP.get(k, ())
+        )
         if refused:
             # The value is shown too: a field such as Anthropic's server tools names
             # the tools only there.
