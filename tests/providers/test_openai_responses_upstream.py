@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from sluice.dialects.responses_request import decode_responses
 from sluice.events import (
     ChatRequest,
     Finish,
@@ -106,6 +107,24 @@ def test_arguments_that_come_whole_in_the_item_are_the_calls(where: str) -> None
         for index, call in enumerate(sc.TOOL_CALLS):
             assert "".join(c.arguments for c in calls if c.index == index) == call.arguments
         assert out[-2] == Finish("tool_calls", "completed")
+
+
+def test_a_responses_clients_text_options_all_reach_a_responses_upstream() -> None:
+    """``text.verbosity`` and a format's ``description`` ride apart from the canonical
+    format; they complete it instead of replacing it."""
+    schema_format = {
+        "type": "json_schema",
+        "name": "answer",
+        "schema": {"type": "object"},
+        "strict": True,
+        "description": "The answer",
+    }
+    text = {"format": schema_format, "verbosity": "low"}
+    body = {"model": "m", "input": "hi", "text": text, "reasoning": {"effort": "low"}}
+    request = decode_responses(json.dumps(body).encode()).request
+    sent = build(request, "up")
+    assert sent["text"] == text
+    assert sent["reasoning"] == {"effort": "low"}
 
 
 def test_the_request_says_what_the_responses_api_takes() -> None:

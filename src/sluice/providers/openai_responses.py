@@ -179,7 +179,9 @@ def build(request: ChatRequest, model: str) -> dict[str, Any]:
             effort = "low" if budget <= 2048 else "medium" if budget <= 8192 else "high"
         body["reasoning"] = {"effort": effort}
     if request.source == FORMAT:
-        body.update(request.extra)
+        # What the canonical form did not hold of ``text`` and ``reasoning``
+        # (``verbosity``, a format's ``description``) completes what it did.
+        body.update(_merged(body, request.extra))
     else:
         refused = sorted(
             k
@@ -198,6 +200,17 @@ def build(request: ChatRequest, model: str) -> dict[str, Any]:
     body["stream"] = True
     body["store"] = False
     return body
+
+
+def _merged(into: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` over ``into``, objects merged key by key."""
+    out = {}
+    for name, value in extra.items():
+        have = into.get(name)
+        if isinstance(have, dict) and isinstance(value, dict):
+            value = {**have, **_merged(have, value)}
+        out[name] = value
+    return out
 
 
 # -- response ---------------------------------------------------------------------
