@@ -188,10 +188,11 @@ def test_a_turn_with_text_and_a_tool_call_stops_for_the_tool(
 def test_parallel_tool_calls_each_keep_their_own_index(
     gateway: RunningGateway, client: str, model: str
 ) -> None:
-    """BerriAI/litellm#21331 (and #15307): parallel tool calls streamed through a
-    translation all came with ``index: 0`` (or in one content block), so clients merged
-    them into one call with concatenated arguments. Here each call has its own OpenAI
-    index, its own Anthropic block, its own Responses item."""
+    """Portkey-AI/gateway#1275 (Anthropic to OpenAI) and BerriAI/litellm#21331 (the
+    Responses API to OpenAI): parallel tool calls streamed through a translation all
+    came with ``index: 0``, so clients merged them into one call with concatenated
+    arguments (and litellm#15307: into one Anthropic block). Here each call has its own
+    OpenAI index, its own Anthropic block, its own Responses item."""
     calls = am.TOOL_CALLS if model.startswith("anthropic/") else sc.TOOL_CALLS
     expected = [(c.id, c.name, json.loads(c.arguments)) for c in calls]
     answer = ask(gateway, client, model, Ask(tools=True), True)
@@ -214,13 +215,13 @@ def test_parallel_tool_calls_each_keep_their_own_index(
     ["openai/tool_call:whole=1", "openai/tool_call:calls=2,whole=1", "responses/tool_call:whole=1"],
 )
 def test_tool_input_always_comes_as_input_json_delta(gateway: RunningGateway, model: str) -> None:
-    """inflaborg/ccrelay#119 (Portkey-AI/gateway#1275 is of the same family): a tool
-    call whose arguments the upstream sent whole was written as a ``tool_use`` block
-    with its ``input`` filled in and no ``input_json_delta``; Claude Code and the SDKs
-    build the input from the deltas only, so every such call ran with ``{}``. Here a
-    tool block opens with ``input: {}`` and its arguments always follow as deltas, over
-    an upstream that streams no argument pieces (chat completions' whole arguments,
-    the Responses API's arguments only in ``output_item.done``)."""
+    """inflaborg/ccrelay#119: a tool call whose arguments the upstream sent whole was
+    written as a ``tool_use`` block with its ``input`` filled in and no
+    ``input_json_delta``; Claude Code builds the input from the deltas only, so every
+    such call ran with ``{}``. Here a tool block opens with ``input: {}`` and its
+    arguments always follow as deltas, over an upstream that streams no argument
+    pieces (chat completions' whole arguments, the Responses API's arguments only in
+    ``output_item.done``)."""
     calls = sc.tool_calls(sc.parse_spec(model.split("/", 1)[1]))
     built = blocks(anthropic_events(gateway, model))
     tools = [b for b in built if b["type"] == "tool_use"]
