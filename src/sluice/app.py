@@ -26,7 +26,14 @@ from sluice.events import Batch, ChatRequest, estimate_input_tokens, transcript
 from sluice.exchange import ClientGone, Exchange, Receive, Scope, Send
 from sluice.journal import journals_for
 from sluice.policies import Call, Handler, pipeline
-from sluice.policies.auth import Access, Authenticator, may_use, model_access, visible_models
+from sluice.policies.auth import (
+    Access,
+    Authenticator,
+    may_use,
+    model_access,
+    require_model,
+    visible_models,
+)
 from sluice.policies.budget import Budgets
 from sluice.policies.cache import Cache
 from sluice.policies.ratelimit import RateLimits
@@ -420,18 +427,21 @@ class Gateway:
         record.usage_source = "estimated"
 
     async def _count_tokens(self, exchange: Exchange, dialect: Dialect) -> None:
-        """Anthropic's ``count_tokens``: the gateway's estimate of the prompt, which
-        calls no upstream.
-
-        The seam for an exact count: a model served by an Anthropic upstream would be
-        asked instead (its own ``/v1/messages/count_tokens``, after ``model_access``);
-        nothing forwards yet.
-        """
+        """Anthropic's ``count_tokens``, once the key may use the model: a model whose
+        deployment is an Anthropic upstream is counted there; any other gets the
+        gateway's estimate."""
         body = await exchange.read_body(self.settings.max_body_bytes)
         request = self._anthropic.decode_count(body, exchange.headers)
         exchange.record.api = dialect.name
         exchange.record.model = request.model
-        tokens = estimate_input_tokens(request)
+        require_model(exchange.key, request.model)
+        deployment = self.settings.resolve(request.model)
+        tokens = None
+        if deployment is not None:
+            assert self._providers is not None, "the gateway has not started"
+            tokens = await self._providers.count_tokens(deployment, request)
+        if tokens is None:
+            tokens = estimate_input_tokens(request)
         await exchange.respond(200, JSON, count_tokens_body(tokens))
 
     async def _models(self, exchange: Exchange, dialect: Dialect) -> None:

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sluice.dialects.anthropic_messages import AnthropicMessagesDialect, StreamEncoder
-from sluice.dialects.anthropic_request import SERVER_TOOLS
+from sluice.dialects.anthropic_request import AS_SENT, SERVER_TOOLS
 from sluice.errors import (
     AuthenticationError,
     BodyTooLarge,
@@ -165,6 +165,7 @@ def test_a_full_request_in_canonical_form() -> None:
         "metadata": {"user_id": "u1"},
         "service_tier": "auto",
         SERVER_TOOLS: [{"type": "web_search_20250305", "name": "web_search", "max_uses": 1}],
+        AS_SENT: {"thinking": {"type": "enabled", "budget_tokens": 1024}},
     }
     assert request.headers == {"anthropic-beta": "b1,b2"}
 
@@ -186,7 +187,16 @@ def test_newer_request_fields() -> None:
     assert request.response_format == ResponseFormat("json_schema", {"type": "object"})
     # Top-level cache_control marks the last block, as Anthropic applies it.
     assert request.messages[0].parts == [TextPart("Hi", {"type": "ephemeral"})]
-    assert request.extra == {}
+    # As sent, for an Anthropic upstream: adaptive thinking and an effort read the same.
+    assert request.extra == {
+        AS_SENT: {
+            "thinking": {"type": "adaptive"},
+            "output_config": {
+                "effort": "high",
+                "format": {"type": "json_schema", "schema": {"type": "object"}},
+            },
+        }
+    }
     # What the canonical form cannot say stays, for an Anthropic upstream.
     kept = decode(
         {

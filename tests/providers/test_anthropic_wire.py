@@ -491,6 +491,18 @@ def test_an_error_event_is_the_decoders_error() -> None:
     assert [type(e) for e in batches[0]] == [Start, TextDelta]
 
 
+@pytest.mark.parametrize("typed", [1, 0])
+def test_an_error_with_no_event_name_is_the_decoders_error_too(typed: int) -> None:
+    """``data: {"type": "error", ...}`` with no ``event:`` line, or ``data: {"error":
+    ...}`` alone as some proxies write it: an error, never an event passed on unread."""
+    data = stream("normal:n=1").split(b"event: content_block_stop")[0]
+    data += am.bare_error(am.parse_spec(f"bare_error:typed={typed}"))
+    batches, decoder = decode(data)
+    assert decoder.done and isinstance(decoder.error, UpstreamStatusError)
+    assert ("Overloaded" if typed else "Upstream proxy failure.") in decoder.error.message
+    assert [type(e) for e in batches[0]] == [Start, TextDelta]
+
+
 def test_an_error_before_message_start_fails_before_any_event() -> None:
     batches, decoder = decode(am.error_event("rate_limit_error", "slow down"))
     assert batches == [] and decoder.done

@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from sluice.dialects.responses_request import decode_responses
 from sluice.events import (
     ChatRequest,
     Finish,
@@ -19,6 +20,7 @@ from sluice.events import (
     Start,
     TextDelta,
     TextPart,
+    ToolCallDelta,
     Usage,
     expand,
 )
@@ -73,6 +75,56 @@ def test_a_responses_stream_decodes_into_canonical_events_in_any_reads() -> None
     assert whole[-2:] == [Finish("stop", "completed"), Usage(3, 8, "reported", 0, 0, 4)]
     assert PartEnd(0) in whole and PartEnd(1) in whole
     assert "".join(e.text for e in whole if type(e) is TextDelta) == expected_text("reasoning")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("where", ["done", "added"])
+def test_arguments_that_come_whole_in_the_item_are_the_calls(where: str) -> None:
+    """A server that streams no argument deltas gives them in the function call item:
+    in ``output_item.done`` (or already in ``output_item.added``). They are the call's
+    arguments, once."""
+    spec = sc.parse_spec("tool_call:calls=2,whole=1")
+    events = rs.events(spec, "tool_call", 3)
+    if where == "added":
+        for event in events:
+            if event["type"] == "response.output_item.added":
+                done = next(
+                    e["item"]
+                    for e in events
+                    if e["type"] == "response.output_item.done"
+                    and e["output_index"] == event["output_index"]
+                )
+                event["item"] = done
+    body = b"".join(rs.sse(e) for e in events)
+    for size in (len(body), 5):
+        decoder = ResponsesDecoder()
+        out = expand(
+            [e for i in range(0, len(body), size) for e in decoder.feed(body[i : i + size])]
+        )
+        calls = [e for e in out if type(e) is ToolCallDelta]
+        assert [(c.index, c.id, c.name) for c in calls if c.id] == [
+            (n, call.id, call.name) for n, call in enumerate(sc.TOOL_CALLS)
+        ]
+        for index, call in enumerate(sc.TOOL_CALLS):
+            assert "".join(c.arguments for c in calls if c.index == index) == call.arguments
+        assert out[-2] == Finish("tool_calls", "completed")
+
+
+def test_a_responses_clients_text_options_all_reach_a_responses_upstream() -> None:
+    """``text.verbosity`` and a format's ``description`` ride apart from the canonical
+    format; they complete it instead of replacing it."""
+    schema_format = {
+        "type": "json_schema",
+        "name": "answer",
+        "schema": {"type": "object"},
+        "strict": True,
+        "description": "The answer",
+    }
+    text = {"format": schema_format, "verbosity": "low"}
+    body = {"model": "m", "input": "hi", "text": text, "reasoning": {"effort": "low"}}
+    request = decode_responses(json.dumps(body).encode()).request
+    sent = build(request, "up")
+    assert sent["text"] == text
+    assert sent["reasoning"] == {"effort": "low"}
 
 
 def test_the_request_says_what_the_responses_api_takes() -> None:

@@ -21,10 +21,13 @@ Usage: ``input_tokens`` is the number of whitespace-separated words of the reque
 
 Scenarios (parameters with defaults):
 
-``normal`` (n=10, stop=end_turn, cache_read=0, cache_write=0)
+``normal`` (n=10, stop=end_turn, cache_read=0, cache_write=0, cache_at=start, interval=0.0)
     One text block of ``n`` deltas ``word0``, `` word1``, ...; ``stop`` is the
     ``stop_reason`` (``stop_sequence`` comes with ``stop_sequence: "STOP"``);
-    ``cache_read`` and ``cache_write`` are the cache counts of ``message_start``.
+    ``cache_read`` and ``cache_write`` are the cache counts of ``message_start``, or
+    with ``cache_at=delta`` of ``message_delta`` (with ``input_tokens`` again, as some
+    Anthropic-compatible servers report them; ``message_start`` then has no cache
+    counts); each event is its own write, ``interval`` seconds after the one before.
 ``multibyte`` (interval=0.002)
     ``MULTIBYTE_CHUNKS`` as text deltas; the body is cut inside every multi-byte
     character and every ``data:``, each piece its own HTTP chunk and TCP write,
@@ -45,12 +48,23 @@ Scenarios (parameters with defaults):
     ``after`` text deltas, then the server closes the connection (``rst=1``: resets it).
 ``truncated`` (after=3)
     ``after`` text deltas, then a clean end of the HTTP body without ``message_stop``.
+``bare_error`` (after=3, typed=1)
+    ``after`` text deltas, then an error as a ``data:`` line with no ``event:`` line
+    (``typed=1``: ``{"type": "error", "error": {...overloaded_error...}}``; ``typed=0``:
+    ``{"error": {...api_error...}}`` alone, as some proxies write it), then a clean
+    end of the HTTP body.
 ``error_status`` (status=500, retry_after=1.0)
     An Anthropic error body with that status (``ERROR_TYPES``; 529 is
     ``overloaded_error``); a 429 also sends ``retry-after`` (whole seconds, rounded up).
 ``prompt_too_long`` (no parameters)
     A 400 ``invalid_request_error``: ``prompt is too long: ...``, as Anthropic answers
     when the prompt does not fit the context window.
+
+``POST /v1/messages/count_tokens`` answers ``{"input_tokens": N}``, ``N`` counted as
+``input_tokens`` above (words of ``system`` and message texts) plus ``COUNT_EXTRA``
+for every tool, so a count is told apart from a character estimate. Its ``model``
+picks a scenario the same way: ``error_status`` answers that error, ``prompt_too_long``
+its 400, any other known scenario the count; no ``max_tokens`` is needed.
 """
 
 from __future__ import annotations
@@ -72,7 +86,14 @@ from tests.upstream.scenarios import (
 )
 
 SCENARIOS: dict[str, dict[str, ParamValue]] = {
-    "normal": {"n": 10, "stop": "end_turn", "cache_read": 0, "cache_write": 0},
+    "normal": {
+        "n": 10,
+        "stop": "end_turn",
+        "cache_read": 0,
+        "cache_write": 0,
+        "cache_at": "start",
+        "interval": 0.0,
+    },
     "multibyte": {"interval": 0.002},
     "thinking": {"steps": 3, "n": 3},
     "redacted": {"n": 3},
@@ -80,11 +101,12 @@ SCENARIOS: dict[str, dict[str, ParamValue]] = {
     "overloaded": {"after": 3},
     "drop": {"after": 3, "rst": 0},
     "truncated": {"after": 3},
+    "bare_error": {"after": 3, "typed": 1},
     "error_status": {"status": 500, "retry_after": 1.0},
     "prompt_too_long": {},
 }
 #: Scenarios that stream ``after`` text deltas and then fail.
-FAILING = frozenset({"overloaded", "drop", "truncated"})
+FAILING = frozenset({"overloaded", "drop", "truncated", "bare_error"})
 STOP_REASONS = frozenset({"end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal"})
 STOP_SEQUENCE = "STOP"
 SIGNATURE = "c2lnbmF0dXJlLW9mLXRoZS10aGlua2luZw=="
@@ -119,6 +141,8 @@ ERROR_TYPES: dict[int, tuple[str, str]] = {
     529: ("overloaded_error", "Overloaded"),
 }
 PROMPT_TOO_LONG = "prompt is too long: 200001 tokens > 200000 maximum"
+#: Tokens ``count_tokens`` adds per tool definition.
+COUNT_EXTRA = 100
 
 
 @lru_cache(maxsize=1024)
@@ -134,6 +158,8 @@ def parse_spec(text: str) -> Spec:
         raise BadScenario(f"parameter 'stop' must be one of {', '.join(sorted(STOP_REASONS))}")
     if spec.name == "tool_use" and not 1 <= spec.integer("calls") <= len(TOOL_CALLS):
         raise BadScenario(f"parameter 'calls' must be between 1 and {len(TOOL_CALLS)}")
+    if spec.name == "normal" and spec.text("cache_at") not in ("start", "delta"):
+        raise BadScenario("parameter 'cache_at' must be start or delta")
     return spec
 
 
@@ -232,15 +258,30 @@ def message_id(model: str) -> str:
     return "msg_" + hashlib.sha256(model.encode()).hexdigest()[:24]
 
 
-def usage_start(spec: Spec, prompt: int) -> dict[str, int]:
+def _cache(spec: Spec, prompt: int) -> dict[str, int]:
     read = spec.integer("cache_read") if spec.name == "normal" else 0
     write = spec.integer("cache_write") if spec.name == "normal" else 0
     return {
         "input_tokens": prompt,
         "cache_creation_input_tokens": write,
         "cache_read_input_tokens": read,
-        "output_tokens": 1,
     }
+
+
+def _cache_at_delta(spec: Spec) -> bool:
+    return spec.name == "normal" and spec.text("cache_at") == "delta"
+
+
+def usage_start(spec: Spec, prompt: int) -> dict[str, int]:
+    if _cache_at_delta(spec):
+        return {"input_tokens": prompt, "output_tokens": 1}
+    return {**_cache(spec, prompt), "output_tokens": 1}
+
+
+def count_tokens(body: Mapping[str, Any]) -> int:
+    """What ``POST /v1/messages/count_tokens`` answers for ``body``."""
+    tools = body.get("tools")
+    return input_tokens(body) + COUNT_EXTRA * (len(tools) if isinstance(tools, list) else 0)
 
 
 def _message(spec: Spec, model: str, prompt: int) -> dict[str, Any]:
@@ -277,7 +318,9 @@ def events(spec: Spec, model: str, prompt: int) -> list[tuple[str, dict[str, Any
         "stop_reason": reason,
         "stop_sequence": STOP_SEQUENCE if reason == "stop_sequence" else None,
     }
-    usage = {"output_tokens": output_tokens(spec)}
+    usage: dict[str, int] = {"output_tokens": output_tokens(spec)}
+    if _cache_at_delta(spec):
+        usage = {**_cache(spec, prompt), **usage}
     out.append(("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
     out.append(("message_stop", {"type": "message_stop"}))
     return out
@@ -302,6 +345,15 @@ def error_event(kind: str, message: str) -> bytes:
     return sse_event("error", error_body(kind, message))
 
 
+def bare_error(spec: Spec) -> bytes:
+    """``bare_error``'s failure: a ``data:`` line with no ``event:`` line."""
+    if spec.integer("typed"):
+        data = error_body("overloaded_error", "Overloaded")
+    else:
+        data = {"error": {"type": "api_error", "message": "Upstream proxy failure."}}
+    return b"data: " + encode(data) + b"\n\n"
+
+
 def message(spec: Spec, model: str, prompt: int) -> dict[str, Any]:
     """The non-streaming answer: one ``message`` object."""
     content: list[dict[str, Any]] = []
@@ -323,7 +375,7 @@ def message(spec: Spec, model: str, prompt: int) -> dict[str, Any]:
         stop_reason=reason,
         stop_sequence=STOP_SEQUENCE if reason == "stop_sequence" else None,
     )
-    body["usage"]["output_tokens"] = output_tokens(spec)
+    body["usage"] = {**_cache(spec, prompt), "output_tokens": output_tokens(spec)}
     return body
 
 

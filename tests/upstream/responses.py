@@ -2,10 +2,15 @@
 Responses event stream (``response.created`` … ``response.completed``, with
 ``sequence_number`` from 0), as OpenAI and llama.cpp send it.
 
-Scenarios: ``normal`` (text), ``reasoning`` (a reasoning item with summary deltas and
-``encrypted_content``, then text), ``tool_call`` (one function call whose arguments
-come in pieces), ``midstream_error`` (``after`` text deltas, then ``response.failed``),
-``drop`` (``after`` text deltas, then the connection closes), ``length`` (text, then
+Scenarios: ``normal`` (text; ``cached`` tokens of the input read from the cache, in
+``input_tokens_details``), ``reasoning`` (a reasoning item with summary deltas and
+``encrypted_content``, then text), ``tool_call`` (``calls`` function calls, each its
+own output item, whose arguments come in pieces; ``text=1`` puts a message with
+``TOOL_PREAMBLE`` first; ``whole=1`` sends no argument deltas: the arguments come
+only in the ``response.output_item.done`` item), ``multibyte`` (the body cut inside
+every multi-byte character, each piece its own write: ``server.py``),
+``midstream_error`` (``after`` text deltas, then ``response.failed``), ``drop``
+(``after`` text deltas, then the connection closes), ``length`` (text, then
 ``response.incomplete`` for ``max_output_tokens``). Usage is always reported.
 """
 
@@ -20,9 +25,11 @@ CREATED = sc.CREATED
 
 def _usage(spec: sc.Spec, prompt: int) -> dict[str, Any]:
     done = sc.completion_tokens(spec)
+    cached = spec.integer("cached") if spec.name == "normal" else 0
+    prompt += cached  # the input counts what was read from the cache
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": cached},
         "output_tokens": done,
         "output_tokens_details": {"reasoning_tokens": len(sc.reasoning_chunks(spec))},
         "total_tokens": prompt + done,
@@ -55,27 +62,8 @@ def events(spec: sc.Spec, model: str, prompt: int, length: bool = False) -> list
         done = {**item, "encrypted_content": "ZW5jcnlwdGVk"}
         out.append({"type": "response.output_item.done", "output_index": index, "item": done})
         index += 1
-    if spec.name == "tool_call":
-        call = {
-            "type": "function_call",
-            "id": "fc_1",
-            "call_id": sc.TOOL_CALL_ID,
-            "name": sc.TOOL_NAME,
-            "arguments": "",
-        }
-        out.append({"type": "response.output_item.added", "output_index": index, "item": call})
-        for piece in sc.TOOL_ARGUMENT_PIECES:
-            out.append(
-                {
-                    "type": "response.function_call_arguments.delta",
-                    "item_id": "fc_1",
-                    "output_index": index,
-                    "delta": piece,
-                }
-            )
-        whole = {**call, "arguments": "".join(sc.TOOL_ARGUMENT_PIECES)}
-        out.append({"type": "response.output_item.done", "output_index": index, "item": whole})
-    else:
+    texts = sc.content_chunks(spec)
+    if texts or spec.name != "tool_call":
         message = {"type": "message", "id": "msg_1", "role": "assistant", "content": []}
         out.append({"type": "response.output_item.added", "output_index": index, "item": message})
         part = {"type": "output_text", "text": "", "annotations": []}
@@ -88,7 +76,7 @@ def events(spec: sc.Spec, model: str, prompt: int, length: bool = False) -> list
                 "part": part,
             }
         )
-        for text in sc.content_chunks(spec):
+        for text in texts:
             out.append(
                 {
                     "type": "response.output_text.delta",
@@ -105,7 +93,7 @@ def events(spec: sc.Spec, model: str, prompt: int, length: bool = False) -> list
                 failed = {**base, "status": "failed", "error": error}
                 out.append({"type": "response.failed", "response": failed})
             return _numbered(out)
-        text = sc.text_of(spec)
+        text = "".join(texts)
         out.append(
             {
                 "type": "response.output_text.done",
@@ -117,6 +105,30 @@ def events(spec: sc.Spec, model: str, prompt: int, length: bool = False) -> list
         )
         finished = {**message, "content": [{**part, "text": text}], "status": "completed"}
         out.append({"type": "response.output_item.done", "output_index": index, "item": finished})
+        index += 1
+    whole = spec.name == "tool_call" and bool(spec.integer("whole"))
+    for n, tool in enumerate(sc.tool_calls(spec)):
+        item_id = f"fc_{n + 1}"
+        call = {
+            "type": "function_call",
+            "id": item_id,
+            "call_id": tool.id,
+            "name": tool.name,
+            "arguments": "",
+        }
+        out.append({"type": "response.output_item.added", "output_index": index, "item": call})
+        for piece in () if whole else tool.pieces:
+            out.append(
+                {
+                    "type": "response.function_call_arguments.delta",
+                    "item_id": item_id,
+                    "output_index": index,
+                    "delta": piece,
+                }
+            )
+        done = {**call, "arguments": tool.arguments}
+        out.append({"type": "response.output_item.done", "output_index": index, "item": done})
+        index += 1
     final = {**base, "usage": _usage(spec, prompt)}
     if length:
         final.update(status="incomplete", incomplete_details={"reason": "max_output_tokens"})

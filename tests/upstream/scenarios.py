@@ -17,8 +17,10 @@ chunk carries ``"usage": null``.
 
 Scenarios (parameters with defaults):
 
-``normal`` (n=10, finish=stop)
-    ``n`` content chunks ``word0``, `` word1``, ... written back to back.
+``normal`` (n=10, finish=stop, cached=0)
+    ``n`` content chunks ``word0``, `` word1``, ... written back to back. ``cached``
+    above 0: the usage says that many prompt tokens were read from the cache
+    (``prompt_tokens_details.cached_tokens``; ``prompt_tokens`` includes them).
 ``slow_first`` (n=10, delay=1.0)
     As ``normal``, after waiting ``delay`` seconds before the status line.
 ``slow_first_body`` (n=10, delay=1.0)
@@ -64,9 +66,13 @@ Scenarios (parameters with defaults):
 ``reasoning`` (steps=4, n=4)
     ``steps`` ``reasoning_content`` deltas (``think0``, `` think1``, ...), then ``n``
     content chunks, as DeepSeek and vLLM stream them.
-``tool_call`` (no parameters)
-    One function call ``get_weather`` whose arguments (``TOOL_ARGUMENTS``) arrive in
-    pieces; ``finish_reason`` is ``tool_calls`` and there is no content.
+``tool_call`` (calls=1, text=0, whole=0, finish=tool_calls)
+    ``calls`` (1 or 2) function calls from ``TOOL_CALLS`` (the first is ``get_weather``
+    with ``TOOL_ARGUMENTS``), one after the other with OpenAI indices 0 and 1, their
+    arguments arriving in pieces; ``finish`` is the ``finish_reason`` (some servers
+    say ``stop`` after a tool call). ``text=1``: the content ``TOOL_PREAMBLE`` comes
+    first (else there is no content). ``whole=1``: each call's arguments come whole
+    in its first chunk, with no pieces after it.
 ``choices`` (n=4)
     As many choices as the request's ``n`` (1 if absent), streamed interleaved: a
     role chunk per choice, then ``n`` rounds of one content chunk per choice (choice
@@ -107,12 +113,30 @@ TOOL_CALL_ID = "call_test0"
 TOOL_NAME = "get_weather"
 TOOL_ARGUMENT_PIECES = ('{"city', '": "Par', 'is", "un', 'it": "cel', 'sius"}')
 TOOL_ARGUMENTS = "".join(TOOL_ARGUMENT_PIECES)
+TOOL_PREAMBLE = "Let me look."
 BAD_JSON = b'{"id": "chatcmpl-broken", "choices": [{'
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    pieces: tuple[str, ...]
+
+    @property
+    def arguments(self) -> str:
+        return "".join(self.pieces)
+
+
+TOOL_CALLS = (
+    ToolCall(TOOL_CALL_ID, TOOL_NAME, TOOL_ARGUMENT_PIECES),
+    ToolCall("call_test1", "get_time", ('{"tz": "Eur', "ope/Par", 'is"}')),
+)
 
 #: Each scenario's parameters and their defaults; a default's type is the type
 #: its value must parse as.
 SCENARIOS: dict[str, dict[str, ParamValue]] = {
-    "normal": {"n": 10, "finish": "stop"},
+    "normal": {"n": 10, "finish": "stop", "cached": 0},
     "slow_first": {"n": 10, "delay": 1.0},
     "slow_first_body": {"n": 10, "delay": 1.0},
     "paced": {"n": 10, "interval": 0.05},
@@ -128,7 +152,7 @@ SCENARIOS: dict[str, dict[str, ParamValue]] = {
     "large": {"n": 3, "size": 262144},
     "comments": {"n": 10, "interval": 0.0},
     "reasoning": {"steps": 4, "n": 4},
-    "tool_call": {},
+    "tool_call": {"calls": 1, "text": 0, "whole": 0, "finish": "tool_calls"},
     "choices": {"n": 4},
     "logprobs": {"n": 4},
 }
@@ -190,6 +214,8 @@ def _check(spec: Spec) -> None:
         raise BadScenario("parameter 'status' must be between 400 and 599")
     if spec.name == "large" and spec.integer("size") < 1:
         raise BadScenario("parameter 'size' must be at least 1")
+    if spec.name == "tool_call" and not 1 <= spec.integer("calls") <= len(TOOL_CALLS):
+        raise BadScenario(f"parameter 'calls' must be between 1 and {len(TOOL_CALLS)}")
 
 
 @lru_cache(maxsize=1024)
@@ -238,7 +264,9 @@ def content_chunks(spec: Spec) -> list[str]:
         return list(SEPARATOR_CHUNKS)
     if name == "large":
         return [_large_chunk(i, spec.integer("size")) for i in range(spec.integer("n"))]
-    if name in ("error_status", "context_length", "tool_call"):
+    if name == "tool_call":
+        return [TOOL_PREAMBLE] if spec.integer("text") else []
+    if name in ("error_status", "context_length"):
         return []
     if name == "choices":
         return _words("c0w", spec.integer("n"))
@@ -289,10 +317,13 @@ def expected_reasoning(model: str) -> str:
     return "".join(reasoning_chunks(parse_spec(model)))
 
 
+def tool_calls(spec: Spec) -> tuple[ToolCall, ...]:
+    """The function calls the scenario streams (only ``tool_call`` has any)."""
+    return TOOL_CALLS[: spec.integer("calls")] if spec.name == "tool_call" else ()
+
+
 def finish_reason(spec: Spec) -> str:
-    if spec.name == "tool_call":
-        return "tool_calls"
-    if spec.name == "normal":
+    if spec.name in ("tool_call", "normal"):
         return spec.text("finish")
     return "stop"
 
@@ -300,21 +331,27 @@ def finish_reason(spec: Spec) -> str:
 def deltas(spec: Spec) -> list[dict[str, Any]]:
     """Every delta after the role chunk and before the finish chunk."""
     if spec.name == "tool_call":
-        first: dict[str, Any] = {
-            "index": 0,
-            "id": TOOL_CALL_ID,
-            "type": "function",
-            "function": {"name": TOOL_NAME, "arguments": ""},
-        }
-        pieces = [{"index": 0, "function": {"arguments": p}} for p in TOOL_ARGUMENT_PIECES]
-        return [{"tool_calls": [call]} for call in (first, *pieces)]
+        out: list[dict[str, Any]] = [{"content": text} for text in content_chunks(spec)]
+        whole = bool(spec.integer("whole"))
+        for index, call in enumerate(tool_calls(spec)):
+            first: dict[str, Any] = {
+                "index": index,
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments if whole else ""},
+            }
+            pieces = [] if whole else call.pieces
+            rest = [{"index": index, "function": {"arguments": p}} for p in pieces]
+            out += [{"tool_calls": [item]} for item in (first, *rest)]
+        return out
     reasoning = [{"reasoning_content": text} for text in reasoning_chunks(spec)]
     return reasoning + [{"content": text} for text in content_chunks(spec)]
 
 
 def completion_tokens(spec: Spec, choices: int = 1) -> int:
     if spec.name == "tool_call":
-        return len(TOOL_ARGUMENT_PIECES)
+        pieces = sum(1 if spec.integer("whole") else len(c.pieces) for c in tool_calls(spec))
+        return pieces + len(content_chunks(spec))
     return len(reasoning_chunks(spec)) + len(content_chunks(spec)) * choice_count(spec, choices)
 
 
@@ -335,9 +372,19 @@ def completion_id(model: str) -> str:
     return "chatcmpl-" + hashlib.sha256(model.encode()).hexdigest()[:24]
 
 
-def usage(spec: Spec, prompt: int, choices: int = 1) -> dict[str, int]:
+def usage(spec: Spec, prompt: int, choices: int = 1) -> dict[str, Any]:
     done = completion_tokens(spec, choices)
-    return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
+    cached = spec.integer("cached") if spec.name == "normal" else 0
+    # Cached tokens are part of the prompt, as OpenAI counts them.
+    prompt += cached
+    out: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": done,
+        "total_tokens": prompt + done,
+    }
+    if cached:
+        out["prompt_tokens_details"] = {"cached_tokens": cached}
+    return out
 
 
 def _logprobs(spec: Spec, tokens: list[str], top_logprobs: int | None) -> Any:
@@ -406,13 +453,14 @@ def completion(
             "content": "".join(choice_chunks(spec, index)),
         }
         if spec.name == "tool_call":
-            message["content"] = None
+            message["content"] = message["content"] or None
             message["tool_calls"] = [
                 {
-                    "id": TOOL_CALL_ID,
+                    "id": call.id,
                     "type": "function",
-                    "function": {"name": TOOL_NAME, "arguments": TOOL_ARGUMENTS},
+                    "function": {"name": call.name, "arguments": call.arguments},
                 }
+                for call in tool_calls(spec)
             ]
         if spec.name == "reasoning":
             message["reasoning_content"] = "".join(reasoning_chunks(spec))

@@ -4,10 +4,10 @@ Run ``python -m tests.upstream.server --host 127.0.0.1 --port 0 [--port-file PAT
 it prints ``listening on http://HOST:PORT`` once ready and stops on SIGTERM/SIGINT.
 Raw asyncio protocol + httptools, so every TCP write and every close is deliberate.
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/messages`` (Anthropic's Messages
-API), ``POST /v1/responses`` (``responses.py``), ``POST /v1/embeddings``,
-``GET /v1/models``, ``GET /_log``, ``POST /_reset``. See ``scenarios.py`` and
-``messages.py`` for what each scenario does. ``/_log`` keeps every request's headers and
-body, so tests can check what was sent.
+API) and ``POST /v1/messages/count_tokens``, ``POST /v1/responses`` (``responses.py``),
+``POST /v1/embeddings``, ``GET /v1/models``, ``GET /_log``, ``POST /_reset``. See
+``scenarios.py`` and ``messages.py`` for what each scenario does. ``/_log`` keeps every
+request's headers and body, so tests can check what was sent.
 """
 
 from __future__ import annotations
@@ -568,9 +568,12 @@ async def run_messages(call: MessagesCall) -> None:
         pieces = sc.multibyte_pieces(b"".join(events))
         await write_events(call, [http_chunk(p) for p in pieces], spec.number("interval"))
     else:
-        await write_events(call, [http_chunk(e) for e in events], 0.0)
+        interval = spec.number("interval") if spec.name == "normal" else 0.0
+        await write_events(call, [http_chunk(e) for e in events], interval)
     if spec.name == "overloaded":
         conn.write(http_chunk(am.error_event("overloaded_error", "Overloaded")))
+    elif spec.name == "bare_error":
+        conn.write(http_chunk(am.bare_error(spec)))
     elif spec.name == "drop":
         await drop(call)
     conn.write(LAST_CHUNK)
@@ -726,7 +729,14 @@ class App:
         stream = rs.events(spec, str(model), rs.prompt_of(body), length=length)
         headers = [("content-type", "text/event-stream"), ("transfer-encoding", "chunked")]
         conn.write(head(200, headers, keep))
-        for event in stream:
+        if spec.name == "multibyte":
+            await conn.flushed()
+            pieces = sc.multibyte_pieces(b"".join(rs.sse(event) for event in stream))
+            for piece in pieces:
+                conn.write(http_chunk(piece))
+                await conn.drain()
+                await asyncio.sleep(spec.number("interval"))
+        for event in stream if spec.name != "multibyte" else ():
             conn.write(http_chunk(rs.sse(event)))
             await conn.drain()
         if spec.name == "drop":
@@ -770,6 +780,30 @@ class App:
         )
         await run_messages(call)
 
+    async def count_tokens(self, conn: Connection, request: Request, entry: dict[str, Any]) -> None:
+        """``POST /v1/messages/count_tokens``: see ``messages.py``."""
+        keep = request.keep_alive
+        body = entry["body"]
+        model = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(body, dict) or not isinstance(model, str) or not model:
+            send_anthropic_error(conn, 400, "invalid_request_error", "model: Field required", keep)
+            return
+        try:
+            spec = am.parse_spec(request.headers.get(sc.SCENARIO_HEADER) or model)
+        except sc.UnknownScenario:
+            send_anthropic_error(conn, 404, "not_found_error", f"model: {model}", keep)
+            return
+        except sc.BadScenario as exc:
+            send_anthropic_error(conn, 400, "invalid_request_error", str(exc), keep)
+            return
+        entry["scenario"] = spec.name
+        if spec.name == "error_status":
+            send_json(conn, spec.integer("status"), am.status_error(spec.integer("status")), keep)
+        elif spec.name == "prompt_too_long":
+            send_anthropic_error(conn, 400, "invalid_request_error", am.PROMPT_TOO_LONG, keep)
+        else:
+            send_json(conn, 200, {"input_tokens": am.count_tokens(body)}, keep)
+
 
 Route = Callable[[App, Connection, Request, dict[str, Any]], Coroutine[Any, Any, None]]
 ROUTES: dict[tuple[str, str], Route] = {
@@ -778,6 +812,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("POST", "/v1/embeddings"): App.embeddings,
     ("POST", "/v1/responses"): App.responses,
     ("POST", "/v1/messages"): App.messages,
+    ("POST", "/v1/messages/count_tokens"): App.count_tokens,
 }
 
 

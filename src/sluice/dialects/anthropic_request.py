@@ -46,6 +46,10 @@ FORMAT: WireFormat = "anthropic_messages"
 #: Where server tools ride in ``ChatRequest.extra``: the tool objects as the client
 #: sent them, in request order. Only an Anthropic upstream can run them.
 SERVER_TOOLS = "server_tools"
+#: Where ``thinking`` and ``output_config`` ride in ``ChatRequest.extra`` when their
+#: canonical reading carries them whole: for an Anthropic upstream, as the client sent
+#: them; other formats drop them.
+AS_SENT = "as_sent"
 #: Fields read into the canonical request; every other one rides in ``extra``.
 _CANONICAL = frozenset(
     {
@@ -446,10 +450,15 @@ def decode_messages(
     effort, response_format, output_read = _output_config(data.get("output_config"))
     reasoning, thinking_read = _thinking(data.get("thinking"), max_tokens, effort)
     extra = {k: v for k, v in data.items() if k not in _CANONICAL}
-    if not thinking_read:
-        extra["thinking"] = data["thinking"]
-    if not output_read:
-        extra["output_config"] = data["output_config"]
+    # Read whole, ``thinking`` and ``output_config`` still go to an Anthropic upstream
+    # as they came (their canonical reading cannot tell adaptive thinking from an
+    # effort alone); other formats drop them. Not read whole, other formats refuse them.
+    as_sent: dict[str, Any] = {}
+    for name, whole in (("thinking", thinking_read), ("output_config", output_read)):
+        if data.get(name) is not None:
+            (as_sent if whole else extra)[name] = data[name]
+    if as_sent:
+        extra[AS_SENT] = as_sent
     if server:
         extra[SERVER_TOOLS] = server
     request_headers = {}

@@ -20,7 +20,7 @@ import orjson
 
 from sluice.dialects import Headers, error_headers
 from sluice.dialects.openai_request import decode_chat
-from sluice.errors import SluiceError
+from sluice.errors import SluiceError, UpstreamError
 from sluice.events import (
     Annotations,
     Batch,
@@ -124,6 +124,8 @@ class StreamEncoder:
         self._head = b""
         self._roles: set[int] = set()
         self._tools = _ToolIndex()
+        #: An in-band error went out: nothing follows it, not even ``[DONE]``.
+        self._failed = False
         self._head_for()
 
     def _head_for(self) -> None:
@@ -145,13 +147,22 @@ class StreamEncoder:
         finish: str | None = None,
         logprobs: Any = None,
     ) -> bytes:
+        opening = b""
         if choice not in self._roles:
+            if choice:
+                # The SDKs' accumulators add a choice they have not seen at the end of
+                # their list: lower choices not heard from yet open first, in order.
+                opening = b"".join(
+                    self._chunk(c, {}) for c in range(choice) if c not in self._roles
+                )
             self._roles.add(choice)
             delta = {"role": "assistant", **delta}
         body = {"index": choice, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-        return self._head + orjson.dumps([body]) + b"}\n\n"
+        return opening + self._head + orjson.dumps([body]) + b"}\n\n"
 
     def encode(self, batch: Batch) -> bytes:
+        if self._failed:
+            return b""
         parts: list[bytes] = []
         self._encode(batch, parts)
         if len(parts) == 1:
@@ -160,6 +171,8 @@ class StreamEncoder:
 
     def _encode(self, batch: list[StreamEvent], parts: list[bytes]) -> None:
         for event in batch:
+            if self._failed:
+                return
             kind = type(event)
             if kind is Verbatim:
                 v: Verbatim = event  # type: ignore[assignment]
@@ -216,10 +229,11 @@ class StreamEncoder:
             elif kind is StreamError:
                 s: StreamError = event  # type: ignore[assignment]
                 parts.append(self._error(s.message, s.type, s.code))
+                self._failed = True
             # PartEnd and RedactedReasoning have no chat completions form.
 
     def end(self) -> bytes:
-        return DONE
+        return b"" if self._failed else DONE
 
     @staticmethod
     def _error(message: str, type_: str, code: str | None) -> bytes:
@@ -227,6 +241,9 @@ class StreamEncoder:
         return b"data: " + orjson.dumps(payload) + b"\n\n"
 
     def error(self, exc: SluiceError) -> bytes:
+        if self._failed:
+            return b""
+        self._failed = True
         return self._error(exc.message, exc.type, exc.code)
 
 
@@ -308,6 +325,8 @@ class CompletionEncoder:
                 self._tool(event)  # type: ignore[arg-type]
             elif kind is Start:
                 self._identity.start(event)  # type: ignore[arg-type]
+            elif kind is StreamError:
+                raise UpstreamError(event.message)  # type: ignore[union-attr]
         return b""
 
     def _tool(self, event: ToolCallDelta) -> None:

@@ -141,18 +141,23 @@ def visible_models(key: VirtualKey | None, names: Iterable[str], wildcard: bool)
     return shown
 
 
+def require_model(key: VirtualKey | None, model: str) -> None:
+    """A key restricted to some models may use only those (403)."""
+    if not may_use(key, model):
+        assert key is not None
+        raise PermissionDenied(
+            f"The API key {key.id} may not use the model '{model}'.",
+            param="model",
+            code="model_not_allowed",
+        )
+
+
 def model_access(handler: Handler) -> Handler:
-    """The first policy: a key restricted to some models may use only those (403)."""
+    """The first policy: ``require_model``."""
 
     def handle(request: ChatRequest, call: Call) -> AsyncGenerator[Batch, None]:
         # Not a generator itself: no per-chunk hop, and the refusal comes at once.
-        if not may_use(call.key, request.model):
-            assert call.key is not None
-            raise PermissionDenied(
-                f"The API key {call.key.id} may not use the model '{request.model}'.",
-                param="model",
-                code="model_not_allowed",
-            )
+        require_model(call.key, request.model)
         return handler(request, call)
 
     return handle

@@ -7,10 +7,21 @@ HTTP loop over a wire (``upstream.HTTPProvider``), or the simulator.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from sluice.errors import SluiceError
 from sluice.events import Batch, ChatRequest, WireFormat
+
+#: Values of another format's fields that ask for nothing (``logprobs: false``): a wire
+#: that cannot carry the field drops them rather than refusing them.
+NO_OP: Mapping[str, tuple[Any, ...]] = {
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "frequency_penalty": (0,),
+    "presence_penalty": (0,),
+    "logit_bias": ({},),
+    "modalities": (["text"],),
+}
 
 
 class Provider(Protocol):

@@ -70,7 +70,7 @@ from sluice.events import (
     Verbatim,
     WireFormat,
 )
-from sluice.providers import Decoder
+from sluice.providers import NO_OP, Decoder
 from sluice.providers.upstream_errors import client_status, status_error
 from sluice.sse import SSEDecoder
 
@@ -84,6 +84,10 @@ MIN_BUDGET = 1024
 #: ``reasoning_effort`` → thinking budget (``none`` asks for no thinking).
 BUDGETS: Mapping[str, int] = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
 UPSTREAM = "an Anthropic Messages upstream"
+#: Where an Anthropic client's server tools ride in ``ChatRequest.extra``, and its
+#: ``thinking`` and ``output_config`` as it sent them (when read whole).
+SERVER_TOOLS = "server_tools"
+AS_SENT = "as_sent"
 
 # -- request ----------------------------------------------------------------------
 
@@ -102,15 +106,6 @@ _DROPPABLE = frozenset(
         "truncation",
     }
 )
-#: Values of foreign fields that ask for nothing (``logprobs: false``): dropped too.
-_NO_OP: Mapping[str, tuple[Any, ...]] = {
-    "logprobs": (False,),
-    "top_logprobs": (0,),
-    "frequency_penalty": (0,),
-    "presence_penalty": (0,),
-    "logit_bias": ({},),
-    "modalities": (["text"],),
-}
 
 
 def _refused(where: str, what: str) -> Unsupported:
@@ -305,7 +300,7 @@ def _thinking(request: ChatRequest, max_tokens: int | None, default: int) -> tup
 def _check_foreign(request: ChatRequest) -> None:
     """Refuse what another format asked for that Anthropic cannot do."""
     for name, value in sorted(request.extra.items()):
-        if name in _DROPPABLE or value is None or value in _NO_OP.get(name, ()):
+        if name in _DROPPABLE or value is None or value in NO_OP.get(name, ()):
             continue
         raise _refused(name, f"'{name}'")
     if request.n != 1:
@@ -332,7 +327,12 @@ def build(request: ChatRequest, model: str, max_tokens_default: int) -> dict[str
     body: dict[str, Any] = {"model": model, "messages": messages}
     if system:
         body["system"] = system
-    thinking, max_tokens = _thinking(request, request.max_tokens, max_tokens_default)
+    as_sent = request.extra.get(AS_SENT) if native else None
+    if as_sent is None:
+        thinking, max_tokens = _thinking(request, request.max_tokens, max_tokens_default)
+    else:
+        # An Anthropic client's own thinking and output_config go back as they came.
+        thinking, max_tokens = None, request.max_tokens or max_tokens_default
     body["max_tokens"] = max_tokens
     if thinking is not None:
         body["thinking"] = thinking
@@ -361,9 +361,54 @@ def build(request: ChatRequest, model: str, max_tokens_default: int) -> dict[str
     if request.user is not None:
         body["metadata"] = {"user_id": request.user}
     if native:
-        body.update(request.extra)
+        extra = dict(request.extra)
+        # An Anthropic client's server tools ride apart from its custom tools (other
+        # formats refuse them by that name): here they go back in ``tools``.
+        server = extra.pop(SERVER_TOOLS, None)
+        if server:
+            body["tools"] = [*body.get("tools", ()), *server]
+        body.update(extra.pop(AS_SENT, None) or {})
+        body.update(extra)
     body["stream"] = True
     return body
+
+
+#: Anthropic's token count, beside ``/v1/messages``.
+COUNT_PATH = "/v1/messages/count_tokens"
+#: What ``count_tokens`` takes of a Messages body (not ``max_tokens``, ``stream``,
+#: sampling or ``metadata``).
+_COUNTED = frozenset(
+    {
+        "model",
+        "messages",
+        "system",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "mcp_servers",
+        "context_management",
+        "output_config",
+    }
+)
+
+
+def count_body(request: ChatRequest, model: str) -> bytes:
+    """The ``count_tokens`` body for ``request``: its Messages body, less what only a
+    generation takes."""
+    body = build(request, model, MAX_TOKENS_DEFAULT)
+    return orjson.dumps({k: v for k, v in body.items() if k in _COUNTED})
+
+
+def counted(body: bytes) -> int:
+    """The ``input_tokens`` of a ``count_tokens`` answer."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamProtocolError(f"the upstream's token count is not JSON: {exc}") from exc
+    tokens = parsed.get("input_tokens") if isinstance(parsed, dict) else None
+    if type(tokens) is not int or tokens < 0:
+        raise UpstreamProtocolError("the upstream's token count has no input_tokens number")
+    return tokens
 
 
 # -- response ---------------------------------------------------------------------
@@ -609,7 +654,8 @@ class MessagesDecoder:
                 f"the upstream sent an event that is not a Messages stream event: {exc}"
             ) from exc
         kind = event.type
-        if kind == "error":
+        if kind == "error" or (not kind and event.error is not None):
+            # Some proxies write a late failure as ``data: {"error": {...}}`` alone.
             error = event.error or _Error()
             self.error = stream_error(error.type or "", error.message or "no message")
             self.done = True

@@ -57,8 +57,9 @@ FORMAT: Literal["openai_chat"] = "openai_chat"
 
 # -- request ----------------------------------------------------------------------
 
-#: Fields of other formats that do not change the answer: dropped on the way here.
-_DROPPABLE = frozenset({"metadata", "service_tier", "store", "container", "truncation"})
+#: Fields of other formats that do not change the answer: dropped on the way here
+#: (``as_sent``: an Anthropic client's fields whose meaning is in canonical form).
+_DROPPABLE = frozenset({"metadata", "service_tier", "store", "container", "truncation", "as_sent"})
 
 
 def _content(parts: list[Any], where: str) -> str | list[dict[str, Any]]:

@@ -42,14 +42,18 @@ from sluice.events import (
     Usage,
     WireFormat,
 )
-from sluice.providers import Decoder
+from sluice.providers import NO_OP, Decoder
 from sluice.providers.openai_chat import error_fields
 from sluice.providers.upstream_errors import status_error
 from sluice.sse import SSEDecoder
 
 FORMAT: WireFormat = "openai_responses"
 #: Fields of other formats that do not change the answer: dropped on the way here.
-_DROPPABLE = frozenset({"metadata", "service_tier", "store", "stream_options"})
+#: (``as_sent``: an Anthropic client's fields whose meaning is in canonical form;
+#: ``max_completion_tokens`` is read into ``max_tokens`` already.)
+_DROPPABLE = frozenset(
+    {"metadata", "service_tier", "store", "stream_options", "as_sent", "max_completion_tokens"}
+)
 
 # -- request ----------------------------------------------------------------------
 
@@ -175,17 +179,38 @@ def build(request: ChatRequest, model: str) -> dict[str, Any]:
             effort = "low" if budget <= 2048 else "medium" if budget <= 8192 else "high"
         body["reasoning"] = {"effort": effort}
     if request.source == FORMAT:
-        body.update(request.extra)
+        # What the canonical form did not hold of ``text`` and ``reasoning``
+        # (``verbosity``, a format's ``description``) completes what it did.
+        body.update(_merged(body, request.extra))
     else:
-        refused = sorted(k for k in request.extra if k not in _DROPPABLE)
+        refused = sorted(
+            k
+            for k, v in request.extra.items()
+            if k not in _DROPPABLE and v is not None and v not in NO_OP.get(k, ())
+        )
         if refused:
+            # The value is shown too: a field such as Anthropic's server tools names
+            # the tools only there.
+            shown = orjson.dumps(request.extra[refused[0]]).decode()
+            shown = shown if len(shown) <= 200 else shown[:199] + "…"
             raise Unsupported(
-                f"'{refused[0]}' cannot be sent to an OpenAI Responses upstream",
+                f"'{refused[0]}' ({shown}) cannot be sent to an OpenAI Responses upstream",
                 param=refused[0],
             )
     body["stream"] = True
     body["store"] = False
     return body
+
+
+def _merged(into: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` over ``into``, objects merged key by key."""
+    out = {}
+    for name, value in extra.items():
+        have = into.get(name)
+        if isinstance(have, dict) and isinstance(value, dict):
+            value = {**have, **_merged(have, value)}
+        out[name] = value
+    return out
 
 
 # -- response ---------------------------------------------------------------------
@@ -258,11 +283,13 @@ _INCOMPLETE: dict[str, FinishReason] = {
 class ResponsesDecoder:
     """Response reads → batches, one Responses stream."""
 
-    __slots__ = ("_calls", "_open", "_parts", "_sse", "_started", "done", "error")
+    __slots__ = ("_argued", "_calls", "_open", "_parts", "_sse", "_started", "done", "error")
 
     def __init__(self) -> None:
         self._sse = SSEDecoder()
         self._parts: dict[tuple[int, int], int] = {}
+        #: Parts of function calls whose arguments came (as deltas, or in the item).
+        self._argued: set[int] = set()
         self._open = -1
         self._calls = False
         self._started = False
@@ -305,6 +332,7 @@ class ResponsesDecoder:
             out.append(TextDelta(event.delta or "", part, 0, event.logprobs or None))
         elif kind == "response.function_call_arguments.delta":
             part = self._part(event.output_index, 0, out)
+            self._argued.add(part)
             out.append(ToolCallDelta(part, None, None, event.delta or ""))
         elif kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
             out.append(ReasoningDelta(event.delta or "", self._part(event.output_index, 0, out)))
@@ -319,12 +347,21 @@ class ResponsesDecoder:
             if item.type == "function_call":
                 self._calls = True
                 part = self._part(event.output_index, 0, out)
-                out.append(ToolCallDelta(part, item.call_id or item.id, item.name, ""))
+                arguments = item.arguments or ""
+                if arguments:
+                    self._argued.add(part)
+                out.append(ToolCallDelta(part, item.call_id or item.id, item.name, arguments))
         elif kind == "response.output_item.done" and event.item is not None:
             item = event.item
             if item.type == "reasoning" and item.encrypted_content:
                 part = self._part(event.output_index, 0, out)
                 out.append(ReasoningDelta("", part, 0, item.encrypted_content))
+            elif item.type == "function_call" and item.arguments:
+                # A server that streams no argument deltas has them only here.
+                part = self._part(event.output_index, 0, out)
+                if part not in self._argued:
+                    self._argued.add(part)
+                    out.append(ToolCallDelta(part, None, None, item.arguments))
         elif kind == "response.created" and event.response is not None and not self._started:
             self._started = True
             response = event.response

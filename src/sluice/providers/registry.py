@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sluice.config import Deployment, Settings
-from sluice.events import WireFormat
+from sluice.events import ChatRequest, WireFormat
 from sluice.providers import Provider, Wire
 from sluice.providers.http import Pool
 
@@ -66,6 +66,19 @@ class Providers:
         if provider is None:
             provider = self._built[deployment.key] = build(deployment, self._pool)
         return provider
+
+    async def count_tokens(self, deployment: Deployment, request: ChatRequest) -> int | None:
+        """The upstream's own count of ``request``'s input tokens when the deployment's
+        format has a count endpoint (Anthropic's ``count_tokens``); None otherwise."""
+        if deployment.provider != "anthropic":
+            return None
+        from sluice.providers import anthropic
+        from sluice.providers.upstream import HTTPProvider
+
+        provider = self.get(deployment)
+        assert isinstance(provider, HTTPProvider)
+        body = anthropic.count_body(request, deployment.upstream_model(request.model))
+        return anthropic.counted(await provider.call(anthropic.COUNT_PATH, body, request))
 
     async def aclose(self) -> None:
         for provider in self._built.values():

@@ -30,6 +30,7 @@ import uuid
 from collections.abc import AsyncGenerator, Iterator
 
 from sluice.config import Deployment
+from sluice.errors import Unsupported
 from sluice.events import (
     Batch,
     ChatRequest,
@@ -72,6 +73,7 @@ class SimulatorProvider:
         return self._answers(request, plan)
 
     async def _story(self, request: ChatRequest) -> AsyncGenerator[Batch, None]:
+        _refuse_tools(request)
         settings = self._deployment.simulator
         if request.operation == "embeddings":
             if settings.ttft > 0:
@@ -129,6 +131,7 @@ class SimulatorProvider:
         yield [PartEnd(0), Finish(reason, reason), usage]
 
     async def _answers(self, request: ChatRequest, plan: Plan) -> AsyncGenerator[Batch, None]:
+        _refuse_tools(request)
         settings = self._deployment.simulator
         limit = _token_limit(settings.max_tokens, request.max_tokens)
         words = default_model()
@@ -191,6 +194,20 @@ class SimulatorProvider:
     async def aclose(self) -> None:
         # Nothing is held between streams; each stream's own aclose() stops it.
         return None
+
+
+#: Fields of ``extra`` that ask for tools the upstream runs itself (Anthropic's server
+#: tools, the Responses API's built-in tools): the simulator cannot, and says so rather
+#: than answer as if they were not asked for.
+_HOSTED_TOOLS = ("server_tools", "builtin_tools")
+
+
+def _refuse_tools(request: ChatRequest) -> None:
+    for name in _HOSTED_TOOLS:
+        tools = request.extra.get(name)
+        if tools:
+            kinds = ", ".join(sorted({str(t.get("type")) for t in tools if isinstance(t, dict)}))
+            raise Unsupported(f"'{name}' ({kinds}) cannot be run by the simulator", param=name)
 
 
 def _token_limit(default: int, max_tokens: int | None) -> int:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 
 from sluice.config import Deployment
 from sluice.errors import (
+    SluiceError,
     Unsupported,
     UpstreamConnectError,
     UpstreamProtocolError,
@@ -32,6 +33,8 @@ from sluice.providers.http import (
 )
 
 _MAX_ERROR_BODY = 64 * 1024
+#: The most of a JSON answer ``HTTPProvider.call`` reads.
+_MAX_ANSWER = 1024 * 1024
 
 
 def endpoint(base_url: str, path: str) -> str:
@@ -181,28 +184,16 @@ class HTTPProvider:
         response: Response | None = None
         watchdog: _Watchdog | None = None
         try:
-            try:
-                # The request and its response head: nothing is yielded in here, so a
-                # timeout context is safe (one that spans a yield would cancel whichever
-                # task happens to be running when it fires).
+            # The request and its response head: nothing is yielded in here, so a
+            # timeout context is safe (one that spans a yield would cancel whichever
+            # task happens to be running when it fires).
+            with _mapped(loop, deadline):
                 async with asyncio.timeout_at(min(deadline, first_deadline)):
                     response = await self._pool.request(
                         self._origin, data_out, self._connect_timeout
                     )
-            except TimeoutError as exc:
-                what = "total time" if loop.time() >= deadline else "first token"
-                raise UpstreamTimeout(f"the upstream timed out waiting for the {what}") from exc
-            except ConnectTimeout as exc:
-                raise UpstreamTimeout("timed out connecting to the upstream") from exc
-            except ConnectError as exc:
-                raise UpstreamConnectError(f"cannot connect to the upstream: {exc}") from exc
-            except HTTPError as exc:
-                raise UpstreamConnectError(f"upstream request failed: {exc}") from exc
             if response.status >= 400:
-                body = b""
-                with contextlib.suppress(HTTPError):
-                    body = await response.read_all(_MAX_ERROR_BODY)
-                raise self._wire.error(response.status, body, response.headers)
+                raise await self._error(response)
             watchdog = _Watchdog(loop, response, first_deadline, timeouts.idle, deadline)
             decoder = self._wire.decoder(request, verbatim)
             feed = decoder.feed
@@ -238,5 +229,57 @@ class HTTPProvider:
                 # Back to the pool only if the whole body was read; else closed.
                 response.release()
 
+    async def _error(self, response: Response) -> SluiceError:
+        body = b""
+        with contextlib.suppress(HTTPError):
+            body = await response.read_all(_MAX_ERROR_BODY)
+        return self._wire.error(response.status, body, response.headers)
+
+    async def call(self, path: str, body: bytes, request: ChatRequest) -> bytes:
+        """One JSON exchange with ``path`` beside the wire's own endpoint (Anthropic's
+        ``count_tokens``), not streamed: the answer's body. An error status is the
+        wire's error; a connection that fails or an answer later than the first-token
+        (or total) timeout fails as ``stream`` does."""
+        base, sep, query = self._deployment.base_url.partition("?")
+        base = base.rstrip("/").removesuffix(self._wire.path)
+        target = split_url(f"{base}{path}{sep}{query}")[1]
+        head = f"POST {target} HTTP/1.1\r\n".encode("latin-1") + self._lines
+        head += _header_lines(self._wire.request_headers(request))
+        data = b"".join((head, b"Content-Length: %d\r\n\r\n" % len(body), body))
+        timeouts = self._deployment.timeouts
+        loop = asyncio.get_running_loop()
+        limit = min((t for t in (timeouts.first_token, timeouts.total) if t), default=0.0)
+        deadline = loop.time() + limit if limit else float("inf")
+        response: Response | None = None
+        try:
+            with _mapped(loop, deadline, "answer"):
+                async with asyncio.timeout_at(deadline):
+                    response = await self._pool.request(self._origin, data, self._connect_timeout)
+                    if response.status >= 400:
+                        raise await self._error(response)
+                    return await response.read_all(_MAX_ANSWER)
+        finally:
+            if response is not None:
+                response.release()
+
     async def aclose(self) -> None:
         return None
+
+
+@contextlib.contextmanager
+def _mapped(
+    loop: asyncio.AbstractEventLoop, deadline: float, awaited: str = "first token"
+) -> Iterator[None]:
+    """Connection failures and a timeout while waiting for the upstream, as errors of
+    the tree (a timeout past ``deadline`` is the total time's, else ``awaited``'s)."""
+    try:
+        yield
+    except TimeoutError as exc:
+        what = "total time" if loop.time() >= deadline else awaited
+        raise UpstreamTimeout(f"the upstream timed out waiting for the {what}") from exc
+    except ConnectTimeout as exc:
+        raise UpstreamTimeout("timed out connecting to the upstream") from exc
+    except ConnectError as exc:
+        raise UpstreamConnectError(f"cannot connect to the upstream: {exc}") from exc
+    except HTTPError as exc:
+        raise UpstreamConnectError(f"upstream request failed: {exc}") from exc
