@@ -1,7 +1,8 @@
 """What each pair of client API and upstream API costs per relayed chunk.
 
 ``python -m bench.pairs [--quick] [--rounds N] [--only chat-chat,messages-chat,...]
-[--burst-streams N] [--wait-quiet S] [--out DIR]``
+[--burst-streams N] [--wait-quiet S] [--out DIR]``; ``--report pairs.json`` renders
+a run again.
 
 The burst profile (200 chunks written at once by the fake upstream, 50 concurrent
 streams) through ``sluice serve`` for each pair of the API a client speaks and the
@@ -183,6 +184,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", help=f"comma-separated pairs (default: all: {names})")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where pairs.* go")
     parser.add_argument(
+        "--report", type=Path, help="render this pairs.json again (to pairs.md beside it)"
+    )
+    parser.add_argument(
         "--nice", type=int, default=-5, help="scheduling priority, when allowed (default -5)"
     )
     parser.add_argument(
@@ -302,7 +306,7 @@ def rows(out: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = [
         "pair",
         "client API → upstream API",
-        "CPU ms / 1,000 chunks",
+        "CPU ms / 1,000 chunks [rounds' range]",
         f"÷ {REFERENCE}",
         "chunks/s",
         "gateway CPU %",
@@ -316,6 +320,7 @@ def rows(out: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         if entry.get("status") != "ok":
             body.append([name, label, f"{entry['status']}: {entry.get('reason', '')}"] + [""] * 6)
             continue
+        low, high = entry["cpu_ms_per_1k_chunks_range"]
         target = entry.get("target", "")
         if "met" in entry:
             target = f"{target}: {'met' if entry['met'] else 'missed'}"
@@ -323,7 +328,7 @@ def rows(out: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             [
                 name,
                 label,
-                fmt(entry["cpu_ms_per_1k_chunks"], 2),
+                f"{fmt(entry['cpu_ms_per_1k_chunks'], 2)} [{low:.2f}-{high:.2f}]",
                 fmt(entry["ratio"], 2),
                 fmt(entry["chunks_per_s"], 0),
                 fmt(entry["gateway_cpu_pct"], 0),
@@ -370,6 +375,13 @@ def markdown(out: dict[str, Any]) -> str:
             f" {portkey['portkey_ms']:.1f} ms per 1,000 chunks against Sluice chat's"
             f" {portkey['sluice_ms']:.1f} ms in that run, {portkey['ratio']:.1f}x it. A translated"
             " pair is below Portkey when its ratio here is below that.",
+        ]
+    busy = max((e.get("other_cpu_pct", 0.0) for e in out["pairs"].values()), default=0.0)
+    if busy > 10:
+        lines += [
+            "",
+            f"Other processes used up to {busy:.0f} % of a core during the rounds: the machine"
+            " was busy, so throughput says little and only ratios within this run count.",
         ]
     failures = [
         (name, reason, count)
@@ -482,6 +494,11 @@ async def main_async(args: argparse.Namespace, argv: list[str]) -> dict[str, Any
 def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else argv
     args = parse_args(given)
+    if args.report is not None:
+        out = orjson.loads(args.report.read_bytes())
+        args.report.with_suffix(".md").write_text(markdown(out))
+        print(table(out))
+        return 0
     try:
         import uvloop
     except ImportError:
