@@ -1,10 +1,19 @@
 """The load generator: raw asyncio connections with httptools, one stream at a time each.
 
 It shares a core with the fake upstream, so per chunk it does as little as it can: it
-counts ``data:`` events in each body piece (or content bytes for plain-text targets)
-and, only in timed mode, stamps each piece. Every stream ends as a ``Result``; a
-stream that is short, failed, errored in-band or answered with a non-200 status is
-counted as failed with its reason, never dropped.
+counts events in each body piece (or content bytes for plain-text targets) and, only
+in timed mode, stamps each piece. Which events, and what ends a stream, depends on the
+client API the target speaks (``FRAMINGS``):
+
+- ``sse``, OpenAI chat completions: ``data:`` events; ends with ``[DONE]``; an
+  ``{"error"`` payload is an in-band error.
+- ``anthropic``, Anthropic Messages: ``content_block_delta`` events; ends with
+  ``message_stop``; an ``error`` event is an in-band error.
+- ``responses``, OpenAI Responses: ``response.output_text.delta`` events; ends with
+  ``response.completed``; an ``error`` or ``response.failed`` event is an in-band error.
+
+Every stream ends as a ``Result``; a stream that is short, failed, errored in-band or
+answered with a non-200 status is counted as failed with its reason, never dropped.
 """
 
 from __future__ import annotations
@@ -20,10 +29,44 @@ from typing import Literal, cast
 import httptools
 import orjson
 
-Kind = Literal["sse", "text"]
-_DATA = b"data:"
-_DONE = b"[DONE]"
-_ERROR = b'{"error"'
+Kind = Literal["sse", "text", "anthropic", "responses"]
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """What an SSE client API's stream looks like to the load generator."""
+
+    #: Counted: one per content chunk (OpenAI: every ``data:`` event, so at least one).
+    event: bytes
+    #: Seen once a stream is complete.
+    done: bytes
+    #: Any of these is an in-band error.
+    errors: tuple[bytes, ...]
+    #: What ``done`` is called in a failure's reason.
+    done_name: str
+
+    @property
+    def overlap(self) -> int:
+        """Bytes kept from one body piece for the next: a marker may be split between
+        them, and none fits whole in this many (so none is counted twice)."""
+        return max(len(m) for m in (self.event, self.done, *self.errors)) - 1
+
+
+FRAMINGS: dict[str, Framing] = {
+    "sse": Framing(b"data:", b"[DONE]", (b'{"error"',), "[DONE]"),
+    "anthropic": Framing(
+        b"event: content_block_delta\n",
+        b"event: message_stop\n",
+        (b"event: error\n",),
+        "message_stop",
+    ),
+    "responses": Framing(
+        b"event: response.output_text.delta\n",
+        b"event: response.completed\n",
+        (b"event: error\n", b"event: response.failed\n"),
+        "response.completed",
+    ),
+}
 
 
 @dataclass(slots=True)
@@ -57,6 +100,7 @@ class _Stream:
         "events",
         "expect",
         "first",
+        "framing",
         "future",
         "gaps",
         "last",
@@ -71,6 +115,7 @@ class _Stream:
         self, expect: Expect, future: asyncio.Future[Result], timed: bool, verify: bool
     ) -> None:
         self.expect = expect
+        self.framing = FRAMINGS.get(expect.kind)
         self.future = future
         self.timed = timed
         self.body: bytearray | None = bytearray() if verify else None
@@ -136,17 +181,21 @@ class Connection(asyncio.Protocol):
             return
         if stream.body is not None:
             stream.body += piece
-        if stream.expect.kind == "text":
+        framing = stream.framing
+        if framing is None:
             stream.nbytes += len(piece)
             count = 1
         else:
-            window = stream.tail + piece
-            count = window.count(_DATA)
-            if _ERROR in window:
-                stream.error = "in-band error event"
-            if _DONE in window:
+            tail = stream.tail
+            window = tail + piece
+            # The tail is too short to hold a whole marker: nothing is counted twice.
+            count = window.count(framing.event)
+            for error in framing.errors:
+                if error in window:
+                    stream.error = "in-band error event"
+            if framing.done in window:
                 stream.done = True
-            stream.tail = window[-8:]
+            stream.tail = window[-framing.overlap :]
             stream.events += count
         if count and stream.timed:
             now = time.perf_counter()
@@ -213,7 +262,8 @@ class Connection(asyncio.Protocol):
 
 def _judge(stream: _Stream, failure: str | None) -> Result:
     expect = stream.expect
-    if expect.kind == "text":
+    framing = stream.framing
+    if framing is None:
         want = len(expect.text.encode())
         got = min(expect.chunks, expect.chunks * stream.nbytes // max(want, 1))
         short = stream.nbytes != want
@@ -221,7 +271,8 @@ def _judge(stream: _Stream, failure: str | None) -> Result:
     else:
         got = min(stream.events, expect.chunks)
         short = stream.events < expect.chunks or not stream.done
-        what = f"{stream.events} events, [DONE] {'seen' if stream.done else 'missing'}"
+        seen = "seen" if stream.done else "missing"
+        what = f"{stream.events} events, {framing.done_name} {seen}"
     ttft = stream.first - stream.sent if stream.first is not None else None
     error = failure
     if error is None and stream.status != 200:
@@ -241,24 +292,32 @@ def _judge(stream: _Stream, failure: str | None) -> Result:
 
 
 def content_of(body: bytes, kind: Kind) -> str:
-    """The content text of a whole response body (SSE: joined ``delta.content``)."""
+    """The content text of a whole response body: OpenAI's joined ``delta.content``,
+    Anthropic's text deltas, Responses' ``response.output_text.delta`` deltas."""
     if kind == "text":
         return body.decode("utf-8", "replace")
     parts: list[str] = []
     for line in body.replace(b"\r\n", b"\n").split(b"\n"):
-        if not line.startswith(_DATA):
+        if not line.startswith(b"data:"):
             continue
         payload = line[5:].strip()
-        if payload == _DONE:
+        if payload == b"[DONE]":
             break
         try:
-            chunk = orjson.loads(payload)
+            event = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return "<not JSON>"
-        for choice in chunk.get("choices") or ():
-            content = (choice.get("delta") or {}).get("content")
-            if content:
-                parts.append(content)
+        if kind == "sse":
+            for choice in event.get("choices") or ():
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    parts.append(content)
+        elif kind == "anthropic":
+            delta = event.get("delta") if event.get("type") == "content_block_delta" else None
+            if isinstance(delta, dict) and delta.get("type") == "text_delta":
+                parts.append(delta.get("text") or "")
+        elif event.get("type") == "response.output_text.delta":
+            parts.append(event.get("delta") or "")
     return "".join(parts)
 
 

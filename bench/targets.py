@@ -65,15 +65,23 @@ class Live:
         return self.process.pid if self.process is not None else None
 
 
-def sluice_config(run: Path, upstream_base: str, port: int, workers: int = 1) -> Path:
-    """Write the bench's Sluice config into ``run`` (made if needed); its path."""
+def sluice_config(
+    run: Path, upstream_base: str, port: int, workers: int = 1, provider: str = "openai"
+) -> Path:
+    """Write the bench's Sluice config into ``run`` (made if needed); its path.
+
+    ``upstream_base`` is the fake upstream's OpenAI base URL (``http://HOST:PORT/v1``);
+    an ``anthropic`` deployment gets its root, as Anthropic's base URL has no ``/v1``.
+    """
     run.mkdir(parents=True, exist_ok=True)
+    if provider == "anthropic":
+        upstream_base = upstream_base.removesuffix("/v1")
     config = {
         "host": "127.0.0.1",
         "port": port,
         "workers": workers,
         "record": {"path": str(run / "records.db")},
-        "models": {"*": {"provider": "openai", "base_url": upstream_base}},
+        "models": {"*": {"provider": provider, "base_url": upstream_base}},
     }
     path = run / "sluice.json"  # JSON is YAML
     path.write_bytes(orjson.dumps(config))
@@ -81,14 +89,25 @@ def sluice_config(run: Path, upstream_base: str, port: int, workers: int = 1) ->
 
 
 def sluice_env() -> dict[str, str]:
-    """This environment without the variables Sluice reads its settings from."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SLUICE_"))}
+    """This environment without the variables Sluice reads its settings from, with this
+    checkout's ``src`` first on ``PYTHONPATH``: the gateway measured is the code here,
+    whichever checkout the interpreter's environment has installed."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENAI_", "ANTHROPIC_", "SLUICE_"))
+    }
+    paths = [str(ROOT / "src"), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
 
 
-def sluice_launch(workers: int, logs: Path) -> Callable[[str, int], subprocess.Popen[bytes]]:
+def sluice_launch(
+    workers: int, logs: Path, provider: str = "openai"
+) -> Callable[[str, int], subprocess.Popen[bytes]]:
     def launch(upstream_base: str, port: int) -> subprocess.Popen[bytes]:
         run = logs / f"sluice-w{workers}-{port}"
-        path = sluice_config(run, upstream_base, port, workers)
+        path = sluice_config(run, upstream_base, port, workers, provider)
         env = sluice_env()
         argv = [sys.executable, "-m", "sluice", "serve", "--config", str(path)]
         argv += ["--log-level", "warning"]

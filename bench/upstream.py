@@ -1,4 +1,5 @@
-"""The bench's fake upstream: an OpenAI-compatible server that costs next to nothing.
+"""The bench's fake upstream: an OpenAI-compatible server that costs next to nothing,
+which also answers ``POST /v1/messages`` as Anthropic does (``burst`` and ``normal``).
 
 It shares its load core with the load generator, so everything a stream sends is
 encoded once and cached, and nothing runs per chunk but a ``transport.write``. Model
@@ -21,6 +22,14 @@ test passes the name through and the bench chooses what the upstream does:
 ``normal`` (n=10)
     As burst.
 
+``POST /v1/messages`` streams the same content in Anthropic's SSE format, the test
+upstream's bytes for its ``normal:n=N`` scenario (``tests/upstream/messages.py``):
+``message_start`` (with usage), ``ping``, ``content_block_start``, ``n`` text deltas
+``word0``, `` word1``, ..., ``content_block_stop``, ``message_delta`` (stop reason and
+usage), ``message_stop``; encoded once per (model, prompt) and written in one call, as
+for ``burst`` above. Other scenarios are not served there (a 404 in Anthropic's error
+shape).
+
 ``GET /_stats`` answers ``{"active": streams in progress, "held": streams held,
 "served": streams served}``; ``POST /_release`` ends every held stream and answers
 how many. Run ``python -m bench.upstream --port 0``; it prints ``listening on
@@ -39,6 +48,7 @@ from typing import Any, cast
 
 import httptools
 import orjson
+from tests.upstream import messages as am
 from tests.upstream import scenarios as sc
 
 LAST_CHUNK = b"0\r\n\r\n"
@@ -103,6 +113,23 @@ def events(model: str, include_usage: bool, prompt: int) -> tuple[bytes, ...]:
 @lru_cache(maxsize=256)
 def body(model: str, include_usage: bool, prompt: int) -> bytes:
     return b"".join(events(model, include_usage, prompt)) + LAST_CHUNK
+
+
+#: The scenarios ``POST /v1/messages`` streams: everything written at once.
+MESSAGES_SCENARIOS = frozenset({"burst", "normal"})
+
+
+@lru_cache(maxsize=256)
+def messages_body(model: str, prompt: int) -> bytes:
+    """The whole chunked body of an Anthropic stream of ``model``'s content chunks."""
+    _, params = parse(model)
+    spec = am.parse_spec(f"normal:n={params['n']}")
+    encoded = am.stream_events(spec, model, prompt)
+    return b"".join(http_chunk(e) for e in encoded) + LAST_CHUNK
+
+
+def anthropic_error(kind: str, message: str) -> bytes:
+    return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
 
 
 class Server:
@@ -177,6 +204,8 @@ class Connection(asyncio.Protocol):
         path = self.url.partition(b"?")[0]
         if path == b"/v1/chat/completions" and method == b"POST":
             self.chat()
+        elif path == b"/v1/messages" and method == b"POST":
+            self.messages()
         elif path == b"/_stats":
             self.respond(200, orjson.dumps(self.server.stats()))
         elif path == b"/_release" and method == b"POST":
@@ -243,6 +272,30 @@ class Connection(asyncio.Protocol):
             self.interval = 0.0
             self.server.held.add(self)
             self.timer = self.loop.call_later(float(params["max"]), self.finish_held)
+
+    def messages(self) -> None:
+        try:
+            request: Any = orjson.loads(self.body)
+            model = request["model"]
+            name, _ = parse(model)
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            error = anthropic_error("invalid_request_error", "bad request body")
+            self.respond(400, error)
+            return
+        except (LookupError, ValueError) as exc:
+            self.respond(404, anthropic_error("not_found_error", f"no scenario {exc}"))
+            return
+        if name not in MESSAGES_SCENARIOS or request.get("stream") is not True:
+            error = anthropic_error(
+                "invalid_request_error", "the bench upstream streams burst and normal only"
+            )
+            self.respond(400, error)
+            return
+        keep_head, close_head = stream_heads()
+        self.server.active += 1
+        prompt = am.input_tokens(request)
+        self.write((keep_head if self.keep_alive else close_head) + messages_body(model, prompt))
+        self._done()
 
     def finish_held(self) -> None:
         self.server.held.discard(self)

@@ -35,3 +35,26 @@ def test_quick_bench_measures_sluice_and_direct(tmp_path: Path) -> None:
     assert sluice["ttft_added_p50"] is not None
     assert "burst_chunks_per_s" in run["ratios"]
     assert "direct" in done.stdout and "sluice" in done.stdout
+
+
+def test_quick_pairs_bench_relays_every_pair(tmp_path: Path) -> None:
+    """Every client API over every upstream format: each stream complete, none failed."""
+    from bench.pairs import PAIRS
+
+    names = [pair.name for pair in PAIRS]
+    argv = [sys.executable, "-m", "bench.pairs", "--quick", "--only", ",".join(names)]
+    argv += ["--out", str(tmp_path), "--wait-quiet", "0", "--nice", "0"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    run = json.loads((tmp_path / "pairs.json").read_text())
+    assert (tmp_path / "pairs.md").read_text().startswith("# Sluice bench: API pairs")
+    assert list(run["pairs"]) == names
+    for name, pair in run["pairs"].items():
+        assert pair["status"] == "ok", (name, pair.get("reason"))
+        assert pair["streams"] > 0, name
+        assert pair["failed"] == 0, (name, pair["failures"])
+        assert pair["cpu_ms_per_1k_chunks"] is not None, name
+    assert run["pairs"]["chat-chat"]["ratio"] == 1.0
+    for name in names:
+        assert name in done.stdout

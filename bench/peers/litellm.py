@@ -26,8 +26,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from bench.peers import Peer
 from bench.peers.steps import run_step
@@ -45,11 +46,12 @@ SEPARATOR = ";"
 MAX_PARTS = 8
 
 
-def config_text(upstream_base: str) -> str:
+def config_text(upstream_base: str, settings: Mapping[str, Any] | None = None) -> str:
     """The proxy config: any model name, passed through to ``upstream_base``.
 
     ``*``, ``*;*``, ``*;*;*``, ... route to ``openai/*``, ``openai/*,*``, ...: the
     ``;`` of a requested model become the commas of the upstream's scenario name.
+    ``settings`` go into ``litellm_settings`` besides the bench's own.
     Written as JSON, which is YAML too, so no YAML library is needed here.
     """
     routes = [
@@ -65,7 +67,7 @@ def config_text(upstream_base: str) -> str:
     ]
     config = {
         "model_list": routes,
-        "litellm_settings": {"drop_params": True, "telemetry": False},
+        "litellm_settings": {"drop_params": True, "telemetry": False, **(settings or {})},
         # No master key: requests are not authenticated, as with `sluice serve`.
         "general_settings": {"dangerously_permit_weak_or_unset_master_key": True},
     }
@@ -82,6 +84,10 @@ def model_name(scenario: str) -> str:
 class LiteLLM:
     name = "litellm"
     kind: Literal["sse", "text"] = "sse"
+
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+        #: More ``litellm_settings`` for the proxy's config.
+        self.settings = dict(settings or {})
 
     @staticmethod
     def venv(cache: Path) -> Path:
@@ -124,7 +130,7 @@ class LiteLLM:
     def start(self, upstream_base: str, port: int, cache: Path) -> subprocess.Popen[bytes]:
         cache = cache.resolve()  # commands run in other folders
         config = cache / f"litellm-{port}.yaml"
-        config.write_text(config_text(upstream_base))
+        config.write_text(config_text(upstream_base, self.settings))
         argv = [str(self.venv(cache) / "bin" / "litellm"), "--config", str(config)]
         argv += ["--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
         env = {k: v for k, v in os.environ.items() if not _foreign(k)}

@@ -570,6 +570,26 @@ def test_a_read_of_text_deltas_is_one_unread_verbatim() -> None:
     assert b"".join(v.data for v in verbatims(batches)) == data
 
 
+@pytest.mark.parametrize("verbatim", [True, False])
+def test_a_whole_stream_in_one_read_passes_its_text_deltas_unread(verbatim: bool) -> None:
+    data = stream("normal:n=50")
+    first, _, rest = data.partition(b"event: content_block_delta")
+    deltas, _, _ = (b"event: content_block_delta" + rest).partition(b"event: content_block_stop")
+    (batch,), decoder = decode(data, verbatim)
+    assert decoder.done
+    slow = events_of(data.replace(b"\n", b"\r\n"))  # CRLF: every event decoded
+    assert list(expand(batch)) == slow
+    if verbatim:
+        runs = [v for v in batch if isinstance(v, Verbatim) and v.events is None]
+        assert [run.data for run in runs] == [deltas]
+        assert runs[0].count == 50
+        assert b"".join(v.data for v in verbatims([batch])) == data
+    else:
+        assert not any(isinstance(e, Verbatim) for e in batch)
+        assert sum(type(e) is TextDelta for e in batch) == 50
+    assert first.count(b"\n\n") == 3  # message_start, ping, content_block_start: decoded
+
+
 TEXT_DELTA = b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"}}'
 THINKING_DELTA = TEXT_DELTA.replace(b'"text_delta","text"', b'"thinking_delta","thinking"')
 

@@ -629,21 +629,33 @@ class MessagesDecoder:
 
     def feed(self, data: bytes) -> Batch:
         out: Batch = []
-        if self._started:
-            verbatim = self._verbatim
-            for item in self._split(data):
-                if type(item) is bytes:
-                    if self._payload(item, out):
-                        break
-                elif verbatim:
-                    out.append(item)  # type: ignore[arg-type]
-                else:
-                    out.extend(item.expanded())  # type: ignore[union-attr]
-            return out
-        for payload in self._sse.feed_data(data):
-            if self._payload(payload, out):
-                break
+        if not self._started:
+            # message_start says who answers: it is decoded first, then the rest of the
+            # read may take the unread path (a whole burst body often comes in one read).
+            first = data.find(b"\n\n")
+            if first < 0 or first + 2 == len(data):
+                self._decoded(data, out)
+                return out
+            if self._decoded(data[: first + 2], out) or not self._started:
+                if not self.done:
+                    self._decoded(data[first + 2 :], out)
+                return out
+            data = data[first + 2 :]
+        verbatim = self._verbatim
+        for item in self._split(data):
+            if type(item) is bytes:
+                if self._payload(item, out):
+                    break
+            elif verbatim:
+                out.append(item)  # type: ignore[arg-type]
+            else:
+                out.extend(item.expanded())  # type: ignore[union-attr]
         return out
+
+    def _decoded(self, data: bytes, out: Batch) -> bool:
+        """Decode ``data`` through the SSE decoder into ``out`` (up to the stream's end);
+        True when the stream is over."""
+        return any(self._payload(payload, out) for payload in self._sse.feed_data(data))
 
     def _payload(self, payload: bytes, out: Batch) -> bool:
         """Decode one event into ``out``; True when the stream is over."""
@@ -739,7 +751,8 @@ class MessagesDecoder:
 
     def _split(self, data: bytes) -> list[bytes | Verbatim]:
         """One read as payloads to decode and, where it holds a run of plain text
-        deltas, one ``Verbatim`` passing them along undecoded, in stream order.
+        deltas (after whatever events come first), one ``Verbatim`` passing them along
+        undecoded, in stream order.
 
         What the SSE decoder holds of an event from earlier reads is finished through it
         first and the read's unfinished last event goes to it after, so
@@ -764,6 +777,18 @@ class MessagesDecoder:
             items.extend(feed(data[start:]))
             return items
         end = last + 2
+        # The events before the first text delta (message_start, ping, a block's start)
+        # are decoded; a run of plain text deltas may follow them in the same read.
+        head = data.find(_PLAIN, start, end)
+        if head < 0:
+            items.extend(feed(data[start:]))
+            return items
+        if head > start:
+            items.extend(feed(data[start:head]))
+            if not sse.at_boundary:  # the match was not where an event starts
+                items.extend(feed(data[head:]))
+                return items
+            start = head
         whole = data if start == 0 and end == len(data) else data[start:end]
         cut = _plain_prefix(whole)
         if not cut:
