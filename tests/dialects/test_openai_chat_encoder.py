@@ -76,6 +76,8 @@ class _Replay(http.server.BaseHTTPRequestHandler):
 
 class _ReplayServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    # A busy machine can be slow to accept: a short backlog refused connections.
+    request_queue_size = 128
     writes: list[bytes] = []
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -244,7 +246,8 @@ def read(server: _ReplayServer, writes: list[bytes]) -> tuple[list[Any], Excepti
     port = server.server_address[1]
     chunks: list[Any] = []
     client = openai.OpenAI(
-        base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=10
+        # Retries only happen before a response: a refused connect on a busy machine.
+        base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=2, timeout=30
     )
     with client:
         try:
