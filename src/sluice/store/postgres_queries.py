@@ -109,9 +109,9 @@ class PostgresRecordQueries:
             SELECT b, g, GROUPING(b, g) AS level, COUNT(*) AS requests,
                    SUM(CASE WHEN outcome IN ('error', 'rejected') THEN 1 ELSE 0 END) AS errors,
                    SUM(cost_usd) AS cost,
-                   SUM(CASE WHEN {_SPEED} THEN output_tokens END) AS tokens,
+                   SUM(CASE WHEN {_SPEED} THEN output_tokens END)::bigint AS tokens,
                    SUM(CASE WHEN {_SPEED} THEN duration_ms - ttft_ms END) AS ms,
-                   SUM(output_tokens) AS output, COUNT(cost_usd) AS costed,
+                   SUM(output_tokens)::bigint AS output, COUNT(cost_usd) AS costed,
                    percentile_cont(0.5) WITHIN GROUP (ORDER BY ttft_ms) AS p50,
                    percentile_cont(0.95) WITHIN GROUP (ORDER BY ttft_ms) AS p95
             FROM (

@@ -136,7 +136,7 @@ class PostgresRecordStore:
         n = len(pending)
         if n > self._max_pending:
             self._spill_wake.set()
-            if n > 2 * self._max_pending:  # not even the spill file keeps up
+            if self._spill_failing and n > 2 * self._max_pending:  # nowhere to put them
                 pending.popleft()
                 self._drop(1, f"more than {2 * self._max_pending} records are waiting")
         if n >= self._batch_size:

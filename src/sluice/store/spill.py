@@ -123,7 +123,7 @@ class Spill:
             os.close(fd)
             raise
         self._own = _File(path, fd, 0, own=True)
-        log.warning("request log: spilling records to %s until the database is back", path)
+        log.warning("request log: the database is behind; spilling records to %s", path)
         return self._own
 
     # -- reading back ----------------------------------------------------------------
