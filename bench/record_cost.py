@@ -201,7 +201,7 @@ def main() -> None:
         "# Record-path cost per request\n\n"
         "`python -m bench.record_cost` (best of"
         f" {args.rounds} rounds of {args.records} records at {args.rate:.0f} a second;"
-        " CPU per record).\n\n{text}\n"
+        f" CPU per record).\n\n{text}\n"
     )
 
 
