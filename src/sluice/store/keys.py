@@ -254,7 +254,11 @@ class CachedKeys:
             found = await self.count() > 0
         except StoreError as exc:
             self._lost(exc)
-            return True if self._known_any is None else self._known_any
+            if self._known_any is None:
+                return True
+            # Known to be False (True is kept for good): asked again once per cache time.
+            self._any = (time.monotonic() + self.cache_ttl, False)
+            return False
         self._back()
         self._known_any = found
         self._any = (time.monotonic() + self.cache_ttl, found)
@@ -267,7 +271,10 @@ class CachedKeys:
             self._lost(exc)
             stale = self._cache.get(digest)
             if stale is not None:
-                return stale[1]  # the last answer stands until the database is back
+                # The last answer stands until the database is back, asked again only
+                # once per cache time, so that requests do not each wait on it.
+                self._cache[digest] = (time.monotonic() + self.cache_ttl, stale[1])
+                return stale[1]
             raise ServiceUnavailable("API keys cannot be checked now; try again") from exc
         self._back()
         now = time.monotonic()
