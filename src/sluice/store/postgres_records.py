@@ -23,6 +23,7 @@ import itertools
 import logging
 import math
 import operator
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -42,6 +43,7 @@ MAX_PENDING = 10_000  # records kept in memory while the database is down; then 
 _CHUNK = 2048  # most records written in one COPY
 _SPILL_CHUNKS = 8  # chunks of a spill file written back per round
 _MAX_BACKOFF = 10.0
+_SCAN_INTERVAL = 60.0  # seconds between looks for spill files that processes left
 
 COLUMNS = tuple(f.name for f in fields(Record))
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM requests"
@@ -104,6 +106,7 @@ class PostgresRecordStore:
         self._episode_drops = 0
         self._failing = False
         self._spill_failing = False
+        self._next_scan = 0.0
 
     @property
     def pending(self) -> int:
@@ -152,6 +155,7 @@ class PostgresRecordStore:
         if self._started:
             return
         self._started = True
+        self._next_scan = time.monotonic() + _SCAN_INTERVAL
         try:
             await asyncio.to_thread(self._spill.take_over)
         except OSError as exc:
@@ -262,6 +266,14 @@ class PostgresRecordStore:
                 if len(self._pending) > self._max_pending:
                     self._spill_wake.set()
                 return
+            now = time.monotonic()
+            if now >= self._next_scan:
+                self._next_scan = now + _SCAN_INTERVAL
+                try:
+                    async with self._spill_lock:
+                        await asyncio.to_thread(self._spill.take_over)
+                except OSError as exc:
+                    log.error("request log: cannot read the spill directory (%s)", exc)
             if self._spill.count:
                 await self._write_back()
 

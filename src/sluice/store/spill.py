@@ -177,6 +177,7 @@ class Spill:
                     return SpillChunk(file, records, end, lines)
                 if not file.own:  # empty: written back already
                     self._finish(file)
+            self.count = 0  # nothing left to read, whatever was counted
         return None
 
     def written(self, chunk: SpillChunk) -> None:
