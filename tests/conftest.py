@@ -9,6 +9,7 @@ import pytest
 
 from tests.cluster import RedisServer, run_redis
 from tests.gateway import RunningGateway, run_gateway
+from tests.postgres import PostgresServer, run_postgres
 from tests.upstream.fixture import start_upstream
 
 StartGateway = Callable[..., RunningGateway]
@@ -73,3 +74,29 @@ def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
         server.start()
     server.flush()
     return {"redis_url": server.url}
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL for the whole run (tests/postgres.py starts it), restarted if a
+    test stopped it."""
+    with run_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A new, empty PostgreSQL database of this test."""
+    if not postgres_server.running:
+        postgres_server.start()
+    return postgres_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A record database for one test, of each backend: the path of a new SQLite file,
+    or the URL of a new PostgreSQL database. Stores run against both."""
+    if request.param == "sqlite":
+        return str(tmp_path / "records.db")
+    url: str = request.getfixturevalue("postgres_url")
+    return url

@@ -192,6 +192,27 @@ record:
     assert (settings.record_batch_size, settings.record_flush_interval) == (10, 0.1)
 
 
+def test_a_postgresql_url_chooses_postgresql_and_never_shows_its_password() -> None:
+    url = "postgresql://sluice:pg-secret@db.internal:5432/sluice"
+    settings = parse(
+        f"record:\n  url: {url}\n  spill_dir: /var/spill\n  max_pending: 50\n",
+        {"SLUICE_DB": "ignored.db"},
+    )
+    assert settings.database == url and settings.database_url is not None
+    assert (settings.spill_dir, settings.record_max_pending) == ("/var/spill", 50)
+    assert "pg-secret" not in repr(settings)
+    from_env = parse("{}\n", {"SLUICE_DATABASE_URL": url, "SLUICE_SPILL_DIR": "/s"})
+    assert from_env.database == url and from_env.spill_dir == "/s"
+    assert parse("{}\n", {"SLUICE_DB": "x.db"}).database == "x.db"
+    for text, env in (
+        ("record:\n  url: mysql://u:pg-secret@h/db\n", {}),
+        ("{}\n", {"SLUICE_DATABASE_URL": "redis://:pg-secret@h/0"}),
+    ):
+        with pytest.raises(config.ConfigError) as failed:
+            parse(text, env)
+        assert "postgresql://" in str(failed.value) and "pg-secret" not in str(failed.value)
+
+
 # -- Errors say what is wrong and where -------------------------------------------------
 
 

@@ -44,9 +44,10 @@ from sluice.providers.registry import Providers
 from sluice.relay import relay
 from sluice.responses_api import ResponsesAPI
 from sluice.state import SharedState, open_state
-from sluice.store import Record, RecordStore
+from sluice.store import Backlog, Record, RecordStore
+from sluice.store.database import DatabaseOptions, open_database
 from sluice.store.keys import KeyStore
-from sluice.store.responses import ResponseStore, SQLiteResponseStore
+from sluice.store.responses import ResponseStore
 from sluice.ui_chat_api import UIChatAPI
 from sluice.web import Console, is_console
 
@@ -120,6 +121,11 @@ def _tune_gc() -> None:
     gc.set_threshold(25_000, 20, 20)
 
 
+#: Seconds between re-reads of a key's spend from records that other instances share
+#: when the running spend is kept in this process (no Redis).
+SHARED_RECORDS_RESEED = 2.0
+
+
 def new_id() -> str:
     return uuid.uuid4().hex[:24]
 
@@ -127,19 +133,22 @@ def new_id() -> str:
 class Gateway:
     def __init__(self, settings: Settings, store: RecordStore | None = None) -> None:
         self.settings = settings
-        if store is None:
-            from sluice.store.sqlite import SQLiteRecordStore
-
-            store = SQLiteRecordStore(
-                settings.db_path,
+        # Records, keys, stored responses and console sign-ins: SQLite, or PostgreSQL
+        # shared by every instance (store/database.py chooses by the location).
+        self.database = open_database(
+            settings.database,
+            DatabaseOptions(
                 batch_size=settings.record_batch_size,
                 flush_interval=settings.record_flush_interval,
-            )
-        self.store: RecordStore = store
-        # Stored responses of the Responses API live in the record database too.
-        self.responses: ResponseStore = SQLiteResponseStore(settings.db_path)
-        # Keys live in the record database (a worker thread reads them, cached briefly).
-        self.keys = KeyStore(settings.db_path, cache_ttl=settings.key_cache_ttl)
+                key_cache_ttl=settings.key_cache_ttl,
+                max_pending=settings.record_max_pending,
+                spill_dir=settings.spill_dir,
+            ),
+        )
+        self.store: RecordStore = store if store is not None else self.database.records
+        self.responses: ResponseStore = self.database.responses
+        # Key lookups are cached briefly (settings.key_cache_ttl).
+        self.keys: KeyStore = self.database.keys
         self._auth = Authenticator(settings, self.keys)
         self._budgets: Budgets | None = None
         self._cache: Cache | None = None
@@ -181,7 +190,15 @@ class Gateway:
         ):
             self.routes.add(method, path, route)
         # The web console at /ui/: its own sign-in; its playground calls the routes above.
-        self.console = Console(settings, self._auth, self.keys, self._model_names, self._http)
+        self.console = Console(
+            settings,
+            self._auth,
+            self.keys,
+            self.database.sessions,
+            self.database.queries,
+            self._model_names,
+            self._http,
+        )
 
     def _error_dialect(self, path: str) -> Dialect:
         """The dialect that renders errors for a path no route matched."""
@@ -204,7 +221,12 @@ class Gateway:
         redis_url = self.settings.redis_url
         self._state = open_state(redis_url.get() if redis_url else None)
         await self._state.start()
-        self._budgets = Budgets(PriceTable(self.settings.pricing), self._state, self.keys)
+        # Spend in a database that other instances write to, but counted in this
+        # process's memory: re-read it from the shared records often, not every 10 min.
+        reseed = SHARED_RECORDS_RESEED if self.database.shared and not redis_url else None
+        self._budgets = Budgets(
+            PriceTable(self.settings.pricing), self._state, self.keys, reseed_interval=reseed
+        )
         cache = self.settings.cache
         self._cache = Cache(
             cache, journals_for(self._state, cache.max_entries, cache.max_bytes), self._state
@@ -239,9 +261,7 @@ class Gateway:
         if self._pool is not None:
             await self._pool.close()
         await self.store.close()
-        await self.responses.close()
-        await asyncio.to_thread(self.keys.close)
-        await asyncio.to_thread(self.console.close)
+        await self.database.close()
         if self._state is not None:
             await self._state.close()
 
@@ -472,9 +492,18 @@ class Gateway:
         await exchange.respond(200, JSON, b'{"status":"ok"}')
 
     async def _ready(self, exchange: Exchange, dialect: Dialect) -> None:
-        ready = self._handler is not None
-        body = b'{"status":"ready"}' if ready else b'{"status":"starting"}'
-        await exchange.respond(200 if ready else 503, JSON, body)
+        if self._handler is None:
+            await exchange.respond(503, JSON, b'{"status":"starting"}')
+            return
+        store = self.store
+        held = store.held_back if isinstance(store, Backlog) else 0
+        if held:
+            # Still serving, so still 200 (a load balancer keeps the instance), but the
+            # record database cannot be written: records wait in memory or a spill file.
+            body = orjson.dumps({"status": "degraded", "records_held": held})
+            await exchange.respond(200, JSON, body)
+            return
+        await exchange.respond(200, JSON, b'{"status":"ready"}')
 
 
 def create_app() -> Gateway:

@@ -1,4 +1,5 @@
-"""The command line: ``sluice serve``, ``sluice ask``, ``sluice requests``, ``sluice keys``."""
+"""The command line: ``sluice serve``, ``sluice ask``, ``sluice requests``, ``sluice keys``,
+``sluice db migrate``."""
 
 from __future__ import annotations
 
@@ -141,31 +142,64 @@ def _ask(args: argparse.Namespace) -> int:
         out.flush()
 
 
-def _requests(args: argparse.Namespace) -> int:
-    from sluice.store.render import render_table
-    from sluice.store.sqlite import SQLiteRecordStore
+def _location(args: argparse.Namespace) -> str | None:
+    """``--db``, else the config's record database; None (reported) on a config error."""
+    from sluice.keys_cli import location
 
-    path = args.db
-    if path is None:
-        try:
-            path = config.load(args.config).db_path
-        except config.ConfigError as exc:
-            print(f"sluice: configuration error: {exc}", file=sys.stderr)
-            return 2
-    if not os.path.exists(path):
-        print(f"sluice: no record database at {path}", file=sys.stderr)
+    try:
+        return location(args)
+    except config.ConfigError as exc:
+        print(f"sluice: configuration error: {exc}", file=sys.stderr)
+        return None
+
+
+def _requests(args: argparse.Namespace) -> int:
+    from sluice.store import StoreError
+    from sluice.store.database import describe, open_database
+    from sluice.store.postgres import is_postgres
+    from sluice.store.render import render_table
+
+    where = _location(args)
+    if where is None:
+        return 2
+    if not is_postgres(where) and not os.path.exists(where):
+        print(f"sluice: no record database at {where}", file=sys.stderr)
         return 1
 
     async def read() -> str:
-        store = SQLiteRecordStore(path)
-        await store.start()
+        database = open_database(where)
         try:
-            records = await store.recent(args.last)
+            records = await database.records.recent(args.last)
         finally:
-            await store.close()
+            await database.close()
         return render_table(records)
 
-    print(asyncio.run(read()))
+    try:
+        print(asyncio.run(read()))
+    except StoreError as exc:
+        print(f"sluice: cannot read the records in {describe(where)}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from sluice.store import StoreError
+    from sluice.store.database import describe, migrate
+
+    where = _location(args)
+    if where is None:
+        return 2
+    try:
+        now, every = asyncio.run(migrate(where))
+    except StoreError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return 1
+    for name in now:
+        print(f"applied {name}")
+    print(
+        f"{describe(where)}: up to date ({len(every)} migrations, {len(now)} applied now)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -199,9 +233,22 @@ def parser() -> argparse.ArgumentParser:
 
     requests = commands.add_parser("requests", help="show recent request records")
     requests.add_argument("--last", type=int, default=20, help="how many (default 20)")
-    requests.add_argument("--db", help="record database (default from config)")
+    requests.add_argument(
+        "--db", help="record database: a SQLite path or a postgresql:// URL (default from config)"
+    )
     requests.add_argument("--config", help="YAML config file (default $SLUICE_CONFIG)")
     requests.set_defaults(run=_requests)
+
+    db = commands.add_parser("db", help="the record database")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    migrate = db_commands.add_parser(
+        "migrate", help="apply the pending schema migrations (SQLite or PostgreSQL)"
+    )
+    migrate.add_argument(
+        "--db", help="record database: a SQLite path or a postgresql:// URL (default from config)"
+    )
+    migrate.add_argument("--config", help="YAML config file (default $SLUICE_CONFIG)")
+    migrate.set_defaults(run=_migrate)
 
     from sluice.keys_cli import register
 

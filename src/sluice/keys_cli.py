@@ -1,4 +1,5 @@
-"""``sluice keys create|list|revoke``: manage virtual keys in the record database.
+"""``sluice keys create|list|revoke``: manage virtual keys in the record database
+(a SQLite file, or PostgreSQL with ``--db postgresql://…`` or ``SLUICE_DATABASE_URL``).
 
 A new key is printed once, on creation; afterwards only its id, name and a short
 prefix are ever shown. Bad input exits with status 2 and a message on stderr.
@@ -7,16 +8,18 @@ prefix are ever shown. Bad input exits with status 2 and a message on stderr.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import re
-import sqlite3
 import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 from sluice import config
+from sluice.store import StoreError
+from sluice.store.database import Database, open_database
 from sluice.store.keys import KeyRow, KeyStore, shown
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
@@ -79,12 +82,15 @@ def _iso(unix: float | None) -> str:
     return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _store(args: argparse.Namespace) -> KeyStore:
-    path = args.db or config.load(args.config).db_path
-    return KeyStore(path)
+def location(args: argparse.Namespace) -> str:
+    """The record database of a command: ``--db``, else the config's (a PostgreSQL URL
+    from ``record.url`` or ``SLUICE_DATABASE_URL``, else the SQLite path). Raises
+    ``config.ConfigError``."""
+    found: str = args.db or config.load(args.config).database
+    return found
 
 
-def _create(args: argparse.Namespace, keys: KeyStore) -> int:
+async def _create(args: argparse.Namespace, keys: KeyStore) -> int:
     name = args.name.strip()
     if not name:
         raise Invalid("--name: expected a name")
@@ -102,7 +108,7 @@ def _create(args: argparse.Namespace, keys: KeyStore) -> int:
                     f"sluice: warning: no model named {', '.join(unknown)} in the config",
                     file=sys.stderr,
                 )
-    secret, key = keys.create(
+    secret, key = await keys.create(
         name,
         models=models,
         rpm=rpm,
@@ -135,8 +141,8 @@ def _limits(row: KeyRow) -> str:
     return " ".join(parts) or "-"
 
 
-def _list(args: argparse.Namespace, keys: KeyStore) -> int:
-    rows = keys.rows()
+async def _list(args: argparse.Namespace, keys: KeyStore) -> int:
+    rows = await keys.rows()
     if args.json:
         print(json.dumps([row.as_dict() for row in rows]))
         return 0
@@ -174,11 +180,11 @@ def _list(args: argparse.Namespace, keys: KeyStore) -> int:
     return 0
 
 
-def _revoke(args: argparse.Namespace, keys: KeyStore) -> int:
-    before = keys.get(args.id)
+async def _revoke(args: argparse.Namespace, keys: KeyStore) -> int:
+    before = await keys.get(args.id)
     if before is None:
         raise Invalid(f"no key with id {args.id!r} (see `sluice keys list`)")
-    key = keys.revoke(args.id)
+    key = await keys.revoke(args.id)
     assert key is not None
     if before.revoked:
         print(f"key {key.id} ({key.name}) was already revoked")
@@ -189,44 +195,54 @@ def _revoke(args: argparse.Namespace, keys: KeyStore) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        keys = _store(args)
+        database = open_database(location(args))
     except config.ConfigError as exc:
         print(f"sluice: configuration error: {exc}", file=sys.stderr)
         return 2
+    return asyncio.run(_run_in(args, database))
+
+
+async def _run_in(args: argparse.Namespace, database: Database) -> int:
     try:
         command: Any = args.keys_run
-        return int(command(args, keys))
+        return int(await command(args, database.keys))
     except Invalid as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return 2
     except config.ConfigError as exc:
         print(f"sluice: configuration error: {exc}", file=sys.stderr)
         return 2
-    except (sqlite3.Error, OSError) as exc:
-        print(f"sluice: cannot use the key database {keys.path}: {exc}", file=sys.stderr)
+    except StoreError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
         return 1
     finally:
-        keys.close()
+        await database.close()
 
 
 def serve_problem(settings: config.Settings) -> str | None:
     """Why ``sluice serve`` must not start with these settings (the safe default), or None."""
     from sluice.policies.auth import exposure_problem, is_loopback
 
-    keys = KeyStore(settings.db_path)
+    async def check() -> tuple[str | None, bool]:
+        database = open_database(settings.database)
+        keys = database.keys
+        try:
+            problem = await exposure_problem(settings, keys)
+            exposed = (
+                problem is None
+                and settings.insecure
+                and not settings.master_key
+                and not is_loopback(settings.host)
+                and await keys.count() == 0
+            )
+            return problem, exposed
+        finally:
+            await database.close()
+
     try:
-        problem = exposure_problem(settings, keys)
-        exposed = (
-            problem is None
-            and settings.insecure
-            and not settings.master_key
-            and not is_loopback(settings.host)
-            and keys.count() == 0
-        )
-    except (sqlite3.Error, OSError) as exc:
-        return f"cannot read the key database {settings.db_path}: {exc}"
-    finally:
-        keys.close()
+        problem, exposed = asyncio.run(check())
+    except StoreError as exc:
+        return f"cannot read the key database: {exc}"
     if exposed:
         print(
             f"sluice: warning: --insecure: serving on {settings.host} without keys; anyone who"
@@ -242,7 +258,11 @@ def register(commands: Any) -> None:
     sub = keys.add_subparsers(dest="keys_command", required=True)
 
     def common(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--db", help="key and record database (default from config)")
+        parser.add_argument(
+            "--db",
+            help="key and record database: a SQLite path or a postgresql:// URL"
+            " (default from config)",
+        )
         parser.add_argument("--config", help="YAML config file (default $SLUICE_CONFIG)")
         parser.set_defaults(run=_run)
 

@@ -1,4 +1,5 @@
-"""The SQLite response store: put, get, chain, delete, shared by two stores on one file."""
+"""The response store, on SQLite and on PostgreSQL: put, get, chain, delete, shared by two
+stores on one database."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typing import Any
 import pytest
 
 from sluice.errors import ServiceUnavailable
+from sluice.store.database import Database, open_database
 from sluice.store.responses import SQLiteResponseStore, StoredResponse
+from tests.gateway import free_port
 
 
 def response(n: int, previous: int | None = None, **fields: Any) -> dict[str, Any]:
@@ -41,11 +44,10 @@ def items(n: int) -> list[dict[str, Any]]:
     return [{"id": f"in_{n}", "type": "message", "role": "user", "content": [text]}]
 
 
-def test_put_get_chain_delete(tmp_path: Path) -> None:
-    path = str(tmp_path / "sub" / "records.db")
-
+def test_put_get_chain_delete(database: str) -> None:
     async def main() -> None:
-        store = SQLiteResponseStore(path)
+        db = open_database(database)
+        store = db.responses
         await store.start()
         try:
             assert await store.get("resp_1") is None
@@ -73,17 +75,28 @@ def test_put_get_chain_delete(tmp_path: Path) -> None:
             chain = await store.chain("resp_4", 10)
             assert [s.id for s in chain] == ["resp_4", "resp_3"]
             assert chain[-1].previous_response_id == "resp_2"
+            assert await store.chain("resp_4", 0) == []
+        finally:
+            await db.close()
+
+    asyncio.run(main())
+
+
+def test_a_database_in_a_new_directory_is_made(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = SQLiteResponseStore(str(tmp_path / "sub" / "records.db"))
+        try:
+            await store.put(StoredResponse(response(1), items(1), None))
         finally:
             await store.close()
 
     asyncio.run(main())
 
 
-def test_two_stores_on_one_file_see_each_others_responses(tmp_path: Path) -> None:
-    path = str(tmp_path / "records.db")
-
+def test_two_stores_on_one_database_see_each_others_responses(database: str) -> None:
     async def main() -> None:
-        one, two = SQLiteResponseStore(path), SQLiteResponseStore(path)
+        dbs: list[Database] = [open_database(database), open_database(database)]
+        one, two = dbs[0].responses, dbs[1].responses
         try:
             await one.put(StoredResponse(response(1), items(1), None))
             await two.put(StoredResponse(response(2, 1), items(2), None))
@@ -91,11 +104,13 @@ def test_two_stores_on_one_file_see_each_others_responses(tmp_path: Path) -> Non
             assert await two.delete("resp_1")
             assert await one.get("resp_1") is None
         finally:
-            await one.close()
-            await two.close()
+            for db in dbs:
+                await db.close()
 
     asyncio.run(main())
-    db = sqlite3.connect(path)
+    if database.startswith("postgresql://"):
+        return
+    db = sqlite3.connect(database)
     try:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     finally:
@@ -103,12 +118,17 @@ def test_two_stores_on_one_file_see_each_others_responses(tmp_path: Path) -> Non
     assert {"responses", "requests", "keys"} <= tables
 
 
-def test_an_unusable_database_is_service_unavailable(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_an_unusable_database_is_service_unavailable(tmp_path: Path, backend: str) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
+    where = str(blocker / "records.db")
+    if backend == "postgresql":  # nothing listens there
+        where = f"postgresql://sluice:pw@127.0.0.1:{free_port()}/sluice"
 
     async def main() -> None:
-        store = SQLiteResponseStore(str(blocker / "records.db"))
+        db = open_database(where)
+        store = db.responses
         try:
             with pytest.raises(ServiceUnavailable) as failed:
                 await store.get("resp_1")
@@ -116,6 +136,6 @@ def test_an_unusable_database_is_service_unavailable(tmp_path: Path) -> None:
             with pytest.raises(ServiceUnavailable):
                 await store.put(StoredResponse(response(1), items(1), None))
         finally:
-            await store.close()
+            await db.close()
 
     asyncio.run(main())

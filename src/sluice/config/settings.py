@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sluice.config import sections
-from sluice.config.errors import error_at
+from sluice.config.errors import ConfigError, error_at
 from sluice.config.models import (
     Deployment,
     ModelRoute,
@@ -37,9 +37,17 @@ class Settings:
     keepalive_interval: float = 15.0
     max_body_bytes: int = 4 * 1024 * 1024
     db_path: str = "sluice.db"
+    #: PostgreSQL for records, keys, stored responses and console sign-ins, shared by
+    #: every instance (``record.url`` or ``SLUICE_DATABASE_URL``); None: SQLite at
+    #: ``db_path``.
+    database_url: Secret | None = None
+    #: Where records wait while PostgreSQL cannot be written (``record.spill_dir``).
+    spill_dir: str = "sluice-spill"
     store_content: bool = False
     record_batch_size: int = 256
     record_flush_interval: float = 0.5
+    #: Records held in memory while the database cannot be written; None: the default.
+    record_max_pending: int | None = None
     log_level: str = "info"
     source: str = "defaults"
     #: ``SLUICE_MASTER_KEY``: admin, and a client key with no limits.
@@ -67,6 +75,12 @@ class Settings:
     prefixes: Mapping[str, ModelRoute] = field(default_factory=dict)
     #: Problems that did not stop the start (e.g. LiteLLM keys Sluice ignores), logged once.
     warnings: tuple[str, ...] = ()
+
+    @property
+    def database(self) -> str:
+        """The record database: the PostgreSQL URL (password included: never show it;
+        ``store.database.describe`` does not) or the SQLite path."""
+        return self.database_url.get() if self.database_url else self.db_path
 
     def resolve(self, model: str) -> Deployment | None:
         found = self.models.get(model)
@@ -123,7 +137,19 @@ def build(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Settin
     check_keys(raw, _TOP_KEYS, ())
     timeouts = timeouts_of(raw, (), Timeouts())
     record = mapping(raw, "record", ())
-    check_keys(record, {"path", "store_content", "batch_size", "flush_interval"}, ("record",))
+    check_keys(
+        record,
+        {
+            "path",
+            "url",
+            "spill_dir",
+            "store_content",
+            "batch_size",
+            "flush_interval",
+            "max_pending",
+        },
+        ("record",),
+    )
     store_content = flag(record, "store_content", ("record",), False)
     routing = routing_of(raw)
     routes = routes_of(raw, env, timeouts, routing)
@@ -135,6 +161,17 @@ def build(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Settin
         default_model = next(iter(models))
     db_path = string(record, "path", ("record",), None) or env.get("SLUICE_DB", "sluice.db")
     assert db_path is not None
+    url = string(record, "url", ("record",), None) or env.get("SLUICE_DATABASE_URL") or None
+    if url is not None and url.partition("://")[0].lower() not in ("postgresql", "postgres"):
+        # Never the URL itself in the message: it may carry a password.
+        if record.get("url"):
+            raise error_at(("record", "url"), "expected a postgresql:// URL")
+        raise ConfigError("SLUICE_DATABASE_URL: expected a postgresql:// URL")
+    spill_dir = string(record, "spill_dir", ("record",), None) or env.get(
+        "SLUICE_SPILL_DIR", "sluice-spill"
+    )
+    assert spill_dir is not None
+    max_pending = record.get("max_pending")
     level = (string(raw, "log_level", (), "info") or "info").lower()
     if level not in LOG_LEVELS:
         raise error_at(("log_level",), f"expected one of {', '.join(LOG_LEVELS)}, got {level!r}")
@@ -150,9 +187,14 @@ def build(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Settin
         keepalive_interval=number(raw, "keepalive_interval", (), 15.0),
         max_body_bytes=integer(raw, "max_body_bytes", (), 4 * 1024 * 1024, minimum=1),
         db_path=db_path,
+        database_url=Secret(url) if url else None,
+        spill_dir=spill_dir,
         store_content=store_content,
         record_batch_size=integer(record, "batch_size", ("record",), 256, minimum=1),
         record_flush_interval=number(record, "flush_interval", ("record",), 0.5),
+        record_max_pending=None
+        if max_pending is None
+        else integer(record, "max_pending", ("record",), 1, minimum=1),
         log_level=level,
         source=origin,
         **sections.access(raw, env),

@@ -181,14 +181,14 @@ def is_loopback(host: str) -> bool:
     )
 
 
-def exposure_problem(settings: Settings, keys: KeyStore) -> str | None:
+async def exposure_problem(settings: Settings, keys: KeyStore) -> str | None:
     """Why the gateway must not start as configured, or None.
 
     Without a master key and without any key, anyone who reaches the gateway uses its
     upstream keys: that is only allowed on loopback, or when told ``insecure``."""
     if settings.insecure or settings.master_key or is_loopback(settings.host):
         return None
-    if keys.count() > 0:
+    if await keys.count() > 0:
         return None
     return (
         f"refusing to serve on {settings.host}, a non-loopback address, without"

@@ -18,17 +18,19 @@ The records are the durable truth. The running spend is seeded from them
 (SUM(cost_usd) of the key's records) when the shared state has none — after a restart
 with the memory backend, or a Redis that lost its data — and re-read from them every
 ``RESEED_INTERVAL`` seconds, which also repairs increments lost while the shared state
-was unreachable. While it is unreachable, the check reads the spend from the records
-(neither failing open nor closed; they lag by the record writer's flush interval, and
-the answer is kept for a second). If the records cannot be read either, the request is
-served and that is logged once.
+was unreachable. When other instances write to the same records (PostgreSQL) but the
+running spend is kept in this process (no Redis), the app asks for a short interval, so
+that spend on any instance counts on every other within seconds. While the shared state
+is unreachable, the check reads the spend from the records (neither failing open nor
+closed; they lag by the record writer's flush interval, and the answer is kept for a
+second). If the records cannot be read either, the request is served and that is
+logged once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import sqlite3
 import time
 from collections.abc import AsyncGenerator
 
@@ -37,7 +39,7 @@ from sluice.events import Batch, ChatRequest
 from sluice.policies import Call, Handler
 from sluice.pricing import FREE, Price, PriceTable
 from sluice.state import SharedState, StateUnavailable
-from sluice.store import VirtualKey
+from sluice.store import StoreError, VirtualKey
 from sluice.store.keys import KeyStore
 
 log = logging.getLogger("sluice.budget")
@@ -53,10 +55,17 @@ def _spend_key(key_id: str) -> str:
 
 
 class Budgets:
-    def __init__(self, prices: PriceTable, state: SharedState, keys: KeyStore) -> None:
+    def __init__(
+        self,
+        prices: PriceTable,
+        state: SharedState,
+        keys: KeyStore,
+        reseed_interval: float | None = None,
+    ) -> None:
         self._prices = prices
         self._state = state
         self._keys = keys
+        self._reseed = RESEED_INTERVAL if reseed_interval is None else reseed_interval
         #: Keys whose increment was lost to an outage: re-read from the records next time.
         self._unsynced: set[str] = set()
         #: While the shared state is down: key id → (monotonic deadline, spend).
@@ -100,7 +109,7 @@ class Budgets:
         name = _spend_key(key.id)
         try:
             raw = await state.get(name)
-            due = await state.add(f"spend-seeded:{key.id}", b"1", RESEED_INTERVAL)
+            due = await state.add(f"spend-seeded:{key.id}", b"1", self._reseed)
             if raw is not None and not due and key.id not in self._unsynced:
                 self._recovered()
                 return float(raw)
@@ -127,7 +136,7 @@ class Budgets:
                 return hit[1]
         try:
             total = await self._keys.spend(key.id)
-        except (sqlite3.Error, OSError) as exc:
+        except StoreError as exc:
             if not self._records_failing:
                 self._records_failing = True
                 log.error("budgets: cannot read spend from the request records: %s", exc)

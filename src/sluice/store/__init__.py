@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 Outcome = Literal["ok", "error", "client_disconnected", "rejected"]
 
@@ -51,6 +51,22 @@ class RecordStore(Protocol):
     async def close(self) -> None: ...
 
     async def recent(self, limit: int) -> list[Record]: ...
+
+
+@runtime_checkable
+class Backlog(Protocol):
+    """A record store that can hold records back while its database cannot be written."""
+
+    @property
+    def held_back(self) -> int:
+        """Records accepted but not yet in the database because writes fail (in memory,
+        or spilled to a local file); 0 when writes go through."""
+        ...
+
+
+class StoreError(Exception):
+    """The database cannot be used now (unreachable, down, locked, full). The cause is
+    kept; the message never holds a password."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""The console's reads of the request records: aggregated in SQL, paged by keys.
+"""The console's reads of the request records: aggregated in SQL, paged by keys. The
+``RecordQueries`` protocol and the SQLite reads (PostgreSQL: store/postgres_queries.py).
 
 Fast on a big log: every query reads an index range (``started_at``, or a filter
 column then ``started_at``: ``m007_console_indexes``), and nothing returns more rows
@@ -19,12 +20,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sluice.store import Record, timeline
 from sluice.store.migrations import migrate
 
-__all__ = ["WINDOWS", "Filters", "RecordQueries"]
+__all__ = ["WINDOWS", "Filters", "RecordQueries", "SQLiteRecordQueries"]
 
 T = TypeVar("T")
 
@@ -74,6 +75,11 @@ class Filters:
     probes: bool = False
 
     def where(self) -> tuple[str, list[Any]]:
+        """A condition with ``?`` placeholders and its arguments."""
+        clauses, args = self.clauses()
+        return " AND ".join(clauses) or "1", args
+
+    def clauses(self) -> tuple[list[str], list[Any]]:
         clauses: list[str] = []
         args: list[Any] = []
         for column, value in (
@@ -100,14 +106,45 @@ class Filters:
         if not self.probes:
             clauses.append(f"route NOT IN ({', '.join('?' * len(PROBES))})")
             args += PROBES
-        return " AND ".join(clauses) or "1", args
+        return clauses, args
 
 
 def _rate(part: float | None, whole: float | None) -> float | None:
     return None if not whole else (part or 0.0) / whole
 
 
-class RecordQueries:
+class RecordQueries(Protocol):
+    async def overview(self, window: str, by: str, now: float | None = None) -> dict[str, Any]:
+        """Per bucket of ``window`` and per group (``model`` or ``key``): requests per
+        minute, error rate, TTFT p50 and p95, output tokens per second of generation,
+        cost; and the same over the whole window, per group and for everything."""
+        ...
+
+    async def page(
+        self,
+        filters: Filters,
+        limit: int,
+        before: tuple[float, int] | None = None,
+        after: tuple[float, int] | None = None,
+    ) -> dict[str, Any]:
+        """Newest first: up to ``limit`` records older than ``before`` (a cursor of
+        ``started_at`` and the order of writing), or every record newer than ``after``
+        (the live tail, at most ``limit``); the matching total on a first page."""
+        ...
+
+    async def facets(self, since: float) -> dict[str, list[str]]:
+        """The models and keys seen since ``since``, most used first: the filters' choices."""
+        ...
+
+    async def record(self, record_id: str) -> dict[str, Any] | None:
+        """Everything recorded of the newest request with this id, its timeline decoded
+        to (milliseconds since the request started, deltas) marks."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class SQLiteRecordQueries:
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.Lock()
@@ -208,7 +245,10 @@ class RecordQueries:
 
     # -- the connection ------------------------------------------------------------------
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
         with self._lock:
             db, self._db = self._db, None
             if db is not None:

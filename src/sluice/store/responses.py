@@ -1,6 +1,7 @@
 """Stored responses of the OpenAI Responses API, in the record database (table
 ``responses``), so that any instance on that database retrieves a response or continues
-its conversation.
+its conversation: the ``ResponseStore`` protocol and the SQLite store (PostgreSQL:
+store/postgres_responses.py).
 
 A response is stored once it ended, before its last event reaches the client: a client
 that continues at once, on any instance, finds it. What is stored is the Response
@@ -25,14 +26,21 @@ import orjson
 from sluice.errors import ServiceUnavailable
 from sluice.store.migrations import migrate
 
-__all__ = ["ResponseStore", "SQLiteResponseStore", "StoredResponse"]
+__all__ = [
+    "SELECT",
+    "ResponseStore",
+    "SQLiteResponseStore",
+    "StoredResponse",
+    "from_row",
+    "to_row",
+]
 
 T = TypeVar("T")
 
 #: Response fields that have a column of their own; the others are kept in ``body``.
 _COLUMNS = ("id", "created_at", "model", "status", "previous_response_id", "instructions")
 _JSON_COLUMNS = ("output", "usage", "error")
-_SELECT = (
+SELECT = (
     "SELECT id, created_at, model, status, previous_response_id, instructions, output,"
     " usage, error, body, input_items, key_id FROM responses"
 )
@@ -82,7 +90,7 @@ def _json(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
-def _row(stored: StoredResponse) -> tuple[Any, ...]:
+def to_row(stored: StoredResponse) -> tuple[Any, ...]:
     response = stored.response
     body = {k: v for k, v in response.items() if k not in _COLUMNS and k not in _JSON_COLUMNS}
     return (
@@ -101,7 +109,7 @@ def _row(stored: StoredResponse) -> tuple[Any, ...]:
     )
 
 
-def _stored(row: tuple[Any, ...]) -> StoredResponse:
+def from_row(row: tuple[Any, ...]) -> StoredResponse:
     (id_, created_at, model, status, previous, instructions, output, usage, error, body) = row[:10]
     response: dict[str, Any] = {
         "id": id_,
@@ -139,7 +147,7 @@ class SQLiteResponseStore:
         await asyncio.to_thread(self._close)
 
     async def put(self, stored: StoredResponse) -> None:
-        row = _row(stored)
+        row = to_row(stored)
 
         def write(db: sqlite3.Connection) -> None:
             db.execute(
@@ -162,10 +170,10 @@ class SQLiteResponseStore:
             seen: set[str] = set()
             while next_id is not None and len(found) < limit and next_id not in seen:
                 seen.add(next_id)
-                row = db.execute(f"{_SELECT} WHERE id = ?", (next_id,)).fetchone()
+                row = db.execute(f"{SELECT} WHERE id = ?", (next_id,)).fetchone()
                 if row is None:
                     break
-                stored = _stored(row)
+                stored = from_row(row)
                 found.append(stored)
                 next_id = stored.previous_response_id
             return found

@@ -1,4 +1,5 @@
-"""Console sign-ins, in the record database (table ``console_sessions``).
+"""Console sign-ins, in the record database (table ``console_sessions``): the
+``SessionStore`` protocol and the SQLite store (PostgreSQL: store/postgres_sessions.py).
 
 The cookie holds a random token; only its SHA-256 is stored, with who signed in, the
 CSRF token every change must carry, and when the session ends. Every instance and
@@ -19,11 +20,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from sluice.store.migrations import migrate
 
-__all__ = ["Session", "SessionStore"]
+__all__ = ["SQLiteSessionStore", "Session", "SessionStore", "hash_token", "live"]
 
 T = TypeVar("T")
 
@@ -36,11 +37,46 @@ class Session:
     expires_at: float
 
 
-def _hash(token: str) -> str:
+def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-class SessionStore:
+def new_session(who: str, ttl: float) -> tuple[str, Session]:
+    return secrets.token_urlsafe(32), Session(who, secrets.token_urlsafe(32), time.time() + ttl)
+
+
+def live(
+    row: tuple[str, str, str | None, float, object] | None, master: str | None
+) -> Session | None:
+    """The session of a row (who, csrf, master digest, expires at, whether its key is a
+    live admin key), or None if it no longer stands."""
+    if row is None:
+        return None
+    who, csrf, digest, expires_at, admin = row
+    if who == "master":
+        if master is None or digest is None or not secrets.compare_digest(digest, master):
+            return None
+    elif who != "open" and not admin:
+        return None
+    return Session(who, csrf, expires_at)
+
+
+class SessionStore(Protocol):
+    async def create(self, who: str, master: str | None, ttl: float) -> tuple[str, Session]:
+        """A new session: the cookie's token (never stored) and the session."""
+        ...
+
+    async def get(self, token: str, master: str | None) -> Session | None:
+        """The live session of ``token``, or None: unknown, expired, signed out, or its
+        key no longer an admin key (revoked, expired, or another master key)."""
+        ...
+
+    async def delete(self, token: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class SQLiteSessionStore:
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.Lock()
@@ -48,8 +84,7 @@ class SessionStore:
 
     async def create(self, who: str, master: str | None, ttl: float) -> tuple[str, Session]:
         """A new session: the cookie's token (never stored) and the session."""
-        token = secrets.token_urlsafe(32)
-        session = Session(who, secrets.token_urlsafe(32), time.time() + ttl)
+        token, session = new_session(who, ttl)
 
         def insert(db: sqlite3.Connection) -> None:
             now = time.time()
@@ -57,7 +92,7 @@ class SessionStore:
             db.execute(
                 "INSERT INTO console_sessions (hash, who, master_digest, csrf, created_at,"
                 " expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (_hash(token), who, master, session.csrf, now, session.expires_at),
+                (hash_token(token), who, master, session.csrf, now, session.expires_at),
             )
 
         await asyncio.to_thread(self._run, insert)
@@ -73,28 +108,24 @@ class SessionStore:
                 " FROM console_sessions s LEFT JOIN keys k ON k.id = s.who"
                 " AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ?)"
                 " WHERE s.hash = ? AND s.expires_at > ?",
-                (time.time(), _hash(token), time.time()),
+                (time.time(), hash_token(token), time.time()),
             ).fetchone()
             return None if row is None else (row[0], row[1], row[2], row[3], row[4])
 
-        row = await asyncio.to_thread(self._run, read)
-        if row is None:
-            return None
-        who, csrf, digest, expires_at, admin = row
-        if who == "master":
-            if master is None or digest is None or not secrets.compare_digest(digest, master):
-                return None
-        elif who != "open" and not admin:
-            return None
-        return Session(who, csrf, expires_at)
+        return live(await asyncio.to_thread(self._run, read), master)
 
     async def delete(self, token: str) -> None:
         await asyncio.to_thread(
             self._run,
-            lambda db: db.execute("DELETE FROM console_sessions WHERE hash = ?", (_hash(token),)),
+            lambda db: db.execute(
+                "DELETE FROM console_sessions WHERE hash = ?", (hash_token(token),)
+            ),
         )
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
         with self._lock:
             db, self._db = self._db, None
             if db is not None:

@@ -111,6 +111,11 @@ class SQLiteRecordStore:
     def failing(self) -> bool:
         return self._failing
 
+    @property
+    def held_back(self) -> int:
+        """Records waiting because writes fail (``Backlog``): 0 when they go through."""
+        return len(self._pending) if self._failing else 0
+
     # -- the request path -----------------------------------------------------------------
 
     def add(self, record: Record) -> None:

@@ -5,7 +5,6 @@ Only reached with a live session (and, for changes, its CSRF token): see console
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -118,7 +117,7 @@ class API:
             if path == "facets":
                 return 200, await self.queries.facets(time.time() - WINDOWS["week"][0])
             if path == "keys":
-                rows = await asyncio.to_thread(self.keys.rows)
+                rows = await self.keys.rows()
                 return 200, {"keys": [row.as_dict() for row in reversed(rows)]}
             if path == "models":
                 return 200, {"models": self._models(), "default": self._default_model}
@@ -128,9 +127,9 @@ class API:
             return await self._set_limits(receive, path.removeprefix("keys/"))
         elif method == "DELETE" and path.startswith("keys/"):
             key_id = path.removeprefix("keys/")
-            if await asyncio.to_thread(self.keys.get, key_id) is None:
+            if await self.keys.get(key_id) is None:
                 return 404, {"error": f"no key with id {key_id!r}"}
-            key = await asyncio.to_thread(self.keys.revoke, key_id)
+            key = await self.keys.revoke(key_id)
             assert key is not None
             return 200, {"id": key.id, "revoked": key.revoked}
         return 404, {"error": f"no such console URL: {method} /ui/api/{path}"}
@@ -152,27 +151,23 @@ class API:
         expires = str(body.get("expires") or "").strip()
         expires_at = parse_expiry(expires, time.time()) if expires else None
         admin = body.get("admin") is True
-        secret, key = await asyncio.to_thread(
-            lambda: self.keys.create(
-                name,
-                models=models,
-                rpm=rpm,
-                tpm=tpm,
-                budget_usd=budget,
-                expires_at=expires_at,
-                admin=admin,
-            )
+        secret, key = await self.keys.create(
+            name,
+            models=models,
+            rpm=rpm,
+            tpm=tpm,
+            budget_usd=budget,
+            expires_at=expires_at,
+            admin=admin,
         )
         return {"key": secret, **KeyRow(key, shown(secret), None, 0.0).as_dict()}
 
     async def _set_limits(self, receive: Receive, key_id: str) -> tuple[int, Any]:
         models, rpm, tpm, budget = _limits(await _object(receive))
-        key = await asyncio.to_thread(
-            lambda: self.keys.set_limits(key_id, models=models, rpm=rpm, tpm=tpm, budget_usd=budget)
-        )
+        key = await self.keys.set_limits(key_id, models=models, rpm=rpm, tpm=tpm, budget_usd=budget)
         if key is None:
             return 404, {"error": f"no key with id {key_id!r}"}
-        row = next(row for row in await asyncio.to_thread(self.keys.rows) if row.key.id == key_id)
+        row = next(row for row in await self.keys.rows() if row.key.id == key_id)
         return 200, row.as_dict()
 
 

@@ -21,7 +21,6 @@ requests of the signed-in key.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import html
@@ -81,13 +80,15 @@ class Console:
         settings: Settings,
         auth: Authenticator,
         keys: KeyStore,
+        sessions: SessionStore,
+        queries: RecordQueries,
         models: Callable[[], list[str]],
         play: Play,
     ) -> None:
         self._settings = settings
         self._auth = auth
-        self._sessions = SessionStore(settings.db_path)
-        self._queries = RecordQueries(settings.db_path)
+        self._sessions = sessions
+        self._queries = queries
         self._play = play
         master = settings.master_key.get() if settings.master_key else None
         # Names which master key a session was opened with; never the key itself.
@@ -97,10 +98,6 @@ class Console:
         self._assets = assets.load()
         self._api = api.API(self._queries, keys, models, settings.default_model)
         self._failures: dict[str, list[float]] = {}
-
-    def close(self) -> None:
-        self._sessions.close()
-        self._queries.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
@@ -222,7 +219,7 @@ class Console:
             return Access()
         if session.who == MASTER.id:
             return Access(MASTER)
-        key = await asyncio.to_thread(self._api.keys.get, session.who)
+        key = await self._api.keys.get(session.who)
         return None if key is None else Access(key)
 
     # -- sign-in ------------------------------------------------------------------------
