@@ -288,6 +288,7 @@ class Gateway:
             await self._fail(exchange, dialect, exc)
         except Exception as exc:
             log.exception("unexpected error serving %s %s (request %s)", method, path, record.id)
+            record.error_type = type(exc).__name__
             await self._fail(
                 exchange, dialect, SluiceError(f"internal error: {type(exc).__name__}")
             )
@@ -301,6 +302,8 @@ class Gateway:
     async def _fail(self, exchange: Exchange, dialect: Dialect, exc: SluiceError) -> None:
         record = exchange.record
         record.error = exc.message
+        if record.error_type is None:
+            record.error_type = type(exc).__name__
         if record.outcome == "ok":
             record.outcome = "rejected" if exc.status < 500 and not exchange.started else "error"
         if exchange.started:
@@ -337,6 +340,7 @@ class Gateway:
         record.api = dialect.name
         record.model = request.model
         record.stream = request.stream
+        record.operation = request.operation
         if self.settings.store_content:
             record.prompt = orjson.dumps(transcript(request)).decode()
         assert self._handler is not None, "the gateway has not started"
@@ -380,6 +384,7 @@ class Gateway:
             # After the first byte the status is history: an in-band error, then a close.
             record.outcome = "error"
             record.error = exc.message
+            record.error_type = type(exc).__name__
             with contextlib.suppress(OSError):
                 await exchange.write(encoder.error(exc), more=False)
         finally:

@@ -16,8 +16,10 @@ from sluice.dialects import STREAM_HEADERS, Encoder
 from sluice.events import (
     Batch,
     Embedding,
+    Finish,
     ReasoningDelta,
     RefusalDelta,
+    Start,
     StreamEvent,
     TextDelta,
     ToolCallDelta,
@@ -157,6 +159,11 @@ async def relay(
                 chunks += 1
             elif kind is Usage:
                 _usage(event, record)  # type: ignore[arg-type]
+            elif kind is Start:
+                record.response_id = event.id  # type: ignore[union-attr]
+                record.response_model = event.model  # type: ignore[union-attr]
+            elif kind is Finish:
+                _finish(event, record)  # type: ignore[arg-type]
         data = encode(batch)
         if record.ttft_ms is None and (data or not encoder.streaming):
             record.ttft_ms = (time.perf_counter() - t0) * 1000
@@ -188,8 +195,14 @@ def _usage(usage: Usage, record: Record) -> None:
     record.usage_source = usage.source
 
 
+def _finish(finish: Finish, record: Record) -> None:
+    reasons = record.finish_reasons
+    record.finish_reasons = finish.reason if reasons is None else f"{reasons},{finish.reason}"
+
+
 def _account(events: list[StreamEvent], record: Record, text: list[str] | None) -> int:
-    """Read usage and (when kept) choice 0's text from ``events``; how many deltas."""
+    """Read usage, finish reasons and (when kept) choice 0's text from ``events``; how
+    many deltas."""
     deltas = 0
     for event in events:
         kind = type(event)
@@ -201,4 +214,6 @@ def _account(events: list[StreamEvent], record: Record, text: list[str] | None) 
             deltas += 1
         elif kind is Usage:
             _usage(event, record)  # type: ignore[arg-type]
+        elif kind is Finish:
+            _finish(event, record)  # type: ignore[arg-type]
     return deltas

@@ -184,6 +184,7 @@ class Router:
                 raise outcome
             log.debug("model %r failed (%s); falling back to %r", model.name, outcome, following)
             visited.add(following)
+            call.record.fallbacks += 1
             model, model_request = found, dataclasses.replace(request, model=following)
 
     async def _attempts(
@@ -204,6 +205,7 @@ class Router:
             call.deployment = deployment
             upstream = deployment.upstream_model(request.model)
             call.record.upstream = describe(deployment.provider, upstream, deployment.base_url)
+            call.record.provider = deployment.provider
             provider = self._providers.get(deployment)
             stream = provider.stream(request, verbatim=call.verbatim == provider.format)
             self._balancer.started(deployment)
