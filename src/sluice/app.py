@@ -40,6 +40,7 @@ from sluice.state import SharedState, open_state
 from sluice.store import Record, RecordStore
 from sluice.store.keys import KeyStore
 from sluice.store.responses import ResponseStore, SQLiteResponseStore
+from sluice.telemetry.metrics import Metrics
 
 log = logging.getLogger("sluice")
 
@@ -65,19 +66,27 @@ class RouteTable:
         self._exact: dict[str, dict[str, Route]] = {}
         self._prefixed: list[tuple[str, str, dict[str, Route]]] = []
         self._rest: dict[str, dict[str, Route]] = {}
+        self._patterns: dict[int, str] = {}  # id of a methods dict → its pattern
 
     def add(self, method: str, path: str, route: Route) -> None:
         if path.endswith("{rest}"):
-            self._rest.setdefault(path.removesuffix("{rest}"), {})[method] = route
+            methods = self._rest.setdefault(path.removesuffix("{rest}"), {})
         elif "{" in path:
             head, _, tail = path.partition("{id}")
-            for prefix, suffix, methods in self._prefixed:
-                if (prefix, suffix) == (head, tail):
-                    methods[method] = route
-                    return
-            self._prefixed.append((head, tail, {method: route}))
+            shared = (m for prefix, suffix, m in self._prefixed if (prefix, suffix) == (head, tail))
+            methods = next(shared, {})
+            if not methods:
+                self._prefixed.append((head, tail, methods))
         else:
-            self._exact.setdefault(path, {})[method] = route
+            methods = self._exact.setdefault(path, {})
+        methods[method] = route
+        self._patterns[id(methods)] = path
+
+    def label(self, path: str) -> str:
+        """The pattern of the route ``path`` matches (``/v1/responses/{id}``), or
+        ``unmatched``: what metrics and traces name a route by."""
+        found = self.find(path)
+        return "unmatched" if found is None else self._patterns[id(found)]
 
     def find(self, path: str) -> dict[str, Route] | None:
         found = self._exact.get(path)
@@ -160,8 +169,10 @@ class Gateway:
             ("GET", "/readyz", Route(openai, self._ready)),
             ("POST", "/v1/messages", Route(anthropic, self._generate)),
             ("POST", "/v1/messages/count_tokens", Route(anthropic, self._count_tokens)),
+            ("GET", "/metrics", Route(openai, self._scrape)),
         ):
             self.routes.add(method, path, route)
+        self.metrics = Metrics(settings.metrics.multiprocess_dir, self.routes.label)
 
     def _error_dialect(self, path: str) -> Dialect:
         """The dialect that renders errors for a path no route matched."""
@@ -223,6 +234,7 @@ class Gateway:
         await asyncio.to_thread(self.keys.close)
         if self._state is not None:
             await self._state.close()
+        self.metrics.close()
 
     # -- ASGI --------------------------------------------------------------------
 
@@ -298,6 +310,7 @@ class Gateway:
             if record.status == 0:
                 record.status = exchange.status
             self.store.add(record)
+            self.metrics.observe(record)
 
     async def _fail(self, exchange: Exchange, dialect: Dialect, exc: SluiceError) -> None:
         record = exchange.record
@@ -361,6 +374,7 @@ class Gateway:
         task = asyncio.current_task()
         assert task is not None
         watcher = exchange.watch_disconnect(task)
+        self.metrics.stream_started(record)
         try:
             async with contextlib.aclosing(stream):
                 await relay(
@@ -389,6 +403,7 @@ class Gateway:
                 await exchange.write(encoder.error(exc), more=False)
         finally:
             watcher.cancel()
+            self.metrics.stream_ended(record)
         if record.input_tokens is None:
             self._estimate_usage(request, record)
         assert self._budgets is not None
@@ -441,6 +456,13 @@ class Gateway:
 
     async def _health(self, exchange: Exchange, dialect: Dialect) -> None:
         await exchange.respond(200, JSON, b'{"status":"ok"}')
+
+    async def _scrape(self, exchange: Exchange, dialect: Dialect) -> None:
+        """``GET /metrics``: every worker's metrics (the files are read off the loop)."""
+        body, content_type = await asyncio.to_thread(
+            self.metrics.render, exchange.headers.get("accept")
+        )
+        await exchange.respond(200, [(b"content-type", content_type.encode())], body)
 
     async def _ready(self, exchange: Exchange, dialect: Dialect) -> None:
         ready = self._handler is not None

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from urllib.parse import urlsplit
 
 from sluice import config
@@ -23,6 +25,25 @@ def _raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+@contextlib.contextmanager
+def _worker_metrics(workers: int) -> Iterator[None]:
+    """Worker processes write their metrics to files in one directory, and a scrape of
+    any worker adds them all up: a private directory for this run, removed at exit,
+    unless ``PROMETHEUS_MULTIPROC_DIR`` names one already."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="sluice-metrics-") as directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        logging.getLogger("sluice.metrics").info(
+            "metrics of the %d workers are kept in %s", workers, directory
+        )
+        try:
+            yield
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -47,6 +68,12 @@ def _serve(args: argparse.Namespace) -> int:
     if problem:
         print(f"sluice: {problem}", file=sys.stderr)
         return 2
+    metrics_dir = settings.metrics.multiprocess_dir
+    if metrics_dir is not None and not os.path.isdir(metrics_dir):
+        print(
+            f"sluice: PROMETHEUS_MULTIPROC_DIR: {metrics_dir} is not a directory", file=sys.stderr
+        )
+        return 2
     level = (args.log_level or settings.log_level).lower()
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -70,7 +97,8 @@ def _serve(args: argparse.Namespace) -> int:
             os.environ["SLUICE_CONFIG"] = os.path.abspath(args.config)
         os.environ["SLUICE_HOST"] = settings.host
         os.environ["SLUICE_PORT"] = str(settings.port)
-        uvicorn.run("sluice.app:create_app", factory=True, workers=settings.workers, **options)  # type: ignore[arg-type]
+        with _worker_metrics(settings.workers):
+            uvicorn.run("sluice.app:create_app", factory=True, workers=settings.workers, **options)  # type: ignore[arg-type]
         return 0
     from sluice.app import Gateway
 

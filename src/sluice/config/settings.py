@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sluice.config import sections
+from sluice.config import sections, telemetry
 from sluice.config.errors import error_at
 from sluice.config.models import (
     Deployment,
@@ -19,6 +19,7 @@ from sluice.config.models import (
     timeouts_of,
 )
 from sluice.config.sections import CacheSettings, LimitSettings
+from sluice.config.telemetry import MetricsSettings
 from sluice.config.values import Secret, check_keys, flag, integer, mapping, number, string
 from sluice.pricing import Price
 
@@ -57,6 +58,7 @@ class Settings:
     redis_url: Secret | None = None
     limits: LimitSettings = field(default_factory=LimitSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     #: Public model name → its deployments, fallbacks and strategy (``models`` holds
     #: each one's first deployment). The key ``*`` catches every other name.
@@ -115,6 +117,7 @@ _TOP_KEYS = {
     "limits",
     "routing",
     "cache",
+    "metrics",
 }
 
 
@@ -158,4 +161,5 @@ def build(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Settin
         **sections.access(raw, env),
         **sections.shared(raw, env),
         cache=sections.cache(raw),
+        metrics=telemetry.metrics(raw, env),
     )
