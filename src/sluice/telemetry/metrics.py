@@ -21,9 +21,11 @@ import glob
 import os
 import re
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics import MetricWrapperBase
 
 from sluice.store import Record
 
@@ -51,6 +53,25 @@ GENAI_LABELS = (
 
 _LIVE_GAUGE = re.compile(r"gauge_live\w*?_(\d+)\.db$")
 
+M = TypeVar("M", bound=MetricWrapperBase)
+
+
+class _Labelled(Generic[M]):
+    """A metric's children by label values, each looked up once: ``labels()`` checks
+    and locks on every call, a dict of tuples does not (it was most of ``observe``)."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: M) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *values: str) -> M:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
 
 class Metrics:
     """The gateway's metrics. ``route_label`` maps a request path to its route pattern
@@ -60,76 +81,98 @@ class Metrics:
         self._dir = multiprocess_dir
         self._route_label = route_label
         self.registry = registry = CollectorRegistry()
-        self.duration = Histogram(
-            "gen_ai_client_operation_duration_seconds",
-            "GenAI operation duration: the whole request, as the gateway served it.",
-            (*GENAI_LABELS, "error_type"),
-            buckets=DURATION_BUCKETS,
-            registry=registry,
+        self.duration = _Labelled(
+            Histogram(
+                "gen_ai_client_operation_duration_seconds",
+                "GenAI operation duration: the whole request, as the gateway served it.",
+                (*GENAI_LABELS, "error_type"),
+                buckets=DURATION_BUCKETS,
+                registry=registry,
+            )
         )
-        self.tokens = Histogram(
-            "gen_ai_client_token_usage",
-            "Tokens used per request, by token type (input, output).",
-            (*GENAI_LABELS, "gen_ai_token_type"),
-            buckets=TOKEN_BUCKETS,
-            registry=registry,
+        self.tokens = _Labelled(
+            Histogram(
+                "gen_ai_client_token_usage",
+                "Tokens used per request, by token type (input, output).",
+                (*GENAI_LABELS, "gen_ai_token_type"),
+                buckets=TOKEN_BUCKETS,
+                registry=registry,
+            )
         )
-        self.ttft = Histogram(
-            "gen_ai_server_time_to_first_token_seconds",
-            "Time to the first token of a successful response.",
-            GENAI_LABELS,
-            buckets=TTFT_BUCKETS,
-            registry=registry,
+        self.ttft = _Labelled(
+            Histogram(
+                "gen_ai_server_time_to_first_token_seconds",
+                "Time to the first token of a successful response.",
+                GENAI_LABELS,
+                buckets=TTFT_BUCKETS,
+                registry=registry,
+            )
         )
-        self.per_token = Histogram(
-            "gen_ai_server_time_per_output_token_seconds",
-            "Time per output token after the first, for successful responses.",
-            GENAI_LABELS,
-            buckets=PER_TOKEN_BUCKETS,
-            registry=registry,
+        self.per_token = _Labelled(
+            Histogram(
+                "gen_ai_server_time_per_output_token_seconds",
+                "Time per output token after the first, for successful responses.",
+                GENAI_LABELS,
+                buckets=PER_TOKEN_BUCKETS,
+                registry=registry,
+            )
         )
-        self.requests = Counter(
-            "sluice_requests",
-            "Requests by route pattern, client API, outcome and status.",
-            ("route", "api", "outcome", "status"),
-            registry=registry,
+        self.requests = _Labelled(
+            Counter(
+                "sluice_requests",
+                "Requests by route pattern, client API, outcome and status.",
+                ("route", "api", "outcome", "status"),
+                registry=registry,
+            )
         )
-        self.streams = Gauge(
-            "sluice_streams_in_flight",
-            "Streamed responses being relayed to clients now.",
-            ("api",),
-            registry=registry,
-            multiprocess_mode="livesum",
+        self.streams = _Labelled(
+            Gauge(
+                "sluice_streams_in_flight",
+                "Streamed responses being relayed to clients now.",
+                ("api",),
+                registry=registry,
+                multiprocess_mode="livesum",
+            )
         )
-        self.cache = Counter(
-            "sluice_cache_results",
-            "Cache results of cacheable requests: hit, miss, coalesced, bypass.",
-            ("gen_ai_request_model", "result"),
-            registry=registry,
+        self.cache = _Labelled(
+            Counter(
+                "sluice_cache_results",
+                "Cache results of cacheable requests: hit, miss, coalesced, bypass.",
+                ("gen_ai_request_model", "result"),
+                registry=registry,
+            )
         )
-        self.rate_limited = Counter(
-            "sluice_rate_limit_refusals",
-            "Requests refused by the gateway's rate limits (by key id; public: empty).",
-            ("key_id", "gen_ai_request_model"),
-            registry=registry,
+        self.rate_limited = _Labelled(
+            Counter(
+                "sluice_rate_limit_refusals",
+                "Requests refused by the gateway's rate limits (by key id; public: empty).",
+                ("key_id", "gen_ai_request_model"),
+                registry=registry,
+            )
         )
-        self.budget_refused = Counter(
-            "sluice_budget_refusals",
-            "Requests refused because the key's budget is spent.",
-            ("key_id",),
-            registry=registry,
+        self.budget_refused = _Labelled(
+            Counter(
+                "sluice_budget_refusals",
+                "Requests refused because the key's budget is spent.",
+                ("key_id",),
+                registry=registry,
+            )
         )
-        self.attempts = Counter(
-            "sluice_upstream_attempts",
-            "Upstream attempts, retries and fallbacks included.",
-            ("gen_ai_request_model",),
-            registry=registry,
+        self.attempts = _Labelled(
+            Counter(
+                "sluice_upstream_attempts",
+                "Upstream attempts, retries and fallbacks included.",
+                ("gen_ai_request_model",),
+                registry=registry,
+            )
         )
-        self.fallbacks = Counter(
-            "sluice_upstream_fallbacks",
-            "Times routing moved on to a fallback model.",
-            ("gen_ai_request_model",),
-            registry=registry,
+        self.fallbacks = _Labelled(
+            Counter(
+                "sluice_upstream_fallbacks",
+                "Times routing moved on to a fallback model.",
+                ("gen_ai_request_model",),
+                registry=registry,
+            )
         )
         if multiprocess_dir is not None:
             _forget_dead_workers(multiprocess_dir)
@@ -138,46 +181,46 @@ class Metrics:
 
     def stream_started(self, record: Record) -> None:
         if record.stream:
-            self.streams.labels(record.api).inc()
+            self.streams(record.api).inc()
 
     def stream_ended(self, record: Record) -> None:
         if record.stream:
-            self.streams.labels(record.api).dec()
+            self.streams(record.api).dec()
 
     def observe(self, record: Record) -> None:
         """Count a finished request."""
         model = record.model or ""
         route = self._route_label(record.route)
-        self.requests.labels(route, record.api, record.outcome, str(record.status)).inc()
+        self.requests(route, record.api, record.outcome, str(record.status)).inc()
         if record.cache is not None:
-            self.cache.labels(model, record.cache).inc()
+            self.cache(model, record.cache).inc()
         if record.attempts:
-            self.attempts.labels(model).inc(record.attempts)
+            self.attempts(model).inc(record.attempts)
         if record.fallbacks:
-            self.fallbacks.labels(model).inc(record.fallbacks)
+            self.fallbacks(model).inc(record.fallbacks)
         error = record.error_type
         if error == "RateLimited":
-            self.rate_limited.labels(record.key_id or "", model).inc()
+            self.rate_limited(record.key_id or "", model).inc()
         elif error == "BudgetExceeded":
-            self.budget_refused.labels(record.key_id or "").inc()
+            self.budget_refused(record.key_id or "").inc()
         operation = record.operation
         if operation is None:  # not a generation: a listing, a probe, an unknown route
             return
         genai = (operation, model, record.response_model or "", record.provider or "")
         if record.duration_ms is not None:
-            self.duration.labels(*genai, error or "").observe(record.duration_ms / 1000)
+            self.duration(*genai, error or "").observe(record.duration_ms / 1000)
         if record.input_tokens is not None:
-            self.tokens.labels(*genai, "input").observe(record.input_tokens)
+            self.tokens(*genai, "input").observe(record.input_tokens)
         if record.output_tokens is not None and operation != "embeddings":
-            self.tokens.labels(*genai, "output").observe(record.output_tokens)
+            self.tokens(*genai, "output").observe(record.output_tokens)
         ttft = record.ttft_ms
         if record.outcome != "ok" or ttft is None:
             return
-        self.ttft.labels(*genai).observe(ttft / 1000)
+        self.ttft(*genai).observe(ttft / 1000)
         out = record.output_tokens
         if out is not None and out > 1 and record.duration_ms is not None:
             per_token = max(0.0, record.duration_ms - ttft) / 1000 / (out - 1)
-            self.per_token.labels(*genai).observe(per_token)
+            self.per_token(*genai).observe(per_token)
 
     # -- scrapes and the end ------------------------------------------------------
 
