@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -40,7 +41,11 @@ from sluice.state import SharedState, open_state
 from sluice.store import Record, RecordStore
 from sluice.store.keys import KeyStore
 from sluice.store.responses import ResponseStore, SQLiteResponseStore
+from sluice.telemetry import RequestSpan
 from sluice.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:
+    from sluice.telemetry.traces import Tracing
 
 log = logging.getLogger("sluice")
 
@@ -173,6 +178,7 @@ class Gateway:
         ):
             self.routes.add(method, path, route)
         self.metrics = Metrics(settings.metrics.multiprocess_dir, self.routes.label)
+        self._tracing: Tracing | None = None
 
     def _error_dialect(self, path: str) -> Dialect:
         """The dialect that renders errors for a path no route matched."""
@@ -190,8 +196,15 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------------
 
     async def startup(self) -> None:
+        if self.settings.traces.enabled:
+            from sluice.telemetry.traces import Tracing
+
+            self._tracing = Tracing(self.settings.traces, self.routes.label)
+        tracing = self._tracing
         self._pool = Pool()
-        self._providers = Providers(self.settings, self._pool)
+        self._providers = Providers(
+            self.settings, self._pool, tracing.headers if tracing is not None else None
+        )
         redis_url = self.settings.redis_url
         self._state = open_state(redis_url.get() if redis_url else None)
         await self._state.start()
@@ -207,7 +220,7 @@ class Gateway:
                 self._budgets.policy,
                 self._cache,
             ],
-            Router(self.settings, self._providers, self._state),
+            Router(self.settings, self._providers, self._state, tracer=tracing),
         )
         await self.store.start()
         await self.responses.start()
@@ -235,6 +248,8 @@ class Gateway:
         if self._state is not None:
             await self._state.close()
         self.metrics.close()
+        if self._tracing is not None:
+            await asyncio.to_thread(self._tracing.close)
 
     # -- ASGI --------------------------------------------------------------------
 
@@ -272,6 +287,9 @@ class Gateway:
             client=client[0] if client else None,
         )
         exchange = Exchange(scope, receive, send, record)
+        span: RequestSpan | None = None
+        if self._tracing is not None:
+            span = self._tracing.request(record, exchange.headers)
         routes = self.routes.find(path)
         route = routes.get(method) if routes is not None else None
         if route is not None:
@@ -311,6 +329,8 @@ class Gateway:
                 record.status = exchange.status
             self.store.add(record)
             self.metrics.observe(record)
+            if span is not None:
+                span.end(record)
 
     async def _fail(self, exchange: Exchange, dialect: Dialect, exc: SluiceError) -> None:
         record = exchange.record

@@ -19,7 +19,7 @@ from sluice.config.models import (
     timeouts_of,
 )
 from sluice.config.sections import CacheSettings, LimitSettings
-from sluice.config.telemetry import MetricsSettings
+from sluice.config.telemetry import MetricsSettings, TraceSettings
 from sluice.config.values import Secret, check_keys, flag, integer, mapping, number, string
 from sluice.pricing import Price
 
@@ -59,6 +59,7 @@ class Settings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    traces: TraceSettings = field(default_factory=TraceSettings)
 
     #: Public model name → its deployments, fallbacks and strategy (``models`` holds
     #: each one's first deployment). The key ``*`` catches every other name.
@@ -162,4 +163,5 @@ def build(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Settin
         **sections.shared(raw, env),
         cache=sections.cache(raw),
         metrics=telemetry.metrics(raw, env),
+        traces=telemetry.traces(env),
     )
