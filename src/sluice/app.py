@@ -478,10 +478,12 @@ class Gateway:
         await exchange.respond(200, JSON, b'{"status":"ok"}')
 
     async def _scrape(self, exchange: Exchange, dialect: Dialect) -> None:
-        """``GET /metrics``: every worker's metrics (the files are read off the loop)."""
-        body, content_type = await asyncio.to_thread(
-            self.metrics.render, exchange.headers.get("accept")
-        )
+        """``GET /metrics``: every worker's metrics (their files are read off the loop)."""
+        accept = exchange.headers.get("accept")
+        if self.metrics.shared:
+            body, content_type = await asyncio.to_thread(self.metrics.render, accept)
+        else:
+            body, content_type = self.metrics.render(accept)
         await exchange.respond(200, [(b"content-type", content_type.encode())], body)
 
     async def _ready(self, exchange: Exchange, dialect: Dialect) -> None:

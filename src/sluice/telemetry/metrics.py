@@ -10,22 +10,28 @@ empty, which PromQL treats as absent.
 Nothing here runs per chunk: ``observe`` reads the finished record, and the in-flight
 gauge moves once when a stream starts and once when it ends.
 
-Under several worker processes (``PROMETHEUS_MULTIPROC_DIR`` set) every process writes
-its values to files in that directory, and a scrape of any worker adds up the files of
-all of them (``prometheus_client``'s multiprocess mode).
+In one process the histograms are kept by ``_Histogram``: a bisect and two additions
+per observation, where ``prometheus_client``'s takes a lock per bucket and per sum (five
+histograms made it most of what a request's observation cost). Under several worker
+processes (``PROMETHEUS_MULTIPROC_DIR`` set) every process writes its values to files
+in that directory with ``prometheus_client``'s own metrics, and a scrape of any worker
+adds up the files of all of them (its multiprocess mode).
 """
 
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
+from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from sluice.store import Record
 
@@ -53,24 +59,82 @@ GENAI_LABELS = (
 
 _LIVE_GAUGE = re.compile(r"gauge_live\w*?_(\d+)\.db$")
 
-M = TypeVar("M", bound=MetricWrapperBase)
+C = TypeVar("C")
 
 
-class _Labelled(Generic[M]):
+class _Labelled(Generic[C]):
     """A metric's children by label values, each looked up once: ``labels()`` checks
-    and locks on every call, a dict of tuples does not (it was most of ``observe``)."""
+    and locks on every call, a dict of tuples does not."""
 
-    __slots__ = ("_children", "_metric")
+    __slots__ = ("_children", "_labels")
 
-    def __init__(self, metric: M) -> None:
-        self._metric = metric
-        self._children: dict[tuple[str, ...], M] = {}
+    def __init__(self, labels: Callable[..., C]) -> None:
+        self._labels = labels
+        self._children: dict[tuple[str, ...], C] = {}
 
-    def __call__(self, *values: str) -> M:
+    def __call__(self, *values: str) -> C:
         child = self._children.get(values)
         if child is None:
-            child = self._children[values] = self._metric.labels(*values)
+            child = self._children[values] = self._labels(*values)
         return child
+
+
+class _Observer(Protocol):
+    def observe(self, amount: float) -> None: ...
+
+
+class _Series:
+    """One label set of a ``_Histogram``: counts per bucket (not cumulative), and the sum."""
+
+    __slots__ = ("_bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self._bounds, amount)] += 1  # the first bound >= amount
+        self.sum += amount
+
+
+class _Histogram:
+    """A histogram of this process alone, without locks: observed on the event loop, and
+    read there too when there is one process (``Metrics.shared`` is False), so a scrape
+    sees whole observations."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = list(labelnames)
+        self._bounds = tuple(float(b) for b in buckets)
+        bounds = (*self._bounds, math.inf)
+        self._les: list[str] = [floatToGoString(b) for b in bounds]  # type: ignore[no-untyped-call]
+        self._series: dict[tuple[str, ...], _Series] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> _Series:
+        series = self._series.get(values)
+        if series is None:
+            series = self._series[values] = _Series(self._bounds)
+        return series
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        for values, series in list(self._series.items()):
+            total, buckets = 0, []
+            for le, count in zip(self._les, series.counts, strict=True):
+                total += count
+                buckets.append((le, float(total)))
+            family.add_metric(list(values), buckets, series.sum)
+        yield family
 
 
 class Metrics:
@@ -81,41 +145,39 @@ class Metrics:
         self._dir = multiprocess_dir
         self._route_label = route_label
         self.registry = registry = CollectorRegistry()
-        self.duration = _Labelled(
-            Histogram(
-                "gen_ai_client_operation_duration_seconds",
-                "GenAI operation duration: the whole request, as the gateway served it.",
-                (*GENAI_LABELS, "error_type"),
-                buckets=DURATION_BUCKETS,
-                registry=registry,
-            )
+
+        def histogram(
+            name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]
+        ) -> _Labelled[_Observer]:
+            if multiprocess_dir is None:
+                mine = _Histogram(name, documentation, labelnames, buckets, registry)
+                return _Labelled(mine.labels)
+            shared = Histogram(name, documentation, labelnames, buckets=buckets, registry=registry)
+            return _Labelled(shared.labels)
+
+        self.duration = histogram(
+            "gen_ai_client_operation_duration_seconds",
+            "GenAI operation duration: the whole request, as the gateway served it.",
+            (*GENAI_LABELS, "error_type"),
+            DURATION_BUCKETS,
         )
-        self.tokens = _Labelled(
-            Histogram(
-                "gen_ai_client_token_usage",
-                "Tokens used per request, by token type (input, output).",
-                (*GENAI_LABELS, "gen_ai_token_type"),
-                buckets=TOKEN_BUCKETS,
-                registry=registry,
-            )
+        self.tokens = histogram(
+            "gen_ai_client_token_usage",
+            "Tokens used per request, by token type (input, output).",
+            (*GENAI_LABELS, "gen_ai_token_type"),
+            TOKEN_BUCKETS,
         )
-        self.ttft = _Labelled(
-            Histogram(
-                "gen_ai_server_time_to_first_token_seconds",
-                "Time to the first token of a successful response.",
-                GENAI_LABELS,
-                buckets=TTFT_BUCKETS,
-                registry=registry,
-            )
+        self.ttft = histogram(
+            "gen_ai_server_time_to_first_token_seconds",
+            "Time to the first token of a successful response.",
+            GENAI_LABELS,
+            TTFT_BUCKETS,
         )
-        self.per_token = _Labelled(
-            Histogram(
-                "gen_ai_server_time_per_output_token_seconds",
-                "Time per output token after the first, for successful responses.",
-                GENAI_LABELS,
-                buckets=PER_TOKEN_BUCKETS,
-                registry=registry,
-            )
+        self.per_token = histogram(
+            "gen_ai_server_time_per_output_token_seconds",
+            "Time per output token after the first, for successful responses.",
+            GENAI_LABELS,
+            PER_TOKEN_BUCKETS,
         )
         self.requests = _Labelled(
             Counter(
@@ -123,7 +185,7 @@ class Metrics:
                 "Requests by route pattern, client API, outcome and status.",
                 ("route", "api", "outcome", "status"),
                 registry=registry,
-            )
+            ).labels
         )
         self.streams = _Labelled(
             Gauge(
@@ -132,7 +194,7 @@ class Metrics:
                 ("api",),
                 registry=registry,
                 multiprocess_mode="livesum",
-            )
+            ).labels
         )
         self.cache = _Labelled(
             Counter(
@@ -140,7 +202,7 @@ class Metrics:
                 "Cache results of cacheable requests: hit, miss, coalesced, bypass.",
                 ("gen_ai_request_model", "result"),
                 registry=registry,
-            )
+            ).labels
         )
         self.rate_limited = _Labelled(
             Counter(
@@ -148,7 +210,7 @@ class Metrics:
                 "Requests refused by the gateway's rate limits (by key id; public: empty).",
                 ("key_id", "gen_ai_request_model"),
                 registry=registry,
-            )
+            ).labels
         )
         self.budget_refused = _Labelled(
             Counter(
@@ -156,7 +218,7 @@ class Metrics:
                 "Requests refused because the key's budget is spent.",
                 ("key_id",),
                 registry=registry,
-            )
+            ).labels
         )
         self.attempts = _Labelled(
             Counter(
@@ -164,7 +226,7 @@ class Metrics:
                 "Upstream attempts, retries and fallbacks included.",
                 ("gen_ai_request_model",),
                 registry=registry,
-            )
+            ).labels
         )
         self.fallbacks = _Labelled(
             Counter(
@@ -172,7 +234,7 @@ class Metrics:
                 "Times routing moved on to a fallback model.",
                 ("gen_ai_request_model",),
                 registry=registry,
-            )
+            ).labels
         )
         if multiprocess_dir is not None:
             _forget_dead_workers(multiprocess_dir)
@@ -224,10 +286,15 @@ class Metrics:
 
     # -- scrapes and the end ------------------------------------------------------
 
+    @property
+    def shared(self) -> bool:
+        """Several processes write the metrics, to files: render off the event loop.
+        Otherwise render on it, where the histograms are observed."""
+        return self._dir is not None
+
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition (text format, or OpenMetrics when ``accept`` asks for it)
-        and its content type. Reads the workers' files in multiprocess mode: call it
-        off the event loop."""
+        and its content type."""
         encode, content_type = choose_encoder(accept or "")
         if self._dir is None:
             return encode(self.registry), content_type
