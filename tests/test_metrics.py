@@ -258,3 +258,28 @@ def test_workers_share_their_metrics(start_gateway: StartGateway, upstream: Any)
 def workers(directory: Path) -> set[str]:
     """The workers that served a generation (each writes its own file)."""
     return {p.stem.rsplit("_", 1)[-1] for p in directory.glob("histogram_*.db")}
+
+
+def test_the_one_process_histogram_counts_as_prometheus_client_does() -> None:
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from sluice.telemetry.metrics import TTFT_BUCKETS, _Histogram
+
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    mine = _Histogram("t_seconds", "Time.", ("model",), TTFT_BUCKETS, ours)
+    reference = Histogram("t_seconds", "Time.", ("model",), buckets=TTFT_BUCKETS, registry=theirs)
+    # On a bound (le is inclusive), between bounds, below the first, above the last.
+    for model, value in [("a", 0.01), ("a", 0.011), ("a", 0.0), ("b", 10.0), ("b", 11.5)]:
+        mine.labels(model).observe(value)
+        reference.labels(model).observe(value)
+
+    def samples(registry: CollectorRegistry) -> list[tuple[str, list[tuple[str, str]], float]]:
+        text = generate_latest(registry).decode()
+        return sorted(
+            (s.name, sorted(s.labels.items()), s.value)
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if not s.name.endswith("_created")
+        )
+
+    assert samples(ours) == samples(theirs)
