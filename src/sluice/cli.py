@@ -1,9 +1,9 @@
-"""The command line: ``sluice serve``, ``sluice ask``, ``sluice requests``, ``sluice keys``."""
+"""The command line: ``sluice serve``, ``sluice ask``; ``sluice requests`` and ``sluice stats``
+(``records_cli``); ``sluice keys`` (``keys_cli``)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import http.client
 import json
@@ -169,34 +169,6 @@ def _ask(args: argparse.Namespace) -> int:
         out.flush()
 
 
-def _requests(args: argparse.Namespace) -> int:
-    from sluice.store.render import render_table
-    from sluice.store.sqlite import SQLiteRecordStore
-
-    path = args.db
-    if path is None:
-        try:
-            path = config.load(args.config).db_path
-        except config.ConfigError as exc:
-            print(f"sluice: configuration error: {exc}", file=sys.stderr)
-            return 2
-    if not os.path.exists(path):
-        print(f"sluice: no record database at {path}", file=sys.stderr)
-        return 1
-
-    async def read() -> str:
-        store = SQLiteRecordStore(path)
-        await store.start()
-        try:
-            records = await store.recent(args.last)
-        finally:
-            await store.close()
-        return render_table(records)
-
-    print(asyncio.run(read()))
-    return 0
-
-
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="sluice", description="A streaming LLM gateway.")
     commands = root.add_subparsers(dest="command", required=True)
@@ -225,15 +197,10 @@ def parser() -> argparse.ArgumentParser:
     ask.add_argument("--key", help="API key (default $SLUICE_API_KEY)")
     ask.set_defaults(run=_ask)
 
-    requests = commands.add_parser("requests", help="show recent request records")
-    requests.add_argument("--last", type=int, default=20, help="how many (default 20)")
-    requests.add_argument("--db", help="record database (default from config)")
-    requests.add_argument("--config", help="YAML config file (default $SLUICE_CONFIG)")
-    requests.set_defaults(run=_requests)
+    from sluice import keys_cli, records_cli
 
-    from sluice.keys_cli import register
-
-    register(commands)
+    records_cli.register(commands)
+    keys_cli.register(commands)
     return root
 
 
