@@ -1,7 +1,8 @@
 """Interleaved rounds for a few targets: per-chunk cost side by side on a shared machine.
 
 ``python -m bench.compare --only floor,sluice,sluice-granian [--level 300] [--repeat 5]
-[--no-burst]``
+[--no-burst]``; ``sluice@REV`` is the ``sluice`` target run from git revision ``REV``
+(``bench/telemetry_target.py``).
 
 ``bench.run`` measures one target after the other, so work that starts elsewhere on the
 machine halfway through lands on some targets and not others. Here every target is
@@ -34,6 +35,7 @@ from bench import procs
 from bench.profiles import Env, Sizes, _paced_round, burst, expect_for, request_bytes, warmup
 from bench.run import start_upstream
 from bench.targets import CACHE, Live, all_targets, start, stop
+from bench.telemetry_target import revision_target
 
 OUT = CACHE / "compare.json"
 
@@ -106,7 +108,9 @@ async def compare(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"level": args.level, "quiet_pct": args.quiet_pct, "targets": {}}
     try:
         for name in names:
-            target = known[name]
+            target = known.get(name) or revision_target(name, gateway_core, logs)
+            if target is None:
+                raise SystemExit(f"unknown target {name!r}")
             why = await asyncio.to_thread(target.install)
             live = await start(target, f"{base_url}/v1") if why is None else why
             if isinstance(live, str):

@@ -133,6 +133,7 @@ def all_targets(gateway: set[int], both: set[int], logs: Path) -> list[Target]:
     from bench.peers import peers
     from bench.policy_target import policy_target
     from bench.servers import server_targets
+    from bench.telemetry_target import traced_target
 
     targets = [
         Target("direct", "direct (the upstream itself)", "sse", openai_request, None, set()),
@@ -158,6 +159,7 @@ def all_targets(gateway: set[int], both: set[int], logs: Path) -> list[Target]:
             frozenset({"burst"}),
         ),
     ]
+    targets.append(traced_target(gateway, logs))
     targets += [peer_target(p, gateway, CACHE) for p in peers()]
     return targets
 

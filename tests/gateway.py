@@ -108,7 +108,7 @@ def run_gateway(
     full_env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("OPENAI_", "ANTHROPIC_", "SLUICE_"))
+        if not k.startswith(("OPENAI_", "ANTHROPIC_", "SLUICE_", "OTEL_", "PROMETHEUS_"))
     }
     full_env["SLUICE_DB"] = str(db_path)
     full_env.update(env or {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import subprocess
@@ -17,6 +18,8 @@ import pytest
 
 from tests.conftest import StartGateway
 from tests.gateway import RunningGateway, free_port
+from tests.policies.keys import KEY_ENV, create_key, gateway_config
+from tests.policies.keys import wait_records as keys_wait_records
 
 PYTHON_M = (sys.executable, "-m", "sluice")
 CONSOLE_SCRIPT = Path(sys.executable).parent / "sluice"
@@ -236,3 +239,125 @@ def test_no_command_exits_2() -> None:
     result = run()
     assert result.returncode == 2
     assert "usage: sluice" in result.stderr
+
+
+#: $0.10 a token: "normal" answers MESSAGES with 4 prompt and 10 completion tokens.
+PRICED = {"normal": {"input": 100_000, "output": 100_000}}
+
+
+def _json(*args: str) -> Any:
+    result = run(*args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_requests_filters_and_stats_per_model_and_key(
+    tmp_path: Path, start_gateway: StartGateway, upstream: Any
+) -> None:
+    db = tmp_path / "sluice.db"
+    alice, bob = create_key(db, "alice"), create_key(db, "bob")
+    gateway = start_gateway(gateway_config(upstream.url, db, pricing=PRICED), env=KEY_ENV)
+    asks = [(alice, "normal")] * 3 + [(alice, "paced:n=3,interval=0.01"), (bob, "normal")]
+    for key, model in [*asks, (bob, "nope")]:
+        result = run(
+            "ask", "Tell me a story", "--url", gateway.url, "--model", model, "--key", key["key"]
+        )
+        assert result.returncode == (1 if model == "nope" else 0), result.stderr
+    keys_wait_records(db, 6)
+    where = ("--db", str(db))
+
+    normal = _json("requests", *where, "--model", "normal", "--json")
+    assert [(r["model"], r["outcome"]) for r in normal] == [("normal", "ok")] * 4
+    assert [r["key_id"] for r in normal] == [bob["id"], *[alice["id"]] * 3]  # newest first
+    assert normal[0]["started"].startswith("20") and normal[0]["input_tokens"] == 4
+    assert [r["model"] for r in _json("requests", *where, "--key", bob["id"], "--json")] == [
+        "nope",
+        "normal",
+    ]
+    (refused,) = _json("requests", *where, "--outcome", "rejected", "--json")
+    assert (refused["model"], refused["status"], refused["error_type"]) == (
+        "nope",
+        404,
+        "ModelNotFound",
+    )
+    assert len(_json("requests", *where, "--model", "normal", "--since", "1h", "--json")) == 4
+    assert len(_json("requests", *where, "--model", "normal", "--last", "2", "--json")) == 2
+    assert _json("requests", *where, "--since", "2999-01-01", "--json") == []
+    since_iso = _json(
+        "requests", *where, "--since", "2001-02-03T04:05:06Z", "--model", "normal", "--json"
+    )
+    assert len(since_iso) == 4
+
+    table = run("requests", *where, "--key", alice["id"], "--model", "normal")
+    assert table.returncode == 0, table.stderr
+    header, *lines = table.stdout.strip().splitlines()
+    assert header.split()[:4] == ["time", "id", "route", "model"]
+    assert len(lines) == 3 and all(" normal " in line for line in lines)
+
+    stats = _json("stats", *where, "--json")
+    assert stats["since"] is None
+    by_model = {s["name"]: s for s in stats["by_model"]}
+    assert list(by_model) == ["normal", "nope", "paced:n=3,interval=0.01"]  # most requests first
+    assert {
+        k: by_model["normal"][k] for k in ("requests", "errors", "input_tokens", "output_tokens")
+    } == {
+        "requests": 4,
+        "errors": 0,
+        "input_tokens": 16,
+        "output_tokens": 40,
+    }
+    assert by_model["normal"]["cost_usd"] == pytest.approx(4 * 1.4)
+    assert 0 < by_model["normal"]["ttft_p50_ms"] <= by_model["normal"]["ttft_p95_ms"]
+    assert (by_model["nope"]["requests"], by_model["nope"]["errors"]) == (1, 1)
+    assert by_model["nope"]["ttft_p50_ms"] is None
+    by_key = {s["name"]: s for s in stats["by_key"]}
+    assert (by_key[alice["id"]]["requests"], by_key[alice["id"]]["errors"]) == (4, 0)
+    assert (by_key[bob["id"]]["requests"], by_key[bob["id"]]["errors"]) == (2, 1)
+    assert by_key[bob["id"]]["cost_usd"] == pytest.approx(1.4)
+
+    only_keys = _json("stats", *where, "--by", "key", "--since", "1h", "--json")
+    assert set(only_keys) == {"since", "by_key"}
+    assert only_keys["since"].startswith("20")
+    assert _json("stats", *where, "--since", "2999-01-01", "--json")["by_model"] == []
+
+    printed = run("stats", *where, "--by", "model")
+    assert printed.returncode == 0, printed.stderr
+    header, *lines = printed.stdout.strip().splitlines()
+    assert header.split() == [
+        "model",
+        "requests",
+        "errors",
+        "ttft",
+        "p50",
+        "ms",
+        "ttft",
+        "p95",
+        "ms",
+        "tokens",
+        "in",
+        "tokens",
+        "out",
+        "cost",
+        "usd",
+    ]
+    first = lines[0].split()
+    assert first[:3] == ["normal", "4", "0"]
+    assert first[-3:] == ["16", "40", "5.600000"]
+
+
+@pytest.mark.parametrize("command", ["requests", "stats"])
+def test_a_bad_since_exits_2(tmp_path: Path, command: str) -> None:
+    db = tmp_path / "sluice.db"
+    create_key(db, "someone")  # makes the database
+    result = run(command, "--db", str(db), "--since", "yesterday")
+    assert result.returncode == 2
+    assert "--since: cannot read 'yesterday'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_stats_without_a_database_fails_clearly(tmp_path: Path) -> None:
+    missing = tmp_path / "none.db"
+    result = run("stats", "--db", str(missing))
+    assert result.returncode == 1
+    assert f"no record database at {missing}" in result.stderr
+    assert not missing.exists()

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -48,8 +49,13 @@ from sluice.store import Backlog, Record, RecordStore
 from sluice.store.database import DatabaseOptions, open_database
 from sluice.store.keys import KeyStore
 from sluice.store.responses import ResponseStore
+from sluice.telemetry import RequestSpan
+from sluice.telemetry.metrics import Metrics
 from sluice.ui_chat_api import UIChatAPI
 from sluice.web import Console, is_console
+
+if TYPE_CHECKING:
+    from sluice.telemetry.traces import Tracing
 
 log = logging.getLogger("sluice")
 
@@ -75,19 +81,27 @@ class RouteTable:
         self._exact: dict[str, dict[str, Route]] = {}
         self._prefixed: list[tuple[str, str, dict[str, Route]]] = []
         self._rest: dict[str, dict[str, Route]] = {}
+        self._patterns: dict[int, str] = {}  # id of a methods dict → its pattern
 
     def add(self, method: str, path: str, route: Route) -> None:
         if path.endswith("{rest}"):
-            self._rest.setdefault(path.removesuffix("{rest}"), {})[method] = route
+            methods = self._rest.setdefault(path.removesuffix("{rest}"), {})
         elif "{" in path:
             head, _, tail = path.partition("{id}")
-            for prefix, suffix, methods in self._prefixed:
-                if (prefix, suffix) == (head, tail):
-                    methods[method] = route
-                    return
-            self._prefixed.append((head, tail, {method: route}))
+            shared = (m for prefix, suffix, m in self._prefixed if (prefix, suffix) == (head, tail))
+            methods = next(shared, {})
+            if not methods:
+                self._prefixed.append((head, tail, methods))
         else:
-            self._exact.setdefault(path, {})[method] = route
+            methods = self._exact.setdefault(path, {})
+        methods[method] = route
+        self._patterns[id(methods)] = path
+
+    def label(self, path: str) -> str:
+        """The pattern of the route ``path`` matches (``/v1/responses/{id}``), or
+        ``unmatched``: what metrics and traces name a route by."""
+        found = self.find(path)
+        return "unmatched" if found is None else self._patterns[id(found)]
 
     def find(self, path: str) -> dict[str, Route] | None:
         found = self._exact.get(path)
@@ -187,6 +201,7 @@ class Gateway:
             ("POST", "/api/chat", Route(ui.dialect, ui.create)),
             ("GET", "/api/chat/{id}/stream", Route(ui.dialect, ui.resume)),
             ("POST", "/api/chat/{id}/stop", Route(ui.dialect, ui.stop)),
+            ("GET", "/metrics", Route(openai, self._scrape)),
         ):
             self.routes.add(method, path, route)
         # The web console at /ui/: its own sign-in; its playground calls the routes above.
@@ -199,6 +214,8 @@ class Gateway:
             self._model_names,
             self._http,
         )
+        self.metrics = Metrics(settings.metrics.multiprocess_dir, self.routes.label)
+        self._tracing: Tracing | None = None
 
     def _error_dialect(self, path: str) -> Dialect:
         """The dialect that renders errors for a path no route matched."""
@@ -216,8 +233,15 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------------
 
     async def startup(self) -> None:
+        if self.settings.traces.enabled:
+            from sluice.telemetry.traces import Tracing
+
+            self._tracing = Tracing(self.settings.traces, self.routes.label)
+        tracing = self._tracing
         self._pool = Pool()
-        self._providers = Providers(self.settings, self._pool)
+        self._providers = Providers(
+            self.settings, self._pool, tracing.headers if tracing is not None else None
+        )
         redis_url = self.settings.redis_url
         self._state = open_state(redis_url.get() if redis_url else None)
         await self._state.start()
@@ -238,7 +262,7 @@ class Gateway:
                 self._budgets.policy,
                 self._cache,
             ],
-            Router(self.settings, self._providers, self._state),
+            Router(self.settings, self._providers, self._state, tracer=tracing),
         )
         await self.store.start()
         await self.responses.start()
@@ -264,6 +288,9 @@ class Gateway:
         await self.database.close()
         if self._state is not None:
             await self._state.close()
+        self.metrics.close()
+        if self._tracing is not None:
+            await asyncio.to_thread(self._tracing.close)
 
     # -- ASGI --------------------------------------------------------------------
 
@@ -308,6 +335,9 @@ class Gateway:
             client=client[0] if client else None,
         )
         exchange = Exchange(scope, receive, send, record)
+        span: RequestSpan | None = None
+        if self._tracing is not None:
+            span = self._tracing.request(record, exchange.headers)
         routes = self.routes.find(path)
         route = routes.get(method) if routes is not None else None
         if route is not None:
@@ -339,6 +369,7 @@ class Gateway:
             await self._fail(exchange, dialect, exc)
         except Exception as exc:
             log.exception("unexpected error serving %s %s (request %s)", method, path, record.id)
+            record.error_type = type(exc).__name__
             await self._fail(
                 exchange, dialect, SluiceError(f"internal error: {type(exc).__name__}")
             )
@@ -348,10 +379,15 @@ class Gateway:
             if record.status == 0:
                 record.status = exchange.status
             self.store.add(record)
+            self.metrics.observe(record)
+            if span is not None:
+                span.end(record)
 
     async def _fail(self, exchange: Exchange, dialect: Dialect, exc: SluiceError) -> None:
         record = exchange.record
         record.error = exc.message
+        if record.error_type is None:
+            record.error_type = type(exc).__name__
         if record.outcome == "ok":
             record.outcome = "rejected" if exc.status < 500 and not exchange.started else "error"
         if exchange.started:
@@ -388,6 +424,7 @@ class Gateway:
         record.api = dialect.name
         record.model = request.model
         record.stream = request.stream
+        record.operation = request.operation
         if self.settings.store_content:
             record.prompt = orjson.dumps(transcript(request)).decode()
         assert self._handler is not None, "the gateway has not started"
@@ -408,6 +445,7 @@ class Gateway:
         task = asyncio.current_task()
         assert task is not None
         watcher = exchange.watch_disconnect(task)
+        self.metrics.stream_started(record)
         try:
             async with contextlib.aclosing(stream):
                 await relay(
@@ -431,10 +469,12 @@ class Gateway:
             # After the first byte the status is history: an in-band error, then a close.
             record.outcome = "error"
             record.error = exc.message
+            record.error_type = type(exc).__name__
             with contextlib.suppress(OSError):
                 await exchange.write(encoder.error(exc), more=False)
         finally:
             watcher.cancel()
+            self.metrics.stream_ended(record)
         if record.input_tokens is None:
             self._estimate_usage(request, record)
         assert self._budgets is not None
@@ -490,6 +530,15 @@ class Gateway:
 
     async def _health(self, exchange: Exchange, dialect: Dialect) -> None:
         await exchange.respond(200, JSON, b'{"status":"ok"}')
+
+    async def _scrape(self, exchange: Exchange, dialect: Dialect) -> None:
+        """``GET /metrics``: every worker's metrics (their files are read off the loop)."""
+        accept = exchange.headers.get("accept")
+        if self.metrics.shared:
+            body, content_type = await asyncio.to_thread(self.metrics.render, accept)
+        else:
+            body, content_type = self.metrics.render(accept)
+        await exchange.respond(200, [(b"content-type", content_type.encode())], body)
 
     async def _ready(self, exchange: Exchange, dialect: Dialect) -> None:
         if self._handler is None:

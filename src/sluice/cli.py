@@ -1,16 +1,18 @@
-"""The command line: ``sluice serve``, ``sluice ask``, ``sluice requests``, ``sluice keys``,
-``sluice db migrate``."""
+"""The command line: ``sluice serve``, ``sluice ask``; ``sluice requests`` and ``sluice stats``
+(``records_cli``); ``sluice keys`` (``keys_cli``); ``sluice db migrate``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from urllib.parse import urlsplit
 
 from sluice import config
@@ -24,6 +26,25 @@ def _raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+@contextlib.contextmanager
+def _worker_metrics(workers: int) -> Iterator[None]:
+    """Worker processes write their metrics to files in one directory, and a scrape of
+    any worker adds them all up: a private directory for this run, removed at exit,
+    unless ``PROMETHEUS_MULTIPROC_DIR`` names one already."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="sluice-metrics-") as directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        logging.getLogger("sluice.metrics").info(
+            "metrics of the %d workers are kept in %s", workers, directory
+        )
+        try:
+            yield
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -48,6 +69,12 @@ def _serve(args: argparse.Namespace) -> int:
     if problem:
         print(f"sluice: {problem}", file=sys.stderr)
         return 2
+    metrics_dir = settings.metrics.multiprocess_dir
+    if metrics_dir is not None and not os.path.isdir(metrics_dir):
+        print(
+            f"sluice: PROMETHEUS_MULTIPROC_DIR: {metrics_dir} is not a directory", file=sys.stderr
+        )
+        return 2
     level = (args.log_level or settings.log_level).lower()
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -71,7 +98,8 @@ def _serve(args: argparse.Namespace) -> int:
             os.environ["SLUICE_CONFIG"] = os.path.abspath(args.config)
         os.environ["SLUICE_HOST"] = settings.host
         os.environ["SLUICE_PORT"] = str(settings.port)
-        uvicorn.run("sluice.app:create_app", factory=True, workers=settings.workers, **options)  # type: ignore[arg-type]
+        with _worker_metrics(settings.workers):
+            uvicorn.run("sluice.app:create_app", factory=True, workers=settings.workers, **options)  # type: ignore[arg-type]
         return 0
     from sluice.app import Gateway
 
@@ -153,35 +181,6 @@ def _location(args: argparse.Namespace) -> str | None:
         return None
 
 
-def _requests(args: argparse.Namespace) -> int:
-    from sluice.store import StoreError
-    from sluice.store.database import describe, open_database
-    from sluice.store.postgres import is_postgres
-    from sluice.store.render import render_table
-
-    where = _location(args)
-    if where is None:
-        return 2
-    if not is_postgres(where) and not os.path.exists(where):
-        print(f"sluice: no record database at {where}", file=sys.stderr)
-        return 1
-
-    async def read() -> str:
-        database = open_database(where)
-        try:
-            records = await database.records.recent(args.last)
-        finally:
-            await database.close()
-        return render_table(records)
-
-    try:
-        print(asyncio.run(read()))
-    except StoreError as exc:
-        print(f"sluice: cannot read the records in {describe(where)}: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
 def _migrate(args: argparse.Namespace) -> int:
     from sluice.store import StoreError
     from sluice.store.database import describe, migrate
@@ -231,14 +230,6 @@ def parser() -> argparse.ArgumentParser:
     ask.add_argument("--key", help="API key (default $SLUICE_API_KEY)")
     ask.set_defaults(run=_ask)
 
-    requests = commands.add_parser("requests", help="show recent request records")
-    requests.add_argument("--last", type=int, default=20, help="how many (default 20)")
-    requests.add_argument(
-        "--db", help="record database: a SQLite path or a postgresql:// URL (default from config)"
-    )
-    requests.add_argument("--config", help="YAML config file (default $SLUICE_CONFIG)")
-    requests.set_defaults(run=_requests)
-
     db = commands.add_parser("db", help="the record database")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     migrate = db_commands.add_parser(
@@ -250,9 +241,10 @@ def parser() -> argparse.ArgumentParser:
     migrate.add_argument("--config", help="YAML config file (default $SLUICE_CONFIG)")
     migrate.set_defaults(run=_migrate)
 
-    from sluice.keys_cli import register
+    from sluice import keys_cli, records_cli
 
-    register(commands)
+    records_cli.register(commands)
+    keys_cli.register(commands)
     return root
 
 

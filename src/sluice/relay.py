@@ -16,8 +16,10 @@ from sluice.dialects import STREAM_HEADERS, Encoder
 from sluice.events import (
     Batch,
     Embedding,
+    Finish,
     ReasoningDelta,
     RefusalDelta,
+    Start,
     StreamEvent,
     TextDelta,
     ToolCallDelta,
@@ -167,6 +169,11 @@ async def relay(
                 chunks += 1
             elif kind is Usage:
                 _usage(event, record)  # type: ignore[arg-type]
+            elif kind is Start:
+                record.response_id = event.id  # type: ignore[union-attr]
+                record.response_model = event.model  # type: ignore[union-attr]
+            elif kind is Finish:
+                _finish(event, record)  # type: ignore[arg-type]
         gap = (clock_ns() - t0_ns) // 1_000_000 - last
         if gap >= grain:
             if gap < 64 and chunks - counted == 1 and chunks <= room:
@@ -209,8 +216,14 @@ def _usage(usage: Usage, record: Record) -> None:
     record.usage_source = usage.source
 
 
+def _finish(finish: Finish, record: Record) -> None:
+    reasons = record.finish_reasons
+    record.finish_reasons = finish.reason if reasons is None else f"{reasons},{finish.reason}"
+
+
 def _account(events: list[StreamEvent], record: Record, text: list[str] | None) -> int:
-    """Read usage and (when kept) choice 0's text from ``events``; how many deltas."""
+    """Read usage, finish reasons and (when kept) choice 0's text from ``events``; how
+    many deltas."""
     deltas = 0
     for event in events:
         kind = type(event)
@@ -222,4 +235,6 @@ def _account(events: list[StreamEvent], record: Record, text: list[str] | None) 
             deltas += 1
         elif kind is Usage:
             _usage(event, record)  # type: ignore[arg-type]
+        elif kind is Finish:
+            _finish(event, record)  # type: ignore[arg-type]
     return deltas

@@ -247,7 +247,10 @@ def read(server: _ReplayServer, writes: list[bytes]) -> tuple[list[Any], Excepti
     chunks: list[Any] = []
     client = openai.OpenAI(
         # Retries only happen before a response: a refused connect on a busy machine.
-        base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=2, timeout=30
+        base_url=f"http://127.0.0.1:{port}/v1",
+        api_key="x",
+        max_retries=2,
+        timeout=30,
     )
     with client:
         try:

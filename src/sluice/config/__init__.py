@@ -6,6 +6,7 @@ Nothing else in the package reads the environment or a file for settings.
 - ``values``: ``Secret`` and the small typed readers every section is parsed with.
 - ``models``: deployments, model routes and the ``routing`` defaults.
 - ``sections``: ``auth``, ``pricing``, ``redis_url``, ``limits`` and ``cache``.
+- ``telemetry``: ``metrics``, and tracing from the standard ``OTEL_*`` variables.
 - ``settings``: ``Settings``, built from a loaded Sluice document.
 - ``litellm``: a LiteLLM proxy config (``model_list``), converted into a Sluice one.
 - ``loading``: ``parse`` (YAML text) and ``load`` (file, environment, flags).
@@ -27,6 +28,7 @@ from sluice.config.models import (
 )
 from sluice.config.sections import CacheSettings, LimitSettings, ModelCache, ModelLimits
 from sluice.config.settings import LOG_LEVELS, Settings
+from sluice.config.telemetry import MetricsSettings, TraceSettings
 from sluice.config.values import Secret
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "Deployment",
     "Keys",
     "LimitSettings",
+    "MetricsSettings",
     "ModelCache",
     "ModelLimits",
     "ModelRoute",
@@ -48,6 +51,7 @@ __all__ = [
     "Settings",
     "SimulatorSettings",
     "Timeouts",
+    "TraceSettings",
     "default_models",
     "load",
     "parse",

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sluice.config import sections
+from sluice.config import sections, telemetry
 from sluice.config.errors import ConfigError, error_at
 from sluice.config.models import (
     Deployment,
@@ -19,6 +19,7 @@ from sluice.config.models import (
     timeouts_of,
 )
 from sluice.config.sections import CacheSettings, LimitSettings
+from sluice.config.telemetry import MetricsSettings, TraceSettings
 from sluice.config.values import Secret, check_keys, flag, integer, mapping, number, string
 from sluice.pricing import Price
 
@@ -65,6 +66,8 @@ class Settings:
     redis_url: Secret | None = None
     limits: LimitSettings = field(default_factory=LimitSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    traces: TraceSettings = field(default_factory=TraceSettings)
 
     #: Public model name → its deployments, fallbacks and strategy (``models`` holds
     #: each one's first deployment). The key ``*`` catches every other name.
@@ -129,6 +132,7 @@ _TOP_KEYS = {
     "limits",
     "routing",
     "cache",
+    "metrics",
 }
 
 
@@ -200,4 +204,6 @@ def build(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Settin
         **sections.access(raw, env),
         **sections.shared(raw, env),
         cache=sections.cache(raw),
+        metrics=telemetry.metrics(raw, env),
+        traces=telemetry.traces(env),
     )

@@ -5,7 +5,8 @@ Authentication is on when ``SLUICE_MASTER_KEY`` is set or any key exists in the 
 every route but ``/healthz`` and ``/readyz`` needs ``Authorization: Bearer <key>`` (or,
 without that header, ``x-api-key: <key>``), except ``GET /`` when ``auth.public_seed``
 is set: a browser cannot send the header, so that route is served without a key and
-limited per client address instead.
+limited per client address instead; and ``/metrics`` when ``metrics.public`` is set, for
+a scraper that sends no key.
 
 The app calls ``Authenticator.check`` for every request before dispatch, so rejections
 are recorded like any other; ``model_access`` is the first policy of the pipeline and
@@ -33,6 +34,7 @@ from sluice.store.keys import KEY_PREFIX, KeyStore
 #: Routes that never need a key: probes for load balancers and orchestrators.
 OPEN_ROUTES = frozenset({"/healthz", "/readyz"})
 SEED_ROUTE = "/"
+METRICS_ROUTE = "/metrics"
 
 MASTER = VirtualKey(id="master", name="master", master=True)
 
@@ -70,6 +72,7 @@ class Authenticator:
         self._keys = keys
         self._master = _digest(settings.master_key.get()) if settings.master_key else None
         self._public_seed = settings.public_seed
+        self._open = OPEN_ROUTES | ({METRICS_ROUTE} if settings.metrics.public else set())
 
     async def enabled(self) -> bool:
         return self._master is not None or await self._keys.any_keys()
@@ -79,7 +82,7 @@ class Authenticator:
     ) -> Access:
         """Who the request is from; raises ``AuthenticationError`` (401) if it may not
         be served. The key's id goes on the record, refused or not."""
-        if path in OPEN_ROUTES:
+        if path in self._open:
             return Access()
         token = bearer(headers)
         if token is None:

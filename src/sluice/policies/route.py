@@ -52,10 +52,13 @@ from sluice.policies.balance import Balancer
 from sluice.policies.breaker import Breaker
 from sluice.providers.registry import Providers
 from sluice.state import SharedState
+from sluice.telemetry import Attempt, Tracer
 
 log = logging.getLogger("sluice.route")
 
 Stream = AsyncGenerator[Batch, None]
+#: The deployment that answered, its stream, the first batch, and the attempt's span.
+Opened = tuple[Deployment, Stream, Batch | None, Attempt | None]
 
 
 def describe(provider: str, model: str, base_url: str) -> str:
@@ -126,8 +129,10 @@ class Router:
         providers: Providers,
         state: SharedState | None = None,
         rng: random.Random | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._settings = settings
+        self._tracer = tracer
         self._providers = providers
         self._routing = settings.routing
         self._rng = rng or random.Random()
@@ -146,7 +151,7 @@ class Router:
 
     async def _serve(self, request: ChatRequest, call: Call, route: ModelRoute) -> Stream:
         call.admitted = True
-        deployment, stream, first = await self._open(request, call, route)
+        deployment, stream, first, attempt = await self._open(request, call, route)
         try:
             if first is None:
                 return
@@ -159,15 +164,17 @@ class Router:
                 except UpstreamError as exc:
                     # Too late to try elsewhere, but it counts against the deployment.
                     await self._breaker.failed(deployment, exc.message)
+                    if attempt is not None:
+                        attempt.failed(exc)
                     raise
                 yield batch
         finally:
             self._balancer.finished(deployment)
             await stream.aclose()
+            if attempt is not None:
+                attempt.end()
 
-    async def _open(
-        self, request: ChatRequest, call: Call, route: ModelRoute
-    ) -> tuple[Deployment, Stream, Batch | None]:
+    async def _open(self, request: ChatRequest, call: Call, route: ModelRoute) -> Opened:
         """The first deployment, along the model and its fallbacks, that starts to answer."""
         visited = {route.name, request.model}
         model, model_request = route, request
@@ -184,11 +191,12 @@ class Router:
                 raise outcome
             log.debug("model %r failed (%s); falling back to %r", model.name, outcome, following)
             visited.add(following)
+            call.record.fallbacks += 1
             model, model_request = found, dataclasses.replace(request, model=following)
 
     async def _attempts(
         self, model: ModelRoute, request: ChatRequest, call: Call, last_resort: bool
-    ) -> tuple[Deployment, Stream, Batch | None] | SluiceError:
+    ) -> Opened | SluiceError:
         """Try ``model``'s deployments; the stream that answered, or the error to pass on."""
         tries = _Tries()
         last: SluiceError | None = None
@@ -204,14 +212,24 @@ class Router:
             call.deployment = deployment
             upstream = deployment.upstream_model(request.model)
             call.record.upstream = describe(deployment.provider, upstream, deployment.base_url)
+            call.record.provider = deployment.provider
             provider = self._providers.get(deployment)
             stream = provider.stream(request, verbatim=call.verbatim == provider.format)
             self._balancer.started(deployment)
+            attempt = None
+            if self._tracer is not None:
+                attempt = self._tracer.attempt(request, deployment, upstream, call.record.attempts)
             try:
-                first: Batch | None = await stream.__anext__()
+                if attempt is None:
+                    first: Batch | None = await stream.__anext__()
+                else:
+                    with attempt.current():  # the request sent upstream carries it
+                        first = await stream.__anext__()
             except StopAsyncIteration:
                 first = None
             except SluiceError as exc:
+                if attempt is not None:
+                    attempt.failed(exc)
                 self._balancer.finished(deployment)
                 await _close(stream)
                 kind = verdict(exc)
@@ -228,12 +246,16 @@ class Router:
                     tries.waits[deployment.key] = wait
                 log.debug("attempt on %s failed: %s", call.record.upstream, exc.message)
                 continue
-            except BaseException:
+            except BaseException as exc:
+                if attempt is not None:
+                    attempt.failed(exc)
                 self._balancer.finished(deployment)
                 await _close(stream)
                 raise
             self._breaker.succeeded(deployment)
-            return deployment, stream, first
+            if attempt is not None:
+                attempt.answered(first)
+            return deployment, stream, first, attempt
         if last is None:
             last = UpstreamConnectError(
                 f"no deployment of the model '{model.name}' is available: all are cooling down"

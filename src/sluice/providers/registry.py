@@ -10,6 +10,9 @@ from sluice.events import ChatRequest, WireFormat
 from sluice.providers import Provider, Wire
 from sluice.providers.http import Pool
 
+#: The headers that carry the current trace upstream (``traceparent``); None: tracing off.
+TraceHeaders = Callable[[], dict[str, str]]
+
 
 def _openai_chat(deployment: Deployment) -> Wire:
     from sluice.providers.openai_chat import OpenAIChatWire
@@ -44,7 +47,7 @@ def wire_format(provider: str) -> WireFormat:
     return WIRES[provider](Deployment(name="", provider=provider)).format
 
 
-def build(deployment: Deployment, pool: Pool) -> Provider:
+def build(deployment: Deployment, pool: Pool, trace: TraceHeaders | None = None) -> Provider:
     if deployment.provider == "simulator":
         from sluice.providers.simulator import SimulatorProvider
 
@@ -52,19 +55,20 @@ def build(deployment: Deployment, pool: Pool) -> Provider:
     from sluice.providers.upstream import HTTPProvider
 
     wire = WIRES[deployment.provider](deployment)
-    return HTTPProvider(deployment, pool, wire, owned_by=deployment.provider)
+    return HTTPProvider(deployment, pool, wire, owned_by=deployment.provider, trace=trace)
 
 
 class Providers:
-    def __init__(self, settings: Settings, pool: Pool) -> None:
+    def __init__(self, settings: Settings, pool: Pool, trace: TraceHeaders | None = None) -> None:
         self._settings = settings
         self._pool = pool
+        self._trace = trace
         self._built: dict[str, Provider] = {}
 
     def get(self, deployment: Deployment) -> Provider:
         provider = self._built.get(deployment.key)
         if provider is None:
-            provider = self._built[deployment.key] = build(deployment, self._pool)
+            provider = self._built[deployment.key] = build(deployment, self._pool, self._trace)
         return provider
 
     async def count_tokens(self, deployment: Deployment, request: ChatRequest) -> int | None:

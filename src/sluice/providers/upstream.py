@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 
 from sluice.config import Deployment
 from sluice.errors import (
@@ -126,8 +126,18 @@ def _header_lines(headers: dict[str, str]) -> bytes:
 class HTTPProvider:
     """A configured upstream: a wire, a base URL, credentials."""
 
-    def __init__(self, deployment: Deployment, pool: Pool, wire: Wire, owned_by: str) -> None:
+    def __init__(
+        self,
+        deployment: Deployment,
+        pool: Pool,
+        wire: Wire,
+        owned_by: str,
+        trace: Callable[[], dict[str, str]] | None = None,
+    ) -> None:
         self._deployment = deployment
+        #: With tracing on: the headers that carry the current span (``traceparent``),
+        #: added to each request; the fixed head below cannot hold them.
+        self._trace = trace
         self._pool = pool
         self._wire = wire
         self.format: WireFormat = wire.format
@@ -160,6 +170,8 @@ class HTTPProvider:
     def _request(self, request: ChatRequest) -> bytes:
         body = self.payload(request)
         extra = self._wire.request_headers(request)
+        if self._trace is not None:
+            extra = {**extra, **self._trace()}
         head = self._head
         if request.operation == "embeddings":
             target = self._embeddings_target

@@ -37,6 +37,13 @@ class Record:
     attempts: int = 0  # upstream attempts made (retries and fallbacks included)
     #: When each batch of the stream arrived, encoded by ``store.timeline`` (a few KB).
     timeline: bytes | bytearray | None = None
+    operation: str | None = None  # chat | embeddings; None: not a generation
+    provider: str | None = None  # the provider of the deployment used (openai, anthropic, ...)
+    response_model: str | None = None  # the model name the answer came with
+    response_id: str | None = None  # the answer's id as its source gave it
+    finish_reasons: str | None = None  # stop, length, ...: one per choice, comma-separated
+    error_type: str | None = None  # the error's class (RateLimited, UpstreamTimeout, ...)
+    fallbacks: int = 0  # times routing moved on to a fallback model
 
 
 class RecordStore(Protocol):

@@ -199,3 +199,20 @@ def m008_console_sessions(db: sqlite3.Connection) -> None:
         """
     )
     db.execute("CREATE INDEX console_sessions_expires_at ON console_sessions (expires_at)")
+
+
+@migration
+def m009_outcome_columns(db: sqlite3.Connection) -> None:
+    # What the answer was (operation, provider, response model and id, finish reasons),
+    # how a failure is classed, and how often routing fell back: what metrics, traces
+    # and ``sluice stats`` read.
+    for column in (
+        "operation TEXT",
+        "provider TEXT",
+        "response_model TEXT",
+        "response_id TEXT",
+        "finish_reasons TEXT",
+        "error_type TEXT",
+        "fallbacks INTEGER NOT NULL DEFAULT 0",
+    ):
+        db.execute(f"ALTER TABLE requests ADD COLUMN {column}")

@@ -119,6 +119,20 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
             "CREATE INDEX console_sessions_expires_at ON console_sessions (expires_at)",
         ),
     ),
+    (
+        # What the answer was, how a failure is classed and how often routing fell back
+        # (SQLite's m009): what metrics, traces and ``sluice stats`` read.
+        "m002_outcome_columns",
+        (
+            "ALTER TABLE requests ADD COLUMN operation TEXT",
+            "ALTER TABLE requests ADD COLUMN provider TEXT",
+            "ALTER TABLE requests ADD COLUMN response_model TEXT",
+            "ALTER TABLE requests ADD COLUMN response_id TEXT",
+            "ALTER TABLE requests ADD COLUMN finish_reasons TEXT",
+            "ALTER TABLE requests ADD COLUMN error_type TEXT",
+            "ALTER TABLE requests ADD COLUMN fallbacks INTEGER NOT NULL DEFAULT 0",
+        ),
+    ),
 ]
 
 

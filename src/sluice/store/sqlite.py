@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields
 from typing import Any, TypedDict, TypeVar
 
 from sluice.store import Record
+from sluice.store.analytics import SUMMARY_COLUMNS, Grouping, RecordQuery, Summary, summarise
 from sluice.store.migrations import migrate
 
 __all__ = ["MAX_PENDING", "SQLiteRecordStore", "StoreStats"]
@@ -168,18 +169,18 @@ class SQLiteRecordStore:
 
     # -- reads ----------------------------------------------------------------------------
 
-    async def recent(self, limit: int) -> list[Record]:
-        """The newest ``limit`` records by start time, newest first, including records not
-        yet written. While writes are failing (already logged), a database that cannot be
-        read either gives way to the buffer alone; otherwise read errors (``sqlite3.Error``,
-        ``OSError``) are raised."""
+    async def recent(self, limit: int, query: RecordQuery | None = None) -> list[Record]:
+        """The newest ``limit`` records by start time (of those ``query`` matches), newest
+        first, including records not yet written. While writes are failing (already
+        logged), a database that cannot be read either gives way to the buffer alone;
+        otherwise read errors (``sqlite3.Error``, ``OSError``) are raised."""
         if self._closed:
             raise RuntimeError("store is closed")
         if limit <= 0:
             return []
         await self.flush()
         try:
-            stored = await asyncio.to_thread(self._locked, self._recent_sync, limit)
+            stored = await asyncio.to_thread(self._locked, self._recent_sync, limit, query)
         except (sqlite3.Error, OSError):
             if not self._failing:
                 raise
@@ -188,7 +189,7 @@ class SQLiteRecordStore:
             return stored
         # Writes are failing: merge what the database gave with what is still waiting.
         # Newer arrivals go first so that they win ties on started_at.
-        waiting = reversed(self._pending)
+        waiting = (r for r in reversed(self._pending) if query is None or query.matches(r))
         return heapq.nlargest(limit, itertools.chain(waiting, stored), key=_started_at)
 
     async def stats(self, since: float | None = None) -> StoreStats:
@@ -209,6 +210,16 @@ class SQLiteRecordStore:
             pending=len(self._pending),
             dropped=self._dropped,
         )
+
+    async def summary(self, by: Grouping, since: float | None = None) -> list[Summary]:
+        """Per model (or per key) since ``since``: requests, errors, time to first token
+        p50/p95, tokens and cost, of the records that name a model. Read errors are
+        raised."""
+        if self._closed:
+            raise RuntimeError("store is closed")
+        await self.flush()
+        rows = await asyncio.to_thread(self._locked, self._summary_sync, by, since)
+        return summarise(rows)
 
     # -- the writer -----------------------------------------------------------------------
 
@@ -339,10 +350,18 @@ class SQLiteRecordStore:
             with _transaction(db):
                 db.execute(_INSERT, tuple(_clean(v) for v in row))
 
-    def _recent_sync(self, limit: int) -> list[Record]:
+    def _recent_sync(self, limit: int, query: RecordQuery | None) -> list[Record]:
         db = self._connect()
-        query = f"{_SELECT} ORDER BY started_at DESC, rowid DESC LIMIT ?"
-        return [_record(row) for row in db.execute(query, (limit,))]
+        where, args = query.where() if query is not None else ("", [])
+        sql = f"{_SELECT} {where} ORDER BY started_at DESC, rowid DESC LIMIT ?"
+        return [_record(row) for row in db.execute(sql, (*args, limit))]
+
+    def _summary_sync(self, by: Grouping, since: float | None) -> list[tuple[Any, ...]]:
+        db = self._connect()
+        column = {"model": "model", "key_id": "key_id"}[by]  # never text from outside
+        where = "WHERE model IS NOT NULL" + (" AND started_at >= ?" if since is not None else "")
+        sql = f"SELECT {column}, {', '.join(SUMMARY_COLUMNS)} FROM requests {where}"
+        return list(db.execute(sql, () if since is None else (since,)))
 
     def _stats_sync(self, since: float | None) -> list[tuple[str, int, float | None, int]]:
         db = self._connect()
