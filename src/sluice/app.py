@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from sluice import config
+from sluice.chat_resume import ResumableChat, wants_resume
 from sluice.config import Settings
 from sluice.dialects import Dialect, Encoder
 from sluice.dialects.anthropic_messages import AnthropicMessagesDialect, count_tokens_body
@@ -194,9 +195,13 @@ class Gateway:
             settings.default_model,
             settings.keepalive_interval,
         )
+        self._resumable = ResumableChat(
+            self._detach, lambda: self.generations, settings.keepalive_interval
+        )
         for method, path, route in (
             ("GET", "/", Route(text, self._generate)),
             ("POST", "/v1/chat/completions", Route(openai, self._generate)),
+            ("GET", "/v1/chat/completions/{id}/stream", Route(openai, self._resumable.resume)),
             ("POST", "/v1/embeddings", Route(embeddings, self._generate)),
             ("GET", "/v1/models", Route(openai, self._models)),
             ("GET", "/v1/models/{rest}", Route(openai, self._model)),
@@ -428,6 +433,9 @@ class Gateway:
         request = dialect.decode(
             body, exchange.query, exchange.headers, self.settings.default_model
         )
+        if dialect is self._openai and wants_resume(exchange.headers):
+            await self._resumable.create(exchange, dialect, request)
+            return
         await self._serve(exchange, dialect, request)
 
     async def _serve(
