@@ -194,6 +194,8 @@ class Gateway:
             settings.max_body_bytes,
             settings.default_model,
             settings.keepalive_interval,
+            self._detach,
+            lambda: self.generations,
         )
         self._resumable = ResumableChat(
             self._detach, lambda: self.generations, settings.keepalive_interval

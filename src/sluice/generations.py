@@ -435,6 +435,16 @@ class Generations:
             return 0
         return int(float(value)) if value else 0
 
+    async def name(self, name: str, id: str) -> None:
+        """Make ``name`` find generation ``id`` (a chat's answer in flight)."""
+        with contextlib.suppress(StateUnavailable):
+            await self._state.set(f"gen:name:{name}", id.encode(), ttl=TOMBSTONE)
+
+    async def named(self, name: str) -> Info | None:
+        """The generation ``name`` was last given to."""
+        raw = await self._state.get(f"gen:name:{name}")
+        return None if raw is None else await self.find(raw.decode())
+
     async def delivered(self, id: str) -> None:
         """Somebody read generation ``id`` to its end."""
         with contextlib.suppress(StateUnavailable):
