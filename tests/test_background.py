@@ -4,6 +4,8 @@ with ``starting_after``, cancel, poll; one record per generation with its resume
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -166,3 +168,23 @@ def test_a_plain_stream_still_cancels_its_upstream(gateway: RunningGateway, upst
                 break
     connection = upstream.connection_for(model, timeout=3)
     assert connection is not None and connection["closed_at"] is not None
+
+
+def test_shutdown_fails_running_background_responses(
+    start_gateway: StartGateway, upstream: Any, tmp_path: Any
+) -> None:
+    gateway = start_gateway(upstream_config(upstream.url), KEY_ENV)
+    created = sdk(gateway).responses.create(
+        model="paced:n=1000,interval=0.05", input="hi", background=True
+    )
+    time.sleep(0.3)
+    gateway.stop()  # SIGTERM: the gateway shuts down
+    with contextlib.closing(sqlite3.connect(gateway.db_path)) as db:
+        status, error = db.execute(
+            "SELECT status, error FROM responses WHERE id = ?", (created.id,)
+        ).fetchone()
+        outcome, message = db.execute(
+            "SELECT outcome, error FROM requests WHERE route = '/v1/responses'"
+        ).fetchone()
+    assert status == "failed" and "shut down" in error
+    assert outcome == "error" and "shut down" in message
