@@ -44,7 +44,7 @@ import orjson
 from sluice.config.generations import GenerationSettings
 from sluice.errors import NotFound, RateLimited, ServiceUnavailable, SluiceError
 from sluice.events import Batch, ChatRequest
-from sluice.journal import Abandoned, Cancelled, Journal, Journals, size_of
+from sluice.journal import Abandoned, Cancelled, Journal, Journals, WriterGone, size_of
 from sluice.journal.codec import copy_error
 from sluice.state import SharedState, StateUnavailable
 from sluice.store import VirtualKey
@@ -254,6 +254,10 @@ class Generations:
         self._journals = journals
         self.instance = instance or uuid.uuid4().hex[:16]
         self._live: dict[str, Generation] = {}
+        #: Generations written elsewhere that readers here follow: one tail of the Redis
+        #: Stream per generation, whatever the number of readers (each would hold a
+        #: connection of the pool for its blocking read).
+        self._replicas: dict[str, Generation] = {}
         #: Ended generations whose events only this process holds (memory journals).
         self._ended: OrderedDict[str, _Ended] = OrderedDict()
         self._bytes = 0
@@ -380,7 +384,12 @@ class Generations:
         ended = self._ended.get(id)
         if ended is not None:
             return ended.generation.info
-        raw = await self._state.get(f"gen:{id}")
+        try:
+            raw = await self._state.get(f"gen:{id}")
+        except StateUnavailable as exc:
+            raise ServiceUnavailable(
+                "generations cannot be looked up now: the shared state is unreachable"
+            ) from exc
         return None if raw is None else Info.load(id, raw)
 
     def follow(self, info: Info, offset: int = 0) -> AsyncGenerator[Batch, None]:
@@ -402,6 +411,16 @@ class Generations:
                 f"the events of generation {info.id} are no longer kept (they are kept"
                 f" {self.settings.retention:g} s after it ends)"
             )
+        replica = self._replicas.get(info.id)
+        if replica is None:
+            replica = Generation(info, Journal(info.id))
+            replica.task = self._spawn(self._tail(replica))
+            self._replicas[info.id] = replica
+        return self._read(replica, offset)
+
+    async def _tail(self, replica: Generation) -> None:
+        """Copy a generation written elsewhere into this process as it comes."""
+        info, journal = replica.info, replica.journal
         writer = f"gen:writer:{info.instance}"
 
         async def alive() -> bool:
@@ -410,7 +429,22 @@ class Generations:
             except StateUnavailable:
                 return False
 
-        return self._journals.follow(info.id, offset, alive)
+        try:
+            async with contextlib.aclosing(self._journals.follow(info.id, 0, alive)) as batches:
+                async for batch in batches:
+                    journal.append(batch)
+        except SluiceError as exc:
+            journal.fail(exc)
+        except StateUnavailable:
+            journal.fail(WriterGone("the shared state became unreachable while following"))
+        except asyncio.CancelledError:
+            journal.fail(Abandoned("nobody here reads the generation any more"))
+            raise
+        else:
+            journal.complete()
+        finally:
+            if self._replicas.get(info.id) is replica:
+                del self._replicas[info.id]
 
     async def _read(self, generation: Generation, offset: int) -> AsyncGenerator[Batch, None]:
         generation.readers += 1
@@ -422,6 +456,9 @@ class Generations:
             generation.readers -= 1
             if generation.readers == 0:
                 generation.idle_since = time.monotonic()
+                if self._replicas.get(generation.id) is generation and generation.task:
+                    del self._replicas[generation.id]  # a new reader starts a new tail
+                    generation.task.cancel()  # nobody here reads it: stop tailing
 
     async def resumed(self, id: str) -> None:
         """Count a resume of generation ``id`` (its record says how many)."""
