@@ -188,3 +188,30 @@ def test_shutdown_fails_running_background_responses(
         ).fetchone()
     assert status == "failed" and "shut down" in error
     assert outcome == "error" and "shut down" in message
+
+
+def test_the_sdk_stream_helper_resumes_by_id(gateway: RunningGateway) -> None:
+    """``responses.stream(response_id=…)`` asks without a cursor and skips events itself."""
+    client = sdk(gateway)
+    created = client.responses.create(model=PACED, input="hi", background=True)
+    with client.responses.stream(response_id=created.id, starting_after=5) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    assert events[0].sequence_number == 6
+    assert final.status == "completed" and final.output_text == expected_text(PACED)
+
+
+def test_bounds_per_key_and_per_generation(start_gateway: StartGateway, upstream: Any) -> None:
+    config = upstream_config(upstream.url, generations={"per_key": 1, "max_bytes": 20_000})
+    client = sdk(start_gateway(config, KEY_ENV))
+    running = client.responses.create(
+        model="paced:n=1000,interval=0.05", input="hi", background=True
+    )
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.responses.create(model=PACED, input="hi", background=True)
+    assert "generations.per_key" in refused.value.message
+    client.responses.cancel(running.id)
+    large = client.responses.create(model="normal:n=2000", input="hi", background=True)
+    failed = poll(client, large.id)
+    assert failed.status == "failed" and failed.error is not None
+    assert "generations.max_bytes" in failed.error.message

@@ -92,6 +92,8 @@ class Info:
     data: dict[str, Any]
     live: bool = True
     ended_at: float | None = None
+    #: Why it failed, when it did.
+    error: str | None = None
 
     def visible_to(self, key: VirtualKey | None) -> bool:
         """A key finds only its own generations; the master key, and anyone while
@@ -108,6 +110,7 @@ class Info:
                 "data": self.data,
                 "live": self.live,
                 "ended_at": self.ended_at,
+                "error": self.error,
             }
         )
 
@@ -123,6 +126,7 @@ class Info:
             d["data"],
             d["live"],
             d["ended_at"],
+            d.get("error"),
         )
 
 
@@ -341,6 +345,8 @@ class Generations:
                 journal.fail(Abandoned("the generation ended without an end"))
             info.live = False
             info.ended_at = time.time()
+            if journal.error is not None:
+                info.error = journal.error.message
             await self._settle(generation)
 
     async def _settle(self, generation: Generation) -> None:

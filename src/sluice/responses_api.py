@@ -331,9 +331,13 @@ class ResponsesAPI:
             return stored
         generations = self._generations()
         info = await generations.find(stored.id)
-        if info is not None and (not info.live or await generations.writer_alive(info)):
+        if info is not None and info.live and await generations.writer_alive(info):
             return stored
-        response = lost(stored.response, "the instance running this response went away")
+        message = "the instance running this response went away"
+        if info is not None and not info.live:
+            # It ended, and its end was not stored (that happens before it ends).
+            message = info.error or "the response ended before it was stored"
+        response = lost(stored.response, message)
         fresh = StoredResponse(response, stored.input_items, stored.key_id)
         await self._store.put(fresh)
         return fresh
