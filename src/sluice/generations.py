@@ -310,7 +310,7 @@ class Generations:
         try:
             await self._put(info)
         except StateUnavailable:
-            if self._state.name != "memory":
+            if self._journals.distributed:
                 log.warning("generation %s is not shared: the shared state is down", id)
         generation.task = self._spawn(self._run(generation, produce))
         if self._keeper is None:
@@ -430,6 +430,8 @@ class Generations:
         writer = f"gen:writer:{info.instance}"
 
         async def alive() -> bool:
+            if not info.live:
+                return False  # ended: its stream holds everything, or it was evicted
             try:
                 return await self._state.get(writer) is not None
             except StateUnavailable:
