@@ -91,3 +91,21 @@ def test_no_sse_id_field_and_unknown_ids(gateway: RunningGateway) -> None:
             headers=RESUMABLE,
         )
         assert plain.status_code == 400 and plain.json()["error"]["param"] == "stream"
+
+
+def test_an_answer_nobody_reads_stops_after_the_window(
+    gateway: RunningGateway, upstream: Any
+) -> None:
+    upstream.reset()
+    model = "paced:n=1000,interval=0.05"
+    with sdk(gateway).chat.completions.with_streaming_response.create(
+        model=model, messages=MESSAGES, stream=True, extra_headers=RESUMABLE
+    ) as response:
+        for n, _ in enumerate(response.parse()):
+            if n == 3:
+                break  # the client leaves; nobody resumes
+    # generations.window is 1 s: the upstream is stopped, not left to write 1,000 chunks.
+    connection = upstream.connection_for(model, timeout=10)
+    assert connection is not None and connection["closed_at"] is not None
+    rows = [r for r in gateway.wait_records(1) if r["route"] == "/v1/chat/completions"]
+    assert rows[0]["outcome"] == "cancelled" and "generations.window" in rows[0]["error"]

@@ -560,7 +560,7 @@ class Gateway:
                 task.uncancel()  # recorded below, then the generation ends
                 record.outcome = "cancelled" if generation.cancelled else "error"
                 record.error = (
-                    "cancelled on request"
+                    generation.reason
                     if generation.cancelled
                     else "the gateway shut down before the generation ended"
                 )

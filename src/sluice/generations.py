@@ -166,6 +166,8 @@ class Generation:
     on_cancel: OnCancel | None = None
     task: asyncio.Task[None] | None = None
     cancelled: bool = False
+    #: Why it was cancelled.
+    reason: str = ""
     #: Readers in this process now; since when nobody reads it.
     readers: int = 0
     idle_since: float = field(default_factory=time.monotonic)
@@ -190,12 +192,13 @@ class Generation:
         if journal.error is not None and not journal.batches:
             raise copy_error(journal.error) from journal.error
 
-    def cancel(self) -> bool:
+    def cancel(self, reason: str = "cancelled on request") -> bool:
         """Stop it now (its upstream read is cancelled); False if it already ended or
         was cancelled."""
         if self.cancelled or not self.journal.live or self.task is None:
             return False
         self.cancelled = True
+        self.reason = reason
         self.task.cancel()
         return True
 
@@ -564,7 +567,7 @@ class Generations:
                         and now - generation.idle_since > window
                         and not await self._read_elsewhere(generation)
                     ):
-                        generation.cancel()
+                        generation.cancel(f"nobody read it for {window:g} s (generations.window)")
                 await asyncio.sleep(TICK)
         finally:
             self._keeper = None
