@@ -4,6 +4,7 @@ put together are the uncut answer's; the generation goes on after its client lef
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,7 +27,7 @@ MESSAGES: list[Any] = [{"role": "user", "content": "Tell me a story"}]
 def gateway(
     start_gateway: StartGateway, upstream: Any, backend: dict[str, Any]
 ) -> Iterator[RunningGateway]:
-    config = upstream_config(upstream.url, **backend, generations={"window": 1})
+    config = upstream_config(upstream.url, **backend, generations={"window": 1, "retention": 3})
     yield start_gateway(config, KEY_ENV)
 
 
@@ -85,6 +86,13 @@ def test_no_sse_id_field_and_unknown_ids(gateway: RunningGateway) -> None:
         unknown = http.get(f"{gateway.api}/chat/completions/gen_nope/stream")
         assert unknown.status_code == 404
         assert unknown.json()["error"]["code"] == "generation_not_found"
+        # Past generations.retention (3 s): evicted, and said so.
+        generation_id = answer.headers["x-sluice-generation-id"]
+        time.sleep(3.5)
+        evicted = http.get(f"{gateway.api}/chat/completions/{generation_id}/stream")
+        assert evicted.status_code == 404
+        assert evicted.json()["error"]["code"] == "generation_evicted"
+        assert "no longer kept" in evicted.json()["error"]["message"]
         plain = http.post(
             f"{gateway.api}/chat/completions",
             json={**body, "stream": False},
