@@ -253,10 +253,13 @@ def test_a_failure_after_the_first_byte_is_an_error_chunk(
 
 
 def test_an_error_before_the_first_byte_is_a_status(gateway: RunningGateway) -> None:
-    out = chat(gateway, "error_status:status=429")
+    """...and leaves nothing to resume (a reloaded page must not get the error again)."""
+    out = chat(gateway, "error_status:status=429", chatId="chat-refused")
     assert out["status"] == 429 and out["message"] is None
     assert out["headers"]["x-vercel-ai-ui-message-stream"] is None  # not a stream
     assert json.loads(out["thrown"])["error"]["code"] == "rate_limit_exceeded"
+    again = ui_sdk.send(api(gateway), {"resume": True, "chatId": "chat-refused"})
+    assert again["status"] == 204
 
 
 def test_keepalive_comments_while_waiting(gateway: RunningGateway) -> None:

@@ -103,9 +103,19 @@ class UIChatAPI:
             generation = await self._detach(exchange, dialect, request, detached)
             await generations.name(_name(exchange.key, chat.chat_id), generation_id)
             stream = generations.follow(generation.info)
-            await follow_to(
-                exchange, stream, encoder, self._keepalive, on_end=self._delivered(generation_id)
-            )
+            try:
+                await follow_to(
+                    exchange,
+                    stream,
+                    encoder,
+                    self._keepalive,
+                    on_end=self._delivered(generation_id),
+                )
+            except SluiceError:
+                # Refused before its first byte: the client has the whole answer (an
+                # error status); a resume finds nothing to resume.
+                await generations.delivered(generation_id)
+                raise
         except SluiceError:
             if not exchange.started:  # answered as a JSON error: not a stream
                 exchange.response_headers.remove(HEADER)
