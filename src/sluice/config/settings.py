@@ -8,6 +8,7 @@ from typing import Any
 
 from sluice.config import sections, telemetry
 from sluice.config.errors import ConfigError, error_at
+from sluice.config.generations import GenerationSettings, generations
 from sluice.config.models import (
     Deployment,
     ModelRoute,
@@ -68,6 +69,7 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     traces: TraceSettings = field(default_factory=TraceSettings)
+    generations: GenerationSettings = field(default_factory=GenerationSettings)
 
     #: Public model name → its deployments, fallbacks and strategy (``models`` holds
     #: each one's first deployment). The key ``*`` catches every other name.
@@ -133,6 +135,7 @@ _TOP_KEYS = {
     "routing",
     "cache",
     "metrics",
+    "generations",
 }
 
 
@@ -206,4 +209,5 @@ def build(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Settin
         cache=sections.cache(raw),
         metrics=telemetry.metrics(raw, env),
         traces=telemetry.traces(env),
+        generations=generations(raw),
     )
