@@ -215,3 +215,33 @@ def test_bounds_per_key_and_per_generation(start_gateway: StartGateway, upstream
     failed = poll(client, large.id)
     assert failed.status == "failed" and failed.error is not None
     assert "generations.max_bytes" in failed.error.message
+
+
+def test_a_background_stream_opens_queued(gateway: RunningGateway) -> None:
+    """As OpenAI's: ``response.created`` and ``response.queued`` (status ``queued``) at
+    once, ``response.in_progress`` when the upstream starts (here after 2 s)."""
+    client = sdk(gateway)
+    events: list[Any] = []
+    status_when_queued = None
+    with client.responses.create(
+        model="slow_first:delay=2", input="hi", background=True, stream=True
+    ) as stream:
+        for event in stream:
+            events.append(event)
+            if event.type == "response.queued":
+                status_when_queued = client.responses.retrieve(event.response.id).status
+    kinds = [e.type for e in events]
+    assert kinds[:3] == ["response.created", "response.queued", "response.in_progress"]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[0].response.status == "queued" and events[1].response.status == "queued"
+    assert events[2].response.status == "in_progress"
+    assert status_when_queued == "queued"  # sent before the upstream answered
+    assert kinds[-1] == "response.completed"
+    assert text_of(events) == expected_text("slow_first:delay=2")
+    # A resume replays the same opening.
+    again = list(client.responses.retrieve(events[0].response.id, stream=True))
+    assert [e.type for e in again] == kinds
+    assert [
+        e.type
+        for e in client.responses.retrieve(events[0].response.id, stream=True, starting_after=0)
+    ] == kinds[1:]

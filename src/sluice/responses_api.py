@@ -374,7 +374,13 @@ class ResponsesAPI:
         """The response's events (those after sequence number ``after``) to the client."""
         data = info.data
         builder = ResponseBuilder(
-            info.id, data["created_at"], data["model"], data["echo"], data["summaries"], True
+            info.id,
+            data["created_at"],
+            data["model"],
+            data["echo"],
+            data["summaries"],
+            True,
+            queued=True,
         )
         encoder = StreamEncoder(builder)
         record = exchange.record
@@ -386,12 +392,15 @@ class ResponsesAPI:
             failure.append(exc)
             return b"" if isinstance(exc, Cancelled) else None
 
+        sending: Encoder = Skipping(encoder, after + 1) if after >= 0 else encoder
         await follow_to(
             exchange,
             stream,
-            Skipping(encoder, after + 1) if after >= 0 else encoder,
+            sending,
             self._keepalive,
             on_error=on_error,
+            # created and queued: out at once, before the upstream starts
+            opening=sending.encode([]),
         )
         if failure and isinstance(failure[0], WriterGone):
             stored = await self._store.get(info.id)
