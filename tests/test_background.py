@@ -245,3 +245,27 @@ def test_a_background_stream_opens_queued(gateway: RunningGateway) -> None:
         e.type
         for e in client.responses.retrieve(events[0].response.id, stream=True, starting_after=0)
     ] == kinds[1:]
+
+
+def watch(client: openai.OpenAI, response_id: str, timeout: float = 20) -> tuple[list[str], Any]:
+    """The output text of each poll while the response runs, and the response it ended as."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.responses.retrieve(response_id)
+        if response.status not in ("queued", "in_progress") or time.monotonic() > deadline:
+            return seen, response
+        seen.append(response.output_text)
+        time.sleep(0.1)
+
+
+def test_polling_shows_the_output_so_far(gateway: RunningGateway) -> None:
+    model = "paced:n=60,interval=0.05"
+    client = sdk(gateway)
+    created = client.responses.create(model=model, input="hi", background=True)
+    seen, final = watch(client, created.id)
+    partial = [text for text in seen if text]
+    assert len(set(partial)) >= 3, seen  # it grows between polls, not only at the end
+    assert all(expected_text(model).startswith(text) for text in partial)
+    assert [len(t) for t in seen] == sorted(len(t) for t in seen)
+    assert final.status == "completed" and final.output_text == expected_text(model)

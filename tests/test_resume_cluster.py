@@ -229,3 +229,21 @@ def test_ui_resume_and_stop_on_the_other_instance(two: Cluster, upstream: Any) -
     assert connection is not None and connection["closed_at"] is not None
     after = ui_sdk.send(f"{other.url}/api/chat", {"resume": True, "chatId": "chat-stop"})
     assert after["chunks"][-1]["type"] == "abort"
+
+
+def test_polling_on_the_other_instance_shows_the_output_so_far(two: Cluster) -> None:
+    one, other = two.gateways
+    model = "paced:n=100,interval=0.05"
+    created = sdk(one.url).responses.create(model=model, input="hi", background=True)
+    seen: list[str] = []
+    client = sdk(other.url)
+    deadline = time.monotonic() + 20
+    while (polled := client.responses.retrieve(created.id)).status in ("queued", "in_progress"):
+        assert time.monotonic() < deadline
+        seen.append(polled.output_text)
+        time.sleep(0.1)
+    partial = [text for text in seen if text]
+    # Stored by its instance about once a second while it ran (5 s), not only at its ends.
+    assert len(set(partial)) >= 2, seen
+    assert all(expected_text(model).startswith(text) for text in partial)
+    assert polled.status == "completed" and polled.output_text == expected_text(model)

@@ -280,6 +280,13 @@ class ResponseBuilder:
             body["usage"] = usage_body(self._usage)
         return body
 
+    def snapshot(self) -> dict[str, Any]:
+        """The response as it stands: ``queued`` before its upstream started,
+        ``in_progress`` with the output so far, or as it ended."""
+        if self._final is not None:
+            return self._final
+        return self.response("in_progress" if self._opened else "queued")
+
     # -- events ----------------------------------------------------------------------
 
     def _open(self) -> None:

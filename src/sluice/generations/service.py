@@ -98,6 +98,11 @@ class Generations:
         return len(self._live)
 
     @property
+    def distributed(self) -> bool:
+        """Whether other instances follow the generations written here."""
+        return self._journals.distributed
+
+    @property
     def bytes(self) -> int:
         """What the generations this process holds take, roughly."""
         return sum(g.size for g in self._live.values()) + self._bytes
