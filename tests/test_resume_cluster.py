@@ -247,3 +247,19 @@ def test_polling_on_the_other_instance_shows_the_output_so_far(two: Cluster) -> 
     assert len(set(partial)) >= 2, seen
     assert all(expected_text(model).startswith(text) for text in partial)
     assert polled.status == "completed" and polled.output_text == expected_text(model)
+
+
+def test_a_killed_instance_stops_counting_against_its_key(tmp_path: Path, upstream: Any) -> None:
+    """The background responses a key has running count on every instance; those of an
+    instance that was killed stop counting within the lease, not a day later."""
+    config = upstream_config(upstream.url, generations={"lease": LEASE, "per_key": 1})
+    with cluster(tmp_path, config, instances=2, env=KEY_ENV) as c:
+        one, other = c.gateways
+        model = "paced:n=1000,interval=0.05"
+        sdk(one.url).responses.create(model=model, input="hi", background=True)
+        with pytest.raises(openai.RateLimitError):
+            sdk(other.url).responses.create(model=model, input="hi", background=True)
+        one.process.kill()
+        time.sleep(LEASE + 0.5)
+        created = sdk(other.url).responses.create(model=PACED, input="hi", background=True)
+        assert poll(sdk(other.url), created.id).status == "completed"

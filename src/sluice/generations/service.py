@@ -19,9 +19,11 @@ with ``redis_url``), the events to the journal backend (memory, or Redis Streams
 - ``gen:{id}:cancel`` and the counter ``gen:cancels`` — a cancel asked on another
   instance; the writer looks at the counter every ``TICK`` and at the flags of its own
   generations only when it moved, so cancelling takes well under a second.
-- ``gen:{id}:resumes``, ``gen:{id}:delivered``, ``gen:active:{key}`` — how often it was
-  resumed (its record says), whether somebody read it to its end, and how many
-  background generations a key has running.
+- ``gen:{id}:resumes``, ``gen:{id}:delivered`` — how often it was resumed (its record
+  says) and whether somebody read it to its end.
+- ``gen:active:{key}`` — the background generations a key has running, each held for
+  ``lease`` and renewed by its writer with its own lease (``SharedState.hold``): those
+  of an instance that died stop counting within ``lease``.
 
 A generation is cancelled (``cancel``) when asked, stopped when nobody read it for
 ``window`` seconds (unless it runs in the background), and failed at ``shutdown``.
@@ -59,6 +61,11 @@ log = logging.getLogger("sluice.generations")
 TICK = 0.2
 #: Seconds a tombstone outlives a generation's events.
 TOMBSTONE = 86_400.0
+
+
+def _active(key_id: str | None) -> str:
+    """The set of the background generations key ``key_id`` has running."""
+    return f"gen:active:{key_id or '-'}"
 
 
 @dataclass(slots=True)
@@ -131,7 +138,7 @@ class Generations:
                 code="generations_full",
             )
         if background:
-            await self._admit_background(key_id)
+            await self._admit_background(key_id, id)
         info = Info(id, kind, key_id, self.instance, background, data)
         journal = self._journals.create(id)
         generation = Generation(info, journal, on_cancel, max_bytes=self.settings.max_bytes)
@@ -146,15 +153,13 @@ class Generations:
             self._keeper = self._spawn(self._keep())
         return generation
 
-    async def _admit_background(self, key_id: str | None) -> None:
-        key = f"gen:active:{key_id or '-'}"
+    async def _admit_background(self, key_id: str | None, id: str) -> None:
+        settings = self.settings
         try:
-            count = await self._state.incr(key, 1, ttl=86_400)
+            held = await self._state.hold(_active(key_id), id, settings.lease, settings.per_key)
         except StateUnavailable:
             return  # fail open, as rate limits do by default
-        if count > self.settings.per_key:
-            with contextlib.suppress(StateUnavailable):
-                await self._state.incr(key, -1)
+        if not held:
             raise RateLimited(
                 f"this key has {self.settings.per_key} background responses running, the most"
                 " it may (generations.per_key); wait for one to end or cancel one",
@@ -185,7 +190,7 @@ class Generations:
         with contextlib.suppress(StateUnavailable, asyncio.CancelledError):
             await self._put(info)
             if info.background:
-                await self._state.incr(f"gen:active:{info.key_id or '-'}", -1)
+                await self._state.release(_active(info.key_id), info.id)
         self._journals.release(journal)
         if not self._journals.distributed:
             self._ended[info.id] = _Ended(generation, time.monotonic() + self.settings.retention)
@@ -384,6 +389,14 @@ class Generations:
                     if now >= renew_at:
                         await self._state.set(writer, b"1", ttl=lease)
                         renew_at = now + lease / 3
+                        await self._state.renew(
+                            [
+                                (_active(g.info.key_id), g.id)
+                                for g in self._live.values()
+                                if g.info.background
+                            ],
+                            lease,
+                        )
                     await self._poll_cancels()
                 window = self.settings.window
                 for generation in list(self._live.values()):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -27,12 +27,15 @@ class MemoryState:
         self._max_entries = max_entries
         #: key → (value, expiry on the monotonic clock or None), least recent first.
         self._entries: OrderedDict[str, tuple[bytes, float | None]] = OrderedDict()
+        #: key → member → when its hold lapses (monotonic clock).
+        self._holds: dict[str, dict[str, float]] = {}
 
     async def start(self) -> None:
         pass
 
     async def close(self) -> None:
         self._entries.clear()
+        self._holds.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -82,6 +85,40 @@ class MemoryState:
             total, expires = float(entry[0]) + amount, entry[1]
         self._put(key, format_number(total), expires)
         return total
+
+    def _held(self, key: str) -> dict[str, float]:
+        members = self._holds.get(key)
+        if members is None:
+            return {}
+        now = time.monotonic()
+        for member in [m for m, until in members.items() if until <= now]:
+            del members[member]
+        if not members:
+            del self._holds[key]
+        return members
+
+    async def hold(self, key: str, member: str, seconds: float, limit: int | None = None) -> bool:
+        members = self._held(key)
+        if limit is not None and member not in members and len(members) >= limit:
+            return False
+        self._holds.setdefault(key, members)[member] = time.monotonic() + seconds
+        return True
+
+    async def renew(self, holds: Sequence[tuple[str, str]], seconds: float) -> None:
+        until = time.monotonic() + seconds
+        for key, member in holds:
+            members = self._held(key)
+            if member in members:
+                members[member] = until
+
+    async def release(self, key: str, member: str) -> None:
+        members = self._held(key)
+        members.pop(member, None)
+        if not members:
+            self._holds.pop(key, None)
+
+    async def held(self, key: str) -> int:
+        return len(self._held(key))
 
     async def run(self, operation: Callable[[], Awaitable[T]]) -> T:
         return await operation()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -38,6 +38,31 @@ if ARGV[2] ~= '' and redis.call('PTTL', KEYS[1]) == -1 then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return value
+"""
+
+# A set of held members: a sorted set scored by when each hold lapses, on the server's
+# clock (instances' clocks may differ). Lapsed members are dropped first.
+# ARGV: member, hold ms, limit ('' for none), '1' to renew only a member still held.
+_HOLD = """
+local key, member, ms = KEYS[1], ARGV[1], tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+local held = redis.call('ZSCORE', key, member)
+if not held then
+  if ARGV[4] == '1' then return 0 end
+  if ARGV[3] ~= '' and redis.call('ZCARD', key) >= tonumber(ARGV[3]) then return 0 end
+end
+redis.call('ZADD', key, now + ms, member)
+if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
+return 1
+"""
+
+# ARGV: none. How many members are held now.
+_HELD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 """
 
 
@@ -99,6 +124,8 @@ class RedisState:
         )
         self._client = aioredis.Redis(connection_pool=self._pool)
         self._incr = self._client.register_script(_INCR)
+        self._hold = self._client.register_script(_HOLD)
+        self._held = self._client.register_script(_HELD)
         self.limits_options: Mapping[str, Any] = {
             "implementation": "redispy",
             "connection_pool": self._pool,
@@ -182,6 +209,29 @@ class RedisState:
         px = "" if ttl is None else str(_ms(ttl))
         value = await self.run(lambda: self._incr(keys=[key], args=[repr(float(amount)), px]))
         return float(value)
+
+    async def hold(self, key: str, member: str, seconds: float, limit: int | None = None) -> bool:
+        args = [member, str(_ms(seconds)), "" if limit is None else str(limit), ""]
+        return bool(await self.run(lambda: self._hold(keys=[key], args=args)))
+
+    async def renew(self, holds: Sequence[tuple[str, str]], seconds: float) -> None:
+        if not holds:
+            return
+        ms = str(_ms(seconds))
+
+        async def renew() -> None:
+            pipe = self._client.pipeline(transaction=False)
+            for key, member in holds:
+                await self._hold(keys=[key], args=[member, ms, "", "1"], client=pipe)  # queued
+            await pipe.execute()
+
+        await self.run(renew)
+
+    async def release(self, key: str, member: str) -> None:
+        await self.run(lambda: self._client.zrem(key, member))
+
+    async def held(self, key: str) -> int:
+        return int(await self.run(lambda: self._held(keys=[key])))
 
     def client(self) -> Any:
         return self._client
