@@ -78,12 +78,35 @@ def test_create_cut_resume(gateway: RunningGateway) -> None:
     final = poll(client, response_id)
     assert final.status == "completed" and final.background is True
     assert final.output_text == expected_text(PACED)
-    # One record for the generation, written at its end: resumed once while it ran.
+    # One record for the generation, written at its end: resumed twice.
     rows = gateway.wait_records(4)
     generations = [r for r in rows if r["route"] == "/v1/responses"]
     assert len(generations) == 1
-    assert generations[0]["resumes"] == 1 and generations[0]["outcome"] == "ok"
-    assert generations[0]["output_tokens"] == 40
+    assert generations[0]["outcome"] == "ok" and generations[0]["output_tokens"] == 40
+    assert resumes_of(gateway, generations[0]["id"], 2) == 2
+
+
+def resumes_of(gateway: RunningGateway, record_id: str, expected: int) -> int:
+    """The record's ``resumes``, once it says ``expected`` (or as it is after 10 s)."""
+    deadline = time.monotonic() + 10
+    while True:
+        rows = [r for r in gateway.records() if r["id"] == record_id]
+        resumes = int(rows[0]["resumes"]) if rows else -1
+        if resumes == expected or time.monotonic() > deadline:
+            return resumes
+        time.sleep(0.05)
+
+
+def test_resumes_after_the_end_are_counted(gateway: RunningGateway) -> None:
+    client = sdk(gateway)
+    created = client.responses.create(model="normal", input="hi", background=True)
+    assert poll(client, created.id).status == "completed"
+    rows = [r for r in gateway.wait_records(2) if r["route"] == "/v1/responses"]
+    assert len(rows) == 1 and rows[0]["resumes"] == 0  # written at its end
+    for _ in range(2):  # within generations.retention: its events are still kept
+        events = list(client.responses.retrieve(created.id, stream=True))
+        assert events[-1].type == "response.completed"
+    assert resumes_of(gateway, rows[0]["id"], 2) == 2
 
 
 def test_background_without_a_stream_then_polling(gateway: RunningGateway) -> None:

@@ -263,3 +263,19 @@ def test_a_killed_instance_stops_counting_against_its_key(tmp_path: Path, upstre
         time.sleep(LEASE + 0.5)
         created = sdk(other.url).responses.create(model=PACED, input="hi", background=True)
         assert poll(sdk(other.url), created.id).status == "completed"
+
+
+def test_a_resume_after_the_end_counts_on_the_record(two: Cluster, postgres_url: str) -> None:
+    """Resumed on the other instance once it ended: its record, in the shared
+    PostgreSQL, counts it."""
+    one, other = two.gateways
+    created = sdk(one.url).responses.create(model="normal", input="hi", background=True)
+    assert poll(sdk(one.url), created.id).status == "completed"
+    rows = generation_records(postgres_url, "/v1/responses", 1)
+    assert len(rows) == 1 and rows[0]["resumes"] == 0
+    events = list(sdk(other.url).responses.retrieve(created.id, stream=True))
+    assert events[-1].type == "response.completed"
+    deadline = time.monotonic() + 10
+    while generation_records(postgres_url, "/v1/responses", 1)[0]["resumes"] != 1:
+        assert time.monotonic() < deadline, "the resume was not counted"
+        time.sleep(0.05)

@@ -416,7 +416,7 @@ class ResponsesAPI:
         if not info.visible_to(exchange.key):
             raise NotFound(f"Response with id '{stored.id}' not found.")
         stream = generations.follow(info)
-        await generations.resumed(info.id)
+        await generations.resumed(info)
         await self._follow(exchange, info, stream, after)
 
     async def _follow(
