@@ -106,8 +106,11 @@ class MemoryState:
 
     async def renew(self, holds: Sequence[tuple[str, str]], seconds: float) -> None:
         until = time.monotonic() + seconds
+        sets: dict[str, dict[str, float]] = {}
         for key, member in holds:
-            members = self._held(key)
+            members = sets.get(key)
+            if members is None:
+                members = sets[key] = self._held(key)  # lapsed ones dropped once per set
             if member in members:
                 members[member] = until
 
