@@ -75,14 +75,14 @@ def test_holds_lapse_unless_renewed(backend: dict[str, Any]) -> None:
             assert await state.hold("h", "a", 0.4, limit=2)  # held already: renewed
             assert await state.held("h") == 2
             await asyncio.sleep(0.25)
-            await state.renew([("h", "a"), ("h", "gone")], 0.4)
+            await state.renew_holds([("h", "a"), ("h", "gone")], 0.4)
             await asyncio.sleep(0.25)
             assert await state.held("h") == 2  # renewed: still held past its first 0.4 s
             await asyncio.sleep(0.3)
             assert await state.held("h") == 1  # lapsed
             assert await state.hold("h", "c", 60, limit=2)
-            await state.release("h", "b")
-            await state.renew([("h", "b")], 60)  # released: not held again
+            await state.unhold("h", "b")
+            await state.renew_holds([("h", "b")], 60)  # released: not held again
             assert await state.held("h") == 1
             assert await state.hold("other", "a", 60, limit=1)
             assert not await state.hold("other", "b", 60, limit=1)

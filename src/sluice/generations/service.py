@@ -202,7 +202,7 @@ class Generations:
         with contextlib.suppress(StateUnavailable, asyncio.CancelledError):
             await self._put(info)
             if info.background:
-                await self._state.release(_active(info.key_id), info.id)
+                await self._state.unhold(_active(info.key_id), info.id)
         self._journals.release(journal)
         if not self._journals.distributed:
             self._ended[info.id] = _Ended(generation, time.monotonic() + self.settings.retention)
@@ -441,7 +441,7 @@ class Generations:
                     if now >= renew_at:
                         await self._state.set(writer, b"1", ttl=lease)
                         renew_at = now + lease / 3
-                        await self._state.renew(
+                        await self._state.renew_holds(
                             [
                                 (_active(g.info.key_id), g.id)
                                 for g in self._live.values()

@@ -66,12 +66,12 @@ class SharedState(Protocol):
         (False) while ``limit`` others are; True when it is held."""
         ...
 
-    async def renew(self, holds: Sequence[tuple[str, str]], seconds: float) -> None:
+    async def renew_holds(self, holds: Sequence[tuple[str, str]], seconds: float) -> None:
         """Renew the holds ``(key, member)`` for ``seconds`` from now, in one round trip;
         a member no longer held (released, lapsed) stays out."""
         ...
 
-    async def release(self, key: str, member: str) -> None: ...
+    async def unhold(self, key: str, member: str) -> None: ...
 
     async def held(self, key: str) -> int:
         """How many members of the set ``key`` are held now."""

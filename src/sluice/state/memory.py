@@ -28,14 +28,14 @@ class MemoryState:
         #: key → (value, expiry on the monotonic clock or None), least recent first.
         self._entries: OrderedDict[str, tuple[bytes, float | None]] = OrderedDict()
         #: key → member → when its hold lapses (monotonic clock).
-        self._holds: dict[str, dict[str, float]] = {}
+        self._members: dict[str, dict[str, float]] = {}
 
     async def start(self) -> None:
         pass
 
     async def close(self) -> None:
         self._entries.clear()
-        self._holds.clear()
+        self._members.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -87,24 +87,24 @@ class MemoryState:
         return total
 
     def _held(self, key: str) -> dict[str, float]:
-        members = self._holds.get(key)
+        members = self._members.get(key)
         if members is None:
             return {}
         now = time.monotonic()
         for member in [m for m, until in members.items() if until <= now]:
             del members[member]
         if not members:
-            del self._holds[key]
+            del self._members[key]
         return members
 
     async def hold(self, key: str, member: str, seconds: float, limit: int | None = None) -> bool:
         members = self._held(key)
         if limit is not None and member not in members and len(members) >= limit:
             return False
-        self._holds.setdefault(key, members)[member] = time.monotonic() + seconds
+        self._members.setdefault(key, members)[member] = time.monotonic() + seconds
         return True
 
-    async def renew(self, holds: Sequence[tuple[str, str]], seconds: float) -> None:
+    async def renew_holds(self, holds: Sequence[tuple[str, str]], seconds: float) -> None:
         until = time.monotonic() + seconds
         sets: dict[str, dict[str, float]] = {}
         for key, member in holds:
@@ -114,11 +114,11 @@ class MemoryState:
             if member in members:
                 members[member] = until
 
-    async def release(self, key: str, member: str) -> None:
+    async def unhold(self, key: str, member: str) -> None:
         members = self._held(key)
         members.pop(member, None)
         if not members:
-            self._holds.pop(key, None)
+            self._members.pop(key, None)
 
     async def held(self, key: str) -> int:
         return len(self._held(key))

@@ -214,7 +214,7 @@ class RedisState:
         args = [member, str(_ms(seconds)), "" if limit is None else str(limit), ""]
         return bool(await self.run(lambda: self._hold(keys=[key], args=args)))
 
-    async def renew(self, holds: Sequence[tuple[str, str]], seconds: float) -> None:
+    async def renew_holds(self, holds: Sequence[tuple[str, str]], seconds: float) -> None:
         if not holds:
             return
         ms = str(_ms(seconds))
@@ -227,7 +227,7 @@ class RedisState:
 
         await self.run(renew)
 
-    async def release(self, key: str, member: str) -> None:
+    async def unhold(self, key: str, member: str) -> None:
         await self.run(lambda: self._client.zrem(key, member))
 
     async def held(self, key: str) -> int:
