@@ -353,7 +353,7 @@ def _thinking(
         if max_tokens is not None and budget >= max_tokens:
             raise fail("thinking.budget_tokens", "must be less than max_tokens")
         return Reasoning(effort=effort, budget_tokens=budget), whole
-    if kind in _THINKING_UNSIZED:
+    if isinstance(kind, str) and kind in _THINKING_UNSIZED:
         return Reasoning(effort=effort), whole and kind == "adaptive"
     _string(kind, "thinking.type")
     return None, False
@@ -366,7 +366,7 @@ def _output_config(value: Any) -> tuple[str | None, ResponseFormat | None, bool]
         return None, None, True
     config = _object(value, "output_config")
     effort = config.get("effort")
-    if effort is not None and effort not in _EFFORTS:
+    if effort is not None and (not isinstance(effort, str) or effort not in _EFFORTS):
         raise fail("output_config.effort", f"Input should be one of {', '.join(sorted(_EFFORTS))}")
     fmt: ResponseFormat | None = None
     spec = config.get("format")

@@ -189,7 +189,7 @@ def _reasoning_options(value: Any, extra: dict[str, Any]) -> tuple[Reasoning | N
     options = need_object(value, "reasoning")
     effort = optional_string(options, "effort", "reasoning")
     summary = options.get("summary") or options.get("generate_summary")
-    if summary is not None and summary not in _SUMMARY_MODES:
+    if summary is not None and (not isinstance(summary, str) or summary not in _SUMMARY_MODES):
         raise fail(
             "'reasoning.summary' must be 'auto', 'concise' or 'detailed'", "reasoning.summary"
         )

@@ -219,7 +219,7 @@ def _messages(value: Any) -> tuple[list[Message], str | None]:
         where = f"messages[{i}]"
         message = _object(item, where)
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise fail(f"{where}.role", f"must be system, user or assistant; got {role!r}")
         message_id = _optional_string(message, "id", f"{where}.id")
         continues = message_id if role == "assistant" and message_id else None
@@ -277,7 +277,7 @@ def decode_ui_chat(body: bytes, default_model: str) -> UIChatRequest:
     data = parse_object(body)
     chat_id = _optional_string(data, "id", "id")
     trigger = data.get("trigger", "submit-message")
-    if trigger not in TRIGGERS:
+    if not isinstance(trigger, str) or trigger not in TRIGGERS:
         raise fail("trigger", f"must be submit-message or regenerate-message; got {trigger!r}")
     _optional_string(data, "messageId", "messageId")
     model = data.get("model")
