@@ -30,6 +30,7 @@ from sluice.policies import Call, Handler, pipeline
 from sluice.policies.auth import (
     Access,
     Authenticator,
+    exposure_problem,
     may_use,
     model_access,
     require_model,
@@ -233,6 +234,11 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------------
 
     async def startup(self) -> None:
+        # The safe default holds however the app is served (sluice serve, or an ASGI
+        # server given create_app): no public address without authentication.
+        problem = await exposure_problem(self.settings, self.keys)
+        if problem is not None:
+            raise config.ConfigError(problem)
         if self.settings.traces.enabled:
             from sluice.telemetry.traces import Tracing
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import re
 import subprocess
 import sys
 import time
@@ -13,6 +16,7 @@ import openai
 import pytest
 
 from sluice import config
+from sluice.config.values import Secret
 from tests.conftest import StartGateway
 from tests.gateway import RunningGateway, free_port
 from tests.policies.keys import (
@@ -315,6 +319,49 @@ def test_a_loopback_name_is_fine_without_keys(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.communicate(timeout=15)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.7"])
+def test_the_app_refuses_to_start_for_a_public_address_without_keys(
+    tmp_path: Path, host: str
+) -> None:
+    """The check lives where the app is built, so an ASGI server given the app (not
+    only ``sluice serve``) cannot open it to the network without authentication."""
+    from sluice.app import Gateway
+
+    db = str(tmp_path / "sluice.db")
+    gateway = Gateway(config.Settings(host=host, db_path=db))
+    with pytest.raises(config.ConfigError, match=f"refusing to serve on {re.escape(host)}"):
+        asyncio.run(gateway.startup())
+    assert not Path(db).exists()
+
+    master = config.Settings(host=host, db_path=db, master_key=Secret("sk-master-" + "m" * 40))
+    told = config.Settings(host=host, db_path=db, insecure=True)
+    loopback = config.Settings(host="127.0.0.1", db_path=db)
+    for settings in (master, told, loopback):
+        gateway = Gateway(settings)
+
+        async def start_and_stop(gateway: Gateway = gateway) -> None:
+            await gateway.startup()
+            await gateway.shutdown()
+
+        asyncio.run(start_and_stop())
+
+
+def test_an_asgi_server_given_the_factory_refuses_a_public_address(tmp_path: Path) -> None:
+    """``uvicorn sluice.app:create_app --factory`` with ``SLUICE_HOST`` public and no
+    key: the application's start-up fails, and the server exits."""
+    env = {"PATH": "/usr/bin:/bin", "SLUICE_DB": str(tmp_path / "s.db"), "SLUICE_HOST": "0.0.0.0"}
+    port = str(free_port())
+    done = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "sluice.app:create_app", "--factory", "--port", port],
+        env={**env, "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "refusing to serve on 0.0.0.0" in done.stderr
 
 
 # -- configuration ------------------------------------------------------------------------
