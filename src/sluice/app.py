@@ -19,10 +19,11 @@ from sluice import config
 from sluice.config import Settings
 from sluice.dialects import Dialect, Encoder
 from sluice.dialects.anthropic_messages import AnthropicMessagesDialect, count_tokens_body
+from sluice.dialects.bounds import Bounds
 from sluice.dialects.openai_chat import OpenAIChatDialect
 from sluice.dialects.openai_embeddings import OpenAIEmbeddingsDialect
 from sluice.dialects.text import TextDialect
-from sluice.errors import MethodNotAllowed, NotFound, SluiceError
+from sluice.errors import HeadersTooLarge, MethodNotAllowed, NotFound, SluiceError
 from sluice.events import Batch, ChatRequest, estimate_input_tokens, transcript
 from sluice.exchange import ClientGone, Exchange, Receive, Scope, Send
 from sluice.journal import journals_for
@@ -141,6 +142,20 @@ def _tune_gc() -> None:
 SHARED_RECORDS_RESEED = 2.0
 
 
+def check_headers(headers: list[tuple[bytes, bytes]], limit: int) -> None:
+    """431 when the request's header fields, as sent (``name: value``), pass ``limit``
+    bytes together. The ASGI server read them already (httptools sets no bound of its
+    own; h11 refuses a head over 16 KiB with its own 400): this keeps them out of
+    everything after."""
+    size = 0
+    for name, value in headers:
+        size += len(name) + len(value) + 4
+    if size > limit:
+        raise HeadersTooLarge(
+            f"the request's header fields take {size} bytes, more than {limit} (max_header_bytes)"
+        )
+
+
 def new_id() -> str:
     return uuid.uuid4().hex[:24]
 
@@ -171,19 +186,21 @@ class Gateway:
         self._providers: Providers | None = None
         self._handler: Handler | None = None
         self._state: SharedState | None = None
+        bounds = Bounds(settings.max_json_depth, settings.max_messages)
         self._text = TextDialect()
-        self._openai = OpenAIChatDialect()
-        embeddings = OpenAIEmbeddingsDialect()
-        self._anthropic = AnthropicMessagesDialect()
+        self._openai = OpenAIChatDialect(bounds)
+        embeddings = OpenAIEmbeddingsDialect(bounds)
+        self._anthropic = AnthropicMessagesDialect(bounds)
         self.routes = RouteTable()
         text, openai, anthropic = self._text, self._openai, self._anthropic
-        api = ResponsesAPI(self.responses, self._serve, settings.max_body_bytes)
+        api = ResponsesAPI(self.responses, self._serve, settings.max_body_bytes, bounds)
         responses = api.dialect
         ui = UIChatAPI(
             self._serve,
             settings.max_body_bytes,
             settings.default_model,
             settings.keepalive_interval,
+            bounds,
         )
         for method, path, route in (
             ("GET", "/", Route(text, self._generate)),
@@ -354,6 +371,7 @@ class Gateway:
             dialect = self._error_dialect(path)
         t0 = time.perf_counter()
         try:
+            check_headers(scope["headers"], self.settings.max_header_bytes)
             if access is None:
                 access = await self._auth.check(method, path, exchange.headers, record)
             elif access.key is not None:

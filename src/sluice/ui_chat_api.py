@@ -22,6 +22,7 @@ from typing import Protocol
 import orjson
 
 from sluice.dialects import Dialect, Encoder
+from sluice.dialects.bounds import DEFAULT_BOUNDS, Bounds
 from sluice.dialects.ui_stream import HEADER, StreamEncoder, UIStreamDialect
 from sluice.errors import SluiceError
 from sluice.events import Batch, ChatRequest
@@ -55,9 +56,14 @@ def _chat_id(exchange: Exchange, suffix: str) -> str:
 
 class UIChatAPI:
     def __init__(
-        self, serve: Serve, max_body_bytes: int, default_model: str, keepalive_interval: float
+        self,
+        serve: Serve,
+        max_body_bytes: int,
+        default_model: str,
+        keepalive_interval: float,
+        bounds: Bounds = DEFAULT_BOUNDS,
     ) -> None:
-        self.dialect = UIStreamDialect()
+        self.dialect = UIStreamDialect(bounds)
         self.chats = UIChats()
         self._serve = serve
         self._max_body = max_body_bytes

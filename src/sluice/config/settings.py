@@ -21,6 +21,7 @@ from sluice.config.models import (
 from sluice.config.sections import CacheSettings, LimitSettings
 from sluice.config.telemetry import MetricsSettings, TraceSettings
 from sluice.config.values import Secret, check_keys, flag, integer, mapping, number, string
+from sluice.dialects.bounds import MAX_JSON_DEPTH, MAX_MESSAGES
 from sluice.pricing import Price
 
 #: What uvicorn and ``logging`` both accept.
@@ -37,6 +38,11 @@ class Settings:
     models: Mapping[str, Deployment] = field(default_factory=dict)
     keepalive_interval: float = 15.0
     max_body_bytes: int = 4 * 1024 * 1024
+    #: JSON nesting and messages one request body may hold (400 past either).
+    max_json_depth: int = MAX_JSON_DEPTH
+    max_messages: int = MAX_MESSAGES
+    #: The request's header fields together, names and values (431 past it).
+    max_header_bytes: int = 32 * 1024
     db_path: str = "sluice.db"
     #: PostgreSQL for records, keys, stored responses and console sign-ins, shared by
     #: every instance (``record.url`` or ``SLUICE_DATABASE_URL``); None: SQLite at
@@ -122,6 +128,9 @@ _TOP_KEYS = {
     "models",
     "keepalive_interval",
     "max_body_bytes",
+    "max_json_depth",
+    "max_messages",
+    "max_header_bytes",
     "timeouts",
     "record",
     "log_level",
@@ -190,6 +199,9 @@ def build(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Settin
         prefixes=default_prefixes(raw, env, timeouts, routing),
         keepalive_interval=number(raw, "keepalive_interval", (), 15.0),
         max_body_bytes=integer(raw, "max_body_bytes", (), 4 * 1024 * 1024, minimum=1),
+        max_json_depth=integer(raw, "max_json_depth", (), MAX_JSON_DEPTH, minimum=2),
+        max_messages=integer(raw, "max_messages", (), MAX_MESSAGES, minimum=1),
+        max_header_bytes=integer(raw, "max_header_bytes", (), 32 * 1024, minimum=1024),
         db_path=db_path,
         database_url=Secret(url) if url else None,
         spill_dir=spill_dir,

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from sluice.dialects.bounds import DEFAULT_BOUNDS, Bounds, check_count, check_depth
 from sluice.errors import RequestError
 from sluice.events import (
     ChatRequest,
@@ -79,7 +80,7 @@ def fail(param: str, message: str) -> RequestError:
     return RequestError(f"{param}: {message}", param=param)
 
 
-def parse_object(body: bytes) -> dict[str, Any]:
+def parse_object(body: bytes, bounds: Bounds = DEFAULT_BOUNDS) -> dict[str, Any]:
     if not body.strip():
         raise RequestError("the request body is empty; expected a JSON object")
     try:
@@ -88,6 +89,7 @@ def parse_object(body: bytes) -> dict[str, Any]:
         raise RequestError(f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise RequestError("the request body must be a JSON object")
+    check_depth(data, bounds.json_depth)
     return data
 
 
@@ -404,11 +406,16 @@ def _stop(value: Any) -> list[str]:
 
 
 def decode_messages(
-    body: bytes, headers: Mapping[str, str], *, count_only: bool = False
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    count_only: bool = False,
+    bounds: Bounds = DEFAULT_BOUNDS,
 ) -> ChatRequest:
     """A ``/v1/messages`` body (``count_only``: a ``count_tokens`` body, which has no
     ``max_tokens``) as a canonical request."""
-    data = parse_object(body)
+    data = parse_object(body, bounds)
+    check_count(data.get("messages"), bounds.messages, "messages")
     model = data.get("model")
     if model is None:
         raise fail("model", "Field required")

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from sluice import schemas
+from sluice.dialects.bounds import DEFAULT_BOUNDS, Bounds, check_count, check_depth
 from sluice.errors import RequestError
 from sluice.events import (
     ChatRequest,
@@ -67,7 +68,7 @@ def fail(message: str, param: str | None = None) -> RequestError:
     return RequestError(message, param=param)
 
 
-def parse_object(body: bytes) -> dict[str, Any]:
+def parse_object(body: bytes, bounds: Bounds = DEFAULT_BOUNDS) -> dict[str, Any]:
     if not body.strip():
         raise fail("the request body is empty; expected a JSON object")
     try:
@@ -76,6 +77,7 @@ def parse_object(body: bytes) -> dict[str, Any]:
         raise fail(f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise fail("the request body must be a JSON object")
+    check_depth(data, bounds.json_depth)
     return data
 
 
@@ -284,8 +286,9 @@ def check_numbers(data: dict[str, Any]) -> None:
             raise fail(f"'{name}' must be a positive integer", name)
 
 
-def decode_chat(body: bytes) -> ChatRequest:
-    data = parse_object(body)
+def decode_chat(body: bytes, bounds: Bounds = DEFAULT_BOUNDS) -> ChatRequest:
+    data = parse_object(body, bounds)
+    check_count(data.get("messages"), bounds.messages, "messages")
     schemas.validate("openai_chat_request", data)
     model = data.get("model")
     if not isinstance(model, str) or not model.strip():

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sluice.dialects.bounds import DEFAULT_BOUNDS, Bounds, check_count
 from sluice.dialects.openai_request import fail, parse_object
 from sluice.dialects.responses_items import (
     FORMAT,
@@ -246,8 +247,9 @@ def _include(value: Any, extra: dict[str, Any]) -> None:
         extra["include"] = rest
 
 
-def decode_responses(body: bytes) -> ResponsesRequest:
-    data = parse_object(body)
+def decode_responses(body: bytes, bounds: Bounds = DEFAULT_BOUNDS) -> ResponsesRequest:
+    data = parse_object(body, bounds)
+    check_count(data.get("input"), bounds.messages, "input")
     model = data.get("model")
     if not isinstance(model, str) or not model.strip():
         raise fail("'model' is required and must be a non-empty string", "model")

@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from sluice.dialects.bounds import DEFAULT_BOUNDS, Bounds, check_count
 from sluice.dialects.openai_request import parse_object
 from sluice.errors import RequestError
 from sluice.events import (
@@ -273,8 +274,11 @@ def _tool_choice(value: Any, tools: list[Tool]) -> ToolChoice | None:
     )
 
 
-def decode_ui_chat(body: bytes, default_model: str) -> UIChatRequest:
-    data = parse_object(body)
+def decode_ui_chat(
+    body: bytes, default_model: str, bounds: Bounds = DEFAULT_BOUNDS
+) -> UIChatRequest:
+    data = parse_object(body, bounds)
+    check_count(data.get("messages"), bounds.messages, "messages")
     chat_id = _optional_string(data, "id", "id")
     trigger = data.get("trigger", "submit-message")
     if not isinstance(trigger, str) or trigger not in TRIGGERS:
