@@ -23,7 +23,7 @@ from sluice.dialects.bounds import Bounds
 from sluice.dialects.openai_chat import OpenAIChatDialect
 from sluice.dialects.openai_embeddings import OpenAIEmbeddingsDialect
 from sluice.dialects.text import TextDialect
-from sluice.errors import HeadersTooLarge, MethodNotAllowed, NotFound, SluiceError
+from sluice.errors import HeadersTooLarge, MethodNotAllowed, NotFound, RequestError, SluiceError
 from sluice.events import Batch, ChatRequest, estimate_input_tokens, transcript
 from sluice.exchange import ClientGone, Exchange, Receive, Scope, Send
 from sluice.journal import journals_for
@@ -142,17 +142,34 @@ def _tune_gc() -> None:
 SHARED_RECORDS_RESEED = 2.0
 
 
-def check_headers(headers: list[tuple[bytes, bytes]], limit: int) -> None:
+def check_head(headers: list[tuple[bytes, bytes]], limit: int) -> None:
     """431 when the request's header fields, as sent (``name: value``), pass ``limit``
     bytes together. The ASGI server read them already (httptools sets no bound of its
     own; h11 refuses a head over 16 KiB with its own 400): this keeps them out of
-    everything after."""
+    everything after.
+
+    400 (and the connection closed) when the body's length is ambiguous: a
+    ``Content-Length`` beside a ``Transfer-Encoding``, or two ``Content-Length`` that
+    differ, as a proxy in front may have read them otherwise (request smuggling).
+    httptools (llhttp) refuses these itself; h11 lets ``Transfer-Encoding`` win."""
     size = 0
+    lengths: set[bytes] = set()
+    encoded = False
     for name, value in headers:
         size += len(name) + len(value) + 4
+        if name == b"content-length":
+            lengths.add(value.strip())
+        elif name == b"transfer-encoding":
+            encoded = True
     if size > limit:
         raise HeadersTooLarge(
             f"the request's header fields take {size} bytes, more than {limit} (max_header_bytes)"
+        )
+    if len(lengths) > 1 or (lengths and encoded):
+        raise RequestError(
+            "the request's length is ambiguous: Content-Length with Transfer-Encoding,"
+            " or Content-Length values that differ",
+            headers={"Connection": "close"},
         )
 
 
@@ -371,7 +388,7 @@ class Gateway:
             dialect = self._error_dialect(path)
         t0 = time.perf_counter()
         try:
-            check_headers(scope["headers"], self.settings.max_header_bytes)
+            check_head(scope["headers"], self.settings.max_header_bytes)
             if access is None:
                 access = await self._auth.check(method, path, exchange.headers, record)
             elif access.key is not None:

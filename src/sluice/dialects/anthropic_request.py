@@ -23,7 +23,13 @@ from typing import Any
 
 import orjson
 
-from sluice.dialects.bounds import DEFAULT_BOUNDS, Bounds, check_count, check_depth
+from sluice.dialects.bounds import (
+    DEFAULT_BOUNDS,
+    Bounds,
+    check_count,
+    check_depth,
+    no_line_break,
+)
 from sluice.errors import RequestError
 from sluice.events import (
     ChatRequest,
@@ -421,6 +427,7 @@ def decode_messages(
         raise fail("model", "Field required")
     if not isinstance(model, str) or not model.strip():
         raise fail("model", "Input should be a non-empty string")
+    no_line_break(model, "model")
     if "n" in data:
         # One answer per request in this API: a client cannot ask for more choices.
         raise fail("n", "Extra inputs are not permitted")
@@ -447,7 +454,7 @@ def decode_messages(
         metadata = _object(data["metadata"], "metadata")
         user_id = metadata.get("user_id")
         if user_id is not None:
-            _string(user_id, "metadata.user_id")
+            no_line_break(_string(user_id, "metadata.user_id"), "metadata.user_id")
     if data.get("service_tier") is not None:
         _string(data["service_tier"], "service_tier")
     if data.get("cache_control") is not None:

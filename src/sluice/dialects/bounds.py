@@ -45,6 +45,28 @@ def check_depth(data: Any, limit: int) -> None:
         depth += 1
 
 
+def no_line_break(value: str, param: str) -> None:
+    """Refuse CR, LF or NUL in a value the gateway forwards (a model name, a user id,
+    metadata): in a header, a log line or a record it could start a line of its own."""
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise RequestError(
+            f"'{param}' holds a line break (CR or LF) or a NUL character, which the"
+            " gateway does not forward",
+            param=param,
+            code="invalid_value",
+        )
+
+
+def check_metadata(value: Any, param: str = "metadata") -> None:
+    """``no_line_break`` for each key and string value of a ``metadata`` object."""
+    if not isinstance(value, dict):
+        return
+    for key, item in value.items():
+        no_line_break(key, param)
+        if isinstance(item, str):
+            no_line_break(item, f"{param}.{key}")
+
+
 def check_count(items: Any, limit: int, param: str) -> None:
     """Refuse a list ``param`` longer than ``limit`` (as OpenAI words it)."""
     if isinstance(items, list) and len(items) > limit:

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from sluice.dialects import Headers, error_headers
-from sluice.dialects.bounds import DEFAULT_BOUNDS, Bounds
+from sluice.dialects.bounds import DEFAULT_BOUNDS, Bounds, no_line_break
 from sluice.dialects.openai_chat import error_body
 from sluice.dialects.openai_request import fail, parse_object
 from sluice.errors import SluiceError
@@ -54,6 +54,7 @@ def decode(body: bytes, bounds: Bounds = DEFAULT_BOUNDS) -> ChatRequest:
     model = data.get("model")
     if not isinstance(model, str) or not model.strip():
         raise fail("'model' is required and must be a non-empty string", "model")
+    no_line_break(model, "model")
     items = _input(data.get("input"))
     extra: dict[str, Any] = {}
     encoding = data.get("encoding_format")

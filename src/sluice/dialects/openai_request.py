@@ -12,7 +12,14 @@ from typing import Any
 import orjson
 
 from sluice import schemas
-from sluice.dialects.bounds import DEFAULT_BOUNDS, Bounds, check_count, check_depth
+from sluice.dialects.bounds import (
+    DEFAULT_BOUNDS,
+    Bounds,
+    check_count,
+    check_depth,
+    check_metadata,
+    no_line_break,
+)
 from sluice.errors import RequestError
 from sluice.events import (
     ChatRequest,
@@ -293,6 +300,7 @@ def decode_chat(body: bytes, bounds: Bounds = DEFAULT_BOUNDS) -> ChatRequest:
     model = data.get("model")
     if not isinstance(model, str) or not model.strip():
         raise fail("'model' is required and must be a non-empty string", "model")
+    no_line_break(model, "model")
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise fail("'messages' must be a non-empty array", "messages")
@@ -315,8 +323,11 @@ def decode_chat(body: bytes, bounds: Bounds = DEFAULT_BOUNDS) -> ChatRequest:
             )
     check_numbers(data)
     user = data.get("user")
-    if user is not None and not isinstance(user, str):
-        raise fail("'user' must be a string", "user")
+    if user is not None:
+        if not isinstance(user, str):
+            raise fail("'user' must be a string", "user")
+        no_line_break(user, "user")
+    check_metadata(data.get("metadata"))
     seed = data.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise fail("'seed' must be an integer", "seed")

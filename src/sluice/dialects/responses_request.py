@@ -13,7 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sluice.dialects.bounds import DEFAULT_BOUNDS, Bounds, check_count
+from sluice.dialects.bounds import (
+    DEFAULT_BOUNDS,
+    Bounds,
+    check_count,
+    check_metadata,
+    no_line_break,
+)
 from sluice.dialects.openai_request import fail, parse_object
 from sluice.dialects.responses_items import (
     FORMAT,
@@ -234,6 +240,7 @@ def _metadata(value: Any) -> dict[str, str]:
             raise fail(f"'metadata' key {key[:16]!r}… is longer than 64 characters", "metadata")
         if not isinstance(item, str) or len(item) > 512:
             raise fail(f"'metadata.{key}' must be a string of at most 512 characters", "metadata")
+    check_metadata(metadata)
     return metadata
 
 
@@ -253,6 +260,7 @@ def decode_responses(body: bytes, bounds: Bounds = DEFAULT_BOUNDS) -> ResponsesR
     model = data.get("model")
     if not isinstance(model, str) or not model.strip():
         raise fail("'model' is required and must be a non-empty string", "model")
+    no_line_break(model, "model")
     if data.get("background") not in (None, False):
         raise fail(
             "background mode is not available on this gateway: send the request without"
@@ -287,6 +295,7 @@ def decode_responses(body: bytes, bounds: Bounds = DEFAULT_BOUNDS) -> ResponsesR
     user = data.get("user")
     if user is not None:
         user = need_string(user, "user")
+        no_line_break(user, "user")
     metadata = _metadata(data.get("metadata"))
 
     extra = {k: v for k, v in data.items() if k not in _READ and v is not None}

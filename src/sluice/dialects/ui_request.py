@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from sluice.dialects.bounds import DEFAULT_BOUNDS, Bounds, check_count
+from sluice.dialects.bounds import DEFAULT_BOUNDS, Bounds, check_count, no_line_break
 from sluice.dialects.openai_request import parse_object
 from sluice.errors import RequestError
 from sluice.events import (
@@ -289,6 +289,7 @@ def decode_ui_chat(
         model = default_model
     elif not isinstance(model, str) or not model.strip():
         raise fail("model", "must be a non-empty string")
+    no_line_break(model, "model")
     messages, continues = _messages(data.get("messages"))
     system = _optional_string(data, "system", "system")
     tools = _tools(data.get("tools"))

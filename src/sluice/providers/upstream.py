@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator, Callable, Iterator
 
 from sluice.config import Deployment
 from sluice.errors import (
+    RequestError,
     SluiceError,
     Unsupported,
     UpstreamConnectError,
@@ -118,7 +119,10 @@ def _header_lines(headers: dict[str, str]) -> bytes:
     lines = []
     for name, value in headers.items():
         if any(c in name or c in value for c in "\r\n\0") or not name.strip():
-            raise ValueError(f"upstream header {name!r} has a line break or is empty")
+            # Never the value in the message: it may be a credential.
+            raise RequestError(
+                f"the upstream header {name!r} holds a line break or is empty", param=name
+            )
         lines.append(f"{name}: {value}\r\n")
     return "".join(lines).encode("latin-1")
 
