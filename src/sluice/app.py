@@ -17,6 +17,7 @@ import orjson
 
 from sluice import config
 from sluice.config import Settings
+from sluice.cors import Cors
 from sluice.dialects import Dialect, Encoder
 from sluice.dialects.anthropic_messages import AnthropicMessagesDialect, count_tokens_body
 from sluice.dialects.bounds import Bounds
@@ -250,6 +251,7 @@ class Gateway:
             self._http,
         )
         self.metrics = Metrics(settings.metrics.multiprocess_dir, self.routes.label)
+        self._cors = Cors(settings.cors)
         self._tracing: Tracing | None = None
 
     def _error_dialect(self, path: str) -> Dialect:
@@ -389,6 +391,15 @@ class Gateway:
         t0 = time.perf_counter()
         try:
             check_head(scope["headers"], self.settings.max_header_bytes)
+            origin = exchange.headers.get("origin") if self._cors.enabled else None
+            if origin is not None and self._cors.allows(origin):
+                if method != "OPTIONS" or "access-control-request-method" not in exchange.headers:
+                    exchange.response_headers.extend(self._cors.response_headers(origin))
+                else:
+                    preflight = self._cors.preflight(origin, exchange.headers)
+                    if preflight is not None:  # else answered as any request (401, 405)
+                        await exchange.respond(204, preflight, b"")
+                        return
             if access is None:
                 access = await self._auth.check(method, path, exchange.headers, record)
             elif access.key is not None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sluice.config import sections, telemetry
+from sluice.config.cors import CorsSettings, cors
 from sluice.config.errors import ConfigError, error_at
 from sluice.config.models import (
     Deployment,
@@ -74,6 +75,7 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     traces: TraceSettings = field(default_factory=TraceSettings)
+    cors: CorsSettings = field(default_factory=CorsSettings)
 
     #: Public model name → its deployments, fallbacks and strategy (``models`` holds
     #: each one's first deployment). The key ``*`` catches every other name.
@@ -142,6 +144,7 @@ _TOP_KEYS = {
     "routing",
     "cache",
     "metrics",
+    "cors",
 }
 
 
@@ -218,4 +221,5 @@ def build(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Settin
         cache=sections.cache(raw),
         metrics=telemetry.metrics(raw, env),
         traces=telemetry.traces(env),
+        cors=cors(raw),
     )
