@@ -40,6 +40,7 @@ from sluice.policies.auth import (
 )
 from sluice.policies.budget import Budgets
 from sluice.policies.cache import Cache
+from sluice.policies.lockout import Lockout
 from sluice.policies.ratelimit import RateLimits
 from sluice.policies.route import Router
 from sluice.pricing import PriceTable
@@ -287,6 +288,8 @@ class Gateway:
         redis_url = self.settings.redis_url
         self._state = open_state(redis_url.get() if redis_url else None)
         await self._state.start()
+        if self.settings.auth_max_failures:
+            self._auth.lockout = Lockout(self._state, self.settings.auth_max_failures)
         # Spend in a database that other instances write to, but counted in this
         # process's memory: re-read it from the shared records often, not every 10 min.
         reseed = SHARED_RECORDS_RESEED if self.database.shared and not redis_url else None

@@ -66,6 +66,9 @@ class Settings:
     public_seed: bool = False
     #: Seconds a key lookup is cached: the bound on how late a revocation takes effect.
     key_cache_ttl: float = 2.0
+    #: Refused keys per minute from one client address before its requests get 429
+    #: for the rest of the minute (``auth.max_failures``); 0: no limit.
+    auth_max_failures: int = 10
     #: USD per million tokens, by public or upstream model name, over the defaults.
     pricing: Mapping[str, Price] = field(default_factory=dict)
     #: Redis or Valkey shared by every instance (``redis_url`` or ``SLUICE_REDIS_URL``);

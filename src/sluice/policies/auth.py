@@ -28,6 +28,7 @@ from sluice.config import Settings
 from sluice.errors import AuthenticationError, PermissionDenied
 from sluice.events import Batch, ChatRequest
 from sluice.policies import Call, Handler
+from sluice.policies.lockout import Lockout
 from sluice.store import Record, VirtualKey
 from sluice.store.keys import KEY_PREFIX, KeyStore
 
@@ -73,6 +74,8 @@ class Authenticator:
         self._master = _digest(settings.master_key.get()) if settings.master_key else None
         self._public_seed = settings.public_seed
         self._open = OPEN_ROUTES | ({METRICS_ROUTE} if settings.metrics.public else set())
+        #: Failed authentication per client address (set once the shared state is open).
+        self.lockout: Lockout | None = None
 
     async def enabled(self) -> bool:
         return self._master is not None or await self._keys.any_keys()
@@ -81,9 +84,23 @@ class Authenticator:
         self, method: str, path: str, headers: Mapping[str, str], record: Record
     ) -> Access:
         """Who the request is from; raises ``AuthenticationError`` (401) if it may not
-        be served. The key's id goes on the record, refused or not."""
+        be served, ``RateLimited`` (429) while its address failed too often. The key's
+        id goes on the record, refused or not."""
         if path in self._open:
             return Access()
+        lockout, client = self.lockout, record.client
+        if lockout is None or client is None:
+            return await self._check(method, path, headers, record)
+        await lockout.check(client)
+        try:
+            return await self._check(method, path, headers, record)
+        except AuthenticationError:
+            await lockout.failed(client)
+            raise
+
+    async def _check(
+        self, method: str, path: str, headers: Mapping[str, str], record: Record
+    ) -> Access:
         token = bearer(headers)
         if token is None:
             if self._public_seed and path == SEED_ROUTE and method == "GET":
