@@ -68,9 +68,7 @@ CASES = settings(
 
 @schema.include(method="POST", path="/chat/completions").parametrize()
 @CASES
-def test_chat_completions_against_openai_description(
-    case: Case, gateway: RunningGateway
-) -> None:
+def test_chat_completions_against_openai_description(case: Case, gateway: RunningGateway) -> None:
     case.call_and_validate(
         base_url=gateway.url + "/v1",
         headers={"Authorization": f"Bearer {MASTER}"},
