@@ -9,6 +9,7 @@ The operation's part of the description is ``tests/data/openai_chat_openapi.json
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,8 @@ from schemathesis.generation import GenerationMode  # noqa: E402
 
 from tests.gateway import RunningGateway, run_gateway  # noqa: E402
 
-DESCRIPTION = Path(__file__).parent / "data" / "openai_chat_openapi.json"
+ROOT = Path(__file__).resolve().parent.parent
+DESCRIPTION = ROOT / "tests" / "data" / "openai_chat_openapi.json"
 MASTER = "sk-master-schemathesis-" + "s" * 24
 #: The simulator answers any model at once (no pacing): each case costs milliseconds.
 CONFIG = {
@@ -90,3 +92,19 @@ def test_the_cases_reached_the_gateway_both_ways(gateway: RunningGateway) -> Non
     assert len(rows) >= 60, len(rows)
     assert 200 in statuses and 400 in statuses, statuses
     assert max(statuses) < 500
+
+
+def test_the_description_is_up_to_date_with_the_spec() -> None:
+    from tests import openapi
+
+    if not openapi.SPEC.exists():
+        pytest.skip(f"OpenAI's API description is not at {openapi.SPEC}")
+    loaded = importlib.util.spec_from_file_location(
+        "extract", ROOT / "scripts/extract_chat_openapi.py"
+    )
+    assert loaded is not None and loaded.loader is not None
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    assert module.main(["--check", str(openapi.SPEC)]) == 0, (
+        "tests/data/openai_chat_openapi.json is stale: run scripts/extract_chat_openapi.py"
+    )
