@@ -404,7 +404,10 @@ class Gateway:
                         await exchange.respond(204, preflight, b"")
                         return
             if access is None:
-                access = await self._auth.check(method, path, exchange.headers, record)
+                server = scope.get("server")
+                access = await self._auth.check(
+                    method, path, exchange.headers, record, server[0] if server else None
+                )
             elif access.key is not None:
                 record.key_id = access.key.id
             exchange.key, exchange.public = access.key, access.public

@@ -364,6 +364,56 @@ def test_an_asgi_server_given_the_factory_refuses_a_public_address(tmp_path: Pat
     assert "refusing to serve on 0.0.0.0" in done.stderr
 
 
+def _outward_address() -> str | None:
+    """This machine's address on its network (no packet is sent), or None."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
+def test_without_keys_a_request_on_a_public_address_is_refused(tmp_path: Path) -> None:
+    """An ASGI server told to listen everywhere while the settings say loopback (no
+    SLUICE_HOST): the start-up check cannot see it, each request's address can."""
+    outward = _outward_address()
+    if outward is None:
+        pytest.skip("this machine has no address besides loopback")
+    port = free_port()
+    env = {"PATH": "/usr/bin:/bin", "SLUICE_DB": str(tmp_path / "s.db")}
+    env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
+    command = [sys.executable, "-m", "uvicorn", "sluice.app:create_app", "--factory"]
+    command += ["--host", "0.0.0.0", "--port", str(port), "--log-level", "warning"]
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                if ready.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        local = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10)
+        assert local.status_code == 200
+        remote = httpx.get(f"http://{outward}:{port}/v1/models", timeout=10)
+        assert remote.status_code == 403, remote.text
+        error = remote.json()["error"]
+        assert error["code"] == "no_authentication"
+        assert outward in error["message"]
+        # Probes stay open, for a load balancer.
+        assert httpx.get(f"http://{outward}:{port}/healthz", timeout=10).status_code == 200
+    finally:
+        process.terminate()
+        process.communicate(timeout=15)
+
+
 # -- configuration ------------------------------------------------------------------------
 
 
