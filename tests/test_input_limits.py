@@ -161,3 +161,24 @@ def test_the_defaults_and_their_settings() -> None:
         config.parse("max_header_bytes: 10\n", {}, origin="sluice.yaml")
     with pytest.raises(config.ConfigError, match="max_messages"):
         config.parse("max_messages: 0\n", {}, origin="sluice.yaml")
+
+
+@pytest.mark.parametrize("limit", [2, 5, 64])
+def test_depth_is_counted_exactly(limit: int) -> None:
+    from sluice.dialects.bounds import check_depth
+    from sluice.errors import RequestError
+
+    for depth in range(1, limit + 3):
+        # ``depth`` containers, alternating objects and arrays, each beside containers
+        # no deeper than the one it holds.
+        value: Any = "leaf"
+        for i in range(depth):
+            if i == 0:
+                value = [value, 1]
+            else:
+                value = {"a": value, "b": [1, "x"]} if i % 2 else [value, {}, "y"]
+        if depth > limit:
+            with pytest.raises(RequestError, match=f"deeper than {limit} levels"):
+                check_depth(value, limit)
+        else:
+            check_depth(value, limit)
