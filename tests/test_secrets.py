@@ -73,6 +73,7 @@ def test_no_secret_in_logs_records_metrics_or_bodies(
     for model in (
         "echo_key",
         "echo_key:status=403",
+        "echo_key:inband=1",
         "error_status:status=401",
         "error_status:status=500",
         "error_status:status=429",
