@@ -440,3 +440,13 @@ def test_openai_key_is_not_sent_to_a_base_url_written_in_the_config() -> None:
     for name in ("openai", "default"):
         key = settings.models[name].api_key
         assert key is not None and key.get() == "sk-secret"
+
+
+def test_generations_section() -> None:
+    settings = parse("generations:\n  retention: 30\n  per_key: 5\n  lease: 2.5\n")
+    assert settings.generations.retention == 30.0
+    assert settings.generations.per_key == 5 and settings.generations.lease == 2.5
+    assert parse("{}\n").generations.window == 300.0
+    assert "generations.lease" in error("generations:\n  lease: 0\n")
+    assert "generations.per_key" in error("generations:\n  per_key: 0\n")
+    assert "'ttl'" in error("generations:\n  ttl: 3\n")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from sluice import config
+from sluice.chat_resume import ResumableChat, wants_resume
 from sluice.config import Settings
 from sluice.cors import Cors
 from sluice.dialects import Dialect, Encoder
@@ -27,6 +28,7 @@ from sluice.dialects.text import TextDialect
 from sluice.errors import HeadersTooLarge, MethodNotAllowed, NotFound, RequestError, SluiceError
 from sluice.events import Batch, ChatRequest, estimate_input_tokens, transcript
 from sluice.exchange import ClientGone, Exchange, Receive, Scope, Send
+from sluice.generations import Detached, Generation, Generations
 from sluice.journal import journals_for
 from sluice.policies import Call, Handler, pipeline
 from sluice.policies.auth import (
@@ -48,6 +50,7 @@ from sluice.providers.http import Pool
 from sluice.providers.registry import Providers
 from sluice.relay import relay
 from sluice.responses_api import ResponsesAPI
+from sluice.resume import Discard, discard, never
 from sluice.state import SharedState, open_state
 from sluice.store import Backlog, Record, RecordStore
 from sluice.store.database import DatabaseOptions, open_database
@@ -205,6 +208,7 @@ class Gateway:
         self._providers: Providers | None = None
         self._handler: Handler | None = None
         self._state: SharedState | None = None
+        self._generations: Generations | None = None
         bounds = Bounds(settings.max_json_depth, settings.max_messages)
         self._text = TextDialect()
         self._openai = OpenAIChatDialect(bounds)
@@ -212,24 +216,39 @@ class Gateway:
         self._anthropic = AnthropicMessagesDialect(bounds)
         self.routes = RouteTable()
         text, openai, anthropic = self._text, self._openai, self._anthropic
-        api = ResponsesAPI(self.responses, self._serve, settings.max_body_bytes, bounds)
+        api = ResponsesAPI(
+            self.responses,
+            self._serve,
+            settings.max_body_bytes,
+            self._detach,
+            lambda: self.generations,
+            settings.keepalive_interval,
+            bounds,
+        )
         responses = api.dialect
         ui = UIChatAPI(
             self._serve,
             settings.max_body_bytes,
             settings.default_model,
             settings.keepalive_interval,
+            self._detach,
+            lambda: self.generations,
             bounds,
+        )
+        self._resumable = ResumableChat(
+            self._detach, lambda: self.generations, settings.keepalive_interval
         )
         for method, path, route in (
             ("GET", "/", Route(text, self._generate)),
             ("POST", "/v1/chat/completions", Route(openai, self._generate)),
+            ("GET", "/v1/chat/completions/{id}/stream", Route(openai, self._resumable.resume)),
             ("POST", "/v1/embeddings", Route(embeddings, self._generate)),
             ("GET", "/v1/models", Route(openai, self._models)),
             ("GET", "/v1/models/{rest}", Route(openai, self._model)),
             ("POST", "/v1/responses", Route(responses, api.create)),
             ("GET", "/v1/responses/{id}", Route(responses, api.retrieve)),
             ("DELETE", "/v1/responses/{id}", Route(responses, api.delete)),
+            ("POST", "/v1/responses/{id}/cancel", Route(responses, api.cancel)),
             ("GET", "/v1/responses/{id}/input_items", Route(responses, api.input_items)),
             ("GET", "/healthz", Route(openai, self._health)),
             ("GET", "/readyz", Route(openai, self._ready)),
@@ -290,6 +309,12 @@ class Gateway:
         await self._state.start()
         if self.settings.auth_max_failures:
             self._auth.lockout = Lockout(self._state, self.settings.auth_max_failures)
+        generations = self.settings.generations
+        self._generations = Generations(
+            generations,
+            self._state,
+            journals_for(self._state, 0, generations.max_total_bytes, generations.retention),
+        )
         # Spend in a database that other instances write to, but counted in this
         # process's memory: re-read it from the shared records often, not every 10 min.
         reseed = SHARED_RECORDS_RESEED if self.database.shared and not redis_url else None
@@ -323,6 +348,8 @@ class Gateway:
                 log.info("model %s → %s at %s", name, deployment.provider, deployment.base_url)
 
     async def shutdown(self) -> None:
+        if self._generations is not None:
+            await self._generations.close()  # running generations end failed, recorded
         if self._cache is not None:
             await self._cache.close()  # generations in flight, before their upstreams
         if self._providers is not None:
@@ -436,8 +463,9 @@ class Gateway:
             record.duration_ms = (time.perf_counter() - t0) * 1000
             if record.status == 0:
                 record.status = exchange.status
-            self.store.add(record)
-            self.metrics.observe(record)
+            if exchange.record is record:  # else a generation took it: recorded at its end
+                self.store.add(record)
+                self.metrics.observe(record)
             if span is not None:
                 span.end(record)
 
@@ -466,6 +494,9 @@ class Gateway:
         request = dialect.decode(
             body, exchange.query, exchange.headers, self.settings.default_model
         )
+        if dialect is self._openai and wants_resume(exchange.headers):
+            await self._resumable.create(exchange, dialect, request)
+            return
         await self._serve(exchange, dialect, request)
 
     async def _serve(
@@ -537,6 +568,101 @@ class Gateway:
             self._estimate_usage(request, record)
         assert self._budgets is not None
         await self._budgets.settle(request, call)
+
+    @property
+    def generations(self) -> Generations:
+        """Generations that outlive their request; made in ``startup``."""
+        assert self._generations is not None, "the gateway has not started"
+        return self._generations
+
+    async def _detach(
+        self,
+        exchange: Exchange,
+        dialect: Dialect,
+        request: ChatRequest,
+        detached: Detached,
+    ) -> Generation:
+        """Start ``request`` as a generation of its own: it runs through the pipeline to
+        its end whatever the client does, and its record (the request's, taken from the
+        exchange) is written once, when it ends. The client reads it like any reader."""
+        record = exchange.record
+        record.api = dialect.name
+        record.model = request.model
+        record.stream = request.stream
+        record.operation = request.operation
+        if self.settings.store_content:
+            record.prompt = orjson.dumps(transcript(request)).decode()
+        handler, budgets = self._handler, self._budgets
+        assert handler is not None and budgets is not None, "the gateway has not started"
+        call = Call(
+            record=record,
+            headers=exchange.headers,
+            response_headers=exchange.response_headers,
+            key=exchange.key,
+            public=exchange.public,
+        )
+        sink = Exchange(exchange.scope, never, discard, record)
+        generations, metrics = self.generations, self.metrics
+        keep_text = self.settings.store_content
+
+        async def produce(generation: Generation) -> None:
+            stream = handler(request, call)
+            if detached.wrap is not None:
+                stream = detached.wrap(stream)
+            metrics.stream_started(record)
+            try:
+                async with contextlib.aclosing(generation.tee(stream)) as batches:
+                    await relay(sink, batches, Discard(), 0, keep_text=keep_text, call=call)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                assert task is not None
+                task.uncancel()  # recorded below, then the generation ends
+                record.outcome = "cancelled" if generation.cancelled else "error"
+                record.error = (
+                    generation.reason
+                    if generation.cancelled
+                    else "the gateway shut down before the generation ended"
+                )
+            except SluiceError as exc:
+                before = not sink.started and record.chunks == 0
+                record.outcome = "rejected" if exc.status < 500 and before else "error"
+                record.error = exc.message
+                record.error_type = type(exc).__name__
+                if before:
+                    record.status = exc.status
+            finally:
+                metrics.stream_ended(record)
+            if record.input_tokens is None:
+                self._estimate_usage(request, record)
+            await budgets.settle(request, call)
+            record.resumes = await generations.resumes(generation.id)
+            record.ended_at = time.time()
+            record.duration_ms = (record.ended_at - record.started_at) * 1000
+            self.store.add(record)
+            metrics.observe(record)
+
+        generation = await generations.begin(
+            detached.id,
+            detached.kind,
+            exchange.key.id if exchange.key is not None else None,
+            detached.data,
+            produce,
+            background=detached.background,
+            on_cancel=detached.on_cancel,
+        )
+        generation.admitted = lambda: call.admitted
+        # The request goes on as a reader; what it does is not the generation's record.
+        exchange.record = Record(
+            id=record.id,
+            started_at=record.started_at,
+            route=record.route,
+            method=record.method,
+            api=record.api,
+            model=record.model,
+            client=record.client,
+            key_id=record.key_id,
+        )
+        return generation
 
     @staticmethod
     def _estimate_usage(request: ChatRequest, record: Record) -> None:

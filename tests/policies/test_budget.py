@@ -230,7 +230,11 @@ def test_prices() -> None:
         "o3",
         "o4-mini",
         "gpt-3.5-turbo",
+        "claude-sonnet-4-5",
+        "claude-haiku-4-5-20251001",
+        "claude-opus-4-1",
     }
+    assert table.price("claude-sonnet-4-5-20250929") == Price(3.0, 15.0)
 
 
 PRICING_YAML = """

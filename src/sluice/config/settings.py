@@ -9,6 +9,7 @@ from typing import Any
 from sluice.config import sections, telemetry
 from sluice.config.cors import CorsSettings, cors
 from sluice.config.errors import ConfigError, error_at
+from sluice.config.generations import GenerationSettings, generations
 from sluice.config.models import (
     Deployment,
     ModelRoute,
@@ -79,6 +80,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     traces: TraceSettings = field(default_factory=TraceSettings)
     cors: CorsSettings = field(default_factory=CorsSettings)
+    generations: GenerationSettings = field(default_factory=GenerationSettings)
 
     #: Public model name → its deployments, fallbacks and strategy (``models`` holds
     #: each one's first deployment). The key ``*`` catches every other name.
@@ -148,6 +150,7 @@ _TOP_KEYS = {
     "cache",
     "metrics",
     "cors",
+    "generations",
 }
 
 
@@ -225,4 +228,5 @@ def build(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Settin
         metrics=telemetry.metrics(raw, env),
         traces=telemetry.traces(env),
         cors=cors(raw),
+        generations=generations(raw),
     )

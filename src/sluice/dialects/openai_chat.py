@@ -77,10 +77,10 @@ class _Identity:
 
     __slots__ = ("created", "extra", "id", "model")
 
-    def __init__(self, request: ChatRequest, response_id: str) -> None:
+    def __init__(self, request: ChatRequest, response_id: str, created: int | None = None) -> None:
         self.id = response_id
         self.model = request.model
-        self.created = int(time.time())
+        self.created = int(time.time()) if created is None else created
         self.extra: dict[str, Any] = {}
 
     def start(self, event: Start) -> None:
@@ -119,9 +119,10 @@ class StreamEncoder:
     keepalive: bytes | None = b": keep-alive\n\n"
     verbatim: WireFormat | None = "openai_chat"
 
-    def __init__(self, request: ChatRequest, response_id: str) -> None:
+    def __init__(self, request: ChatRequest, response_id: str, created: int | None = None) -> None:
         self._include_usage = request.include_usage
-        self._identity = _Identity(request, response_id)
+        #: ``created`` given: the same stream again (a resumed one), not a new one.
+        self._identity = _Identity(request, response_id, created)
         self._head = b""
         self._roles: set[int] = set()
         self._tools = _ToolIndex()

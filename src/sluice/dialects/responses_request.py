@@ -86,6 +86,8 @@ class ResponsesRequest:
     items: list[dict[str, Any]]
     store: bool = True
     previous_response_id: str | None = None
+    #: Run to its end whatever the client does; read back by id (``background``).
+    background: bool = False
     #: Reasoning is streamed as summary text (``reasoning.summary`` was given).
     summaries: bool = False
     #: The request's fields as the Response object repeats them.
@@ -261,10 +263,11 @@ def decode_responses(body: bytes, bounds: Bounds = DEFAULT_BOUNDS) -> ResponsesR
     if not isinstance(model, str) or not model.strip():
         raise fail("'model' is required and must be a non-empty string", "model")
     no_line_break(model, "model")
-    if data.get("background") not in (None, False):
+    background = bool(_flag(data, "background", False))
+    if background and data.get("store") is False:
         raise fail(
-            "background mode is not available on this gateway: send the request without"
-            " 'background' (streamed or not)",
+            "background mode requires 'store': a background response is read back from the"
+            " store; send it without 'store': false",
             "background",
         )
     if data.get("conversation") is not None:
@@ -335,6 +338,7 @@ def decode_responses(body: bytes, bounds: Bounds = DEFAULT_BOUNDS) -> ResponsesR
         "previous_response_id": previous,
         "reasoning": reasoning_echo,
         "store": store,
+        "background": background,
         "temperature": temperature,
         "text": text_echo,
         "tool_choice": data.get("tool_choice") or "auto",
@@ -345,4 +349,4 @@ def decode_responses(body: bytes, bounds: Bounds = DEFAULT_BOUNDS) -> ResponsesR
     if user is not None:  # a string or absent, never null
         echo["user"] = user
     echo.update((k, data.get(k)) for k in _ECHOED)
-    return ResponsesRequest(request, items, bool(store), previous, summaries, echo)
+    return ResponsesRequest(request, items, bool(store), previous, background, summaries, echo)
