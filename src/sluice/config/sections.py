@@ -83,7 +83,7 @@ def access(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     if not isinstance(insecure, bool):
         raise error_at(("insecure",), f"expected true or false, got {insecure!r}")
     auth = mapping(raw, "auth", ())
-    check_keys(auth, {"public_seed", "cache_ttl"}, ("auth",))
+    check_keys(auth, {"public_seed", "cache_ttl", "max_failures"}, ("auth",))
     public_seed = auth.get("public_seed", False)
     if not isinstance(public_seed, bool):
         raise error_at(("auth", "public_seed"), f"expected true or false, got {public_seed!r}")
@@ -104,6 +104,7 @@ def access(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         "insecure": insecure,
         "public_seed": public_seed,
         "key_cache_ttl": number(auth, "cache_ttl", ("auth",), 2.0),
+        "auth_max_failures": integer(auth, "max_failures", ("auth",), 10),
         "pricing": pricing,
     }
 
