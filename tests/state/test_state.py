@@ -62,6 +62,26 @@ def test_the_same_contract_on_both_backends(backend: dict[str, Any]) -> None:
     asyncio.run(main())
 
 
+def test_a_lease_is_renewed_and_released_only_by_its_holder(backend: dict[str, Any]) -> None:
+    async def main() -> None:
+        async with opened(backend.get("redis_url")) as state:
+            assert await state.add("lease", b"mine", ttl=0.3)
+            assert await state.renew("lease", b"mine", ttl=5) is True
+            await asyncio.sleep(0.5)
+            assert await state.get("lease") == b"mine"  # renewed past its first ttl
+            # Another holder took it over (ours lapsed while we were paused).
+            await state.set("lease", b"theirs", ttl=5)
+            assert await state.renew("lease", b"mine", ttl=60) is False
+            assert await state.release("lease", b"mine") is False
+            assert await state.get("lease") == b"theirs"
+            assert await state.release("lease", b"theirs") is True
+            assert await state.get("lease") is None
+            assert await state.renew("lease", b"theirs", ttl=5) is False  # lapsed: not revived
+            assert await state.get("lease") is None
+
+    asyncio.run(main())
+
+
 def test_memory_is_bounded_least_recently_used_first() -> None:
     async def main() -> None:
         state = MemoryState(max_entries=3)

@@ -54,6 +54,15 @@ class SharedState(Protocol):
 
     async def delete(self, key: str) -> None: ...
 
+    async def renew(self, key: str, value: bytes, ttl: float) -> bool:
+        """Give ``key`` a new ``ttl`` only if it still holds ``value`` (compare and set,
+        one atomic step); False, changing nothing, if it lapsed or holds another value."""
+        ...
+
+    async def release(self, key: str, value: bytes) -> bool:
+        """Delete ``key`` only if it still holds ``value``; True if this call deleted it."""
+        ...
+
     async def incr(self, key: str, amount: float, ttl: float | None = None) -> float:
         """Add ``amount`` to a float counter and return the new value. ``ttl`` is set
         when the counter is created; later increments keep its expiry."""

@@ -74,6 +74,20 @@ class MemoryState:
     async def delete(self, key: str) -> None:
         self._entries.pop(key, None)
 
+    async def renew(self, key: str, value: bytes, ttl: float) -> bool:
+        entry = self._live(key)
+        if entry is None or entry[0] != value:
+            return False
+        self._put(key, value, self._expiry(ttl))
+        return True
+
+    async def release(self, key: str, value: bytes) -> bool:
+        entry = self._live(key)
+        if entry is None or entry[0] != value:
+            return False
+        del self._entries[key]
+        return True
+
     async def incr(self, key: str, amount: float, ttl: float | None = None) -> float:
         entry = self._live(key)
         if entry is None:

@@ -40,6 +40,21 @@ end
 return value
 """
 
+# A lease renewed or released only by its holder: GET and compare, then act, atomically,
+# so that a lease another instance took over after ours lapsed is never touched.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
 
 def is_redis_url(url: str) -> bool:
     return urlsplit(url).scheme in SCHEMES
@@ -99,6 +114,8 @@ class RedisState:
         )
         self._client = aioredis.Redis(connection_pool=self._pool)
         self._incr = self._client.register_script(_INCR)
+        self._renew = self._client.register_script(_RENEW)
+        self._release = self._client.register_script(_RELEASE)
         self.limits_options: Mapping[str, Any] = {
             "implementation": "redispy",
             "connection_pool": self._pool,
@@ -177,6 +194,14 @@ class RedisState:
 
     async def delete(self, key: str) -> None:
         await self.run(lambda: self._client.delete(key))
+
+    async def renew(self, key: str, value: bytes, ttl: float) -> bool:
+        done = await self.run(lambda: self._renew(keys=[key], args=[value, _ms(ttl)]))
+        return bool(done)
+
+    async def release(self, key: str, value: bytes) -> bool:
+        done = await self.run(lambda: self._release(keys=[key], args=[value]))
+        return bool(done)
 
     async def incr(self, key: str, amount: float, ttl: float | None = None) -> float:
         px = "" if ttl is None else str(_ms(ttl))
