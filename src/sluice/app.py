@@ -258,7 +258,7 @@ class Gateway:
         self._handler = pipeline(
             [
                 model_access,
-                RateLimits(self.settings.limits, self._state),
+                RateLimits(self.settings.limits, self._state, free=self._cache.answered),
                 self._budgets.policy,
                 self._cache,
             ],

@@ -42,6 +42,8 @@ from sluice.state import SharedState, StateUnavailable
 HEADER = "x-sluice-cache"
 _HEADER_BYTES = HEADER.encode()
 MODES = ("on", "off", "refresh")
+#: ``Record.cache`` values of an answer no upstream produced for this request.
+FREE = frozenset({"hit", "coalesced"})
 #: Request fields that do not change what the model writes.
 NOT_IN_KEY = frozenset(
     {
@@ -190,6 +192,20 @@ class Cache:
         if asked is not None:
             return asked
         return "on" if deterministic(request) else None
+
+    async def answered(self, request: ChatRequest, call: Call) -> bool:
+        """Whether the request would be answered without an upstream now: its entry is
+        kept, or a generation it would join runs here. A lookup of its own, so asked
+        only where it changes a decision (a request short of tokens)."""
+        if self.flights.closed or self.mode(request, call) != "on":
+            return False
+        key = cache_key(request, scope_of(call, self.settings.scope))
+        if self.flights.get(key) is not None:
+            return True
+        try:
+            return await self.journals.lookup(key) is not None
+        except StateUnavailable:
+            return False
 
     @staticmethod
     def _say(call: Call, status: str) -> None:
