@@ -249,7 +249,12 @@ class Gateway:
         # process's memory: re-read it from the shared records often, not every 10 min.
         reseed = SHARED_RECORDS_RESEED if self.database.shared and not redis_url else None
         self._budgets = Budgets(
-            PriceTable(self.settings.pricing), self._state, self.keys, reseed_interval=reseed
+            PriceTable(self.settings.pricing),
+            self._state,
+            self.keys,
+            reseed_interval=reseed,
+            output_estimate=self.settings.limits.output_estimate,
+            resolve=self.settings.resolve,
         )
         cache = self.settings.cache
         self._cache = Cache(

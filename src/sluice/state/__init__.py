@@ -63,6 +63,19 @@ class SharedState(Protocol):
         """Delete ``key`` only if it still holds ``value``; True if this call deleted it."""
         ...
 
+    async def reserve(
+        self, total: str, holds: str, id: str, amount: float, ceiling: float, ttl: float
+    ) -> tuple[bool, float, float]:
+        """Hold ``amount`` under ``id`` in ``holds`` if the counter ``total`` plus every
+        live hold plus ``amount`` stays within ``ceiling`` (one atomic step, so requests
+        racing for the last of a budget cannot all pass). A hold lapses after ``ttl``
+        seconds unless released. Returns (held, the counter, the sum of the holds)."""
+        ...
+
+    async def unreserve(self, total: str, holds: str, id: str, amount: float) -> None:
+        """Drop hold ``id`` and add ``amount`` (the real cost) to ``total``, in one step."""
+        ...
+
     async def incr(self, key: str, amount: float, ttl: float | None = None) -> float:
         """Add ``amount`` to a float counter and return the new value. ``ttl`` is set
         when the counter is created; later increments keep its expiry."""

@@ -55,6 +55,40 @@ end
 return 0
 """
 
+# A budget's holds: a sorted set of "id amount" members scored by their expiry (server
+# time, ms), next to the spend counter. Both keys carry one hash tag (one slot).
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local held = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    held = held + tonumber(string.match(member, ' (.+)$'))
+end
+local counted = tonumber(redis.call('GET', KEYS[1]) or '0')
+local amount = tonumber(ARGV[2])
+if counted + held + amount > tonumber(ARGV[3]) then
+    return {0, tostring(counted), tostring(held)}
+end
+local expires = now + tonumber(ARGV[4])
+redis.call('ZADD', KEYS[2], expires, ARGV[1] .. ' ' .. ARGV[2])
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[4]) then
+    redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+return {1, tostring(counted), tostring(held)}
+"""
+_UNRESERVE = """
+for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    if string.sub(member, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. ' ' then
+        redis.call('ZREM', KEYS[2], member)
+    end
+end
+if tonumber(ARGV[2]) ~= 0 then
+    redis.call('INCRBYFLOAT', KEYS[1], ARGV[2])
+end
+return 1
+"""
+
 
 def is_redis_url(url: str) -> bool:
     return urlsplit(url).scheme in SCHEMES
@@ -116,6 +150,8 @@ class RedisState:
         self._incr = self._client.register_script(_INCR)
         self._renew = self._client.register_script(_RENEW)
         self._release = self._client.register_script(_RELEASE)
+        self._reserve = self._client.register_script(_RESERVE)
+        self._unreserve = self._client.register_script(_UNRESERVE)
         self.limits_options: Mapping[str, Any] = {
             "implementation": "redispy",
             "connection_pool": self._pool,
@@ -202,6 +238,17 @@ class RedisState:
     async def release(self, key: str, value: bytes) -> bool:
         done = await self.run(lambda: self._release(keys=[key], args=[value]))
         return bool(done)
+
+    async def reserve(
+        self, total: str, holds: str, id: str, amount: float, ceiling: float, ttl: float
+    ) -> tuple[bool, float, float]:
+        args: list[str | int] = [id, repr(float(amount)), repr(float(ceiling)), _ms(ttl)]
+        done, counted, held = await self.run(lambda: self._reserve(keys=[total, holds], args=args))
+        return bool(done), float(counted), float(held)
+
+    async def unreserve(self, total: str, holds: str, id: str, amount: float) -> None:
+        args = [id, repr(float(amount))]
+        await self.run(lambda: self._unreserve(keys=[total, holds], args=args))
 
     async def incr(self, key: str, amount: float, ttl: float | None = None) -> float:
         px = "" if ttl is None else str(_ms(ttl))
