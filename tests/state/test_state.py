@@ -135,8 +135,8 @@ def test_open_state_and_the_url_in_config() -> None:
     with pytest.raises(config.ConfigError) as caught:
         config.parse("port: 1\nredis_url: postgres://u:hunter2@h/db\n", {}, origin="c.yaml")
     assert (
-        str(caught.value)
-        == "c.yaml line 2: redis_url: expected a redis://, rediss:// or unix:// URL"
+        str(caught.value) == "c.yaml line 2: redis_url: expected a redis://, rediss://, unix:// or"
+        " redis+cluster:// URL"
     )
 
 

@@ -115,14 +115,20 @@ def access(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
+#: ``redis_url`` schemes: one server (or a primary), or a Redis Cluster.
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+
 def shared(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     """Shared state and rate limits: the ``redis_url`` and ``limits`` keys."""
     url = string(raw, "redis_url", (), None) or env.get("SLUICE_REDIS_URL") or None
-    if url is not None and url.split("://", 1)[0] not in ("redis", "rediss", "unix"):
+    if url is not None and url.split("://", 1)[0] not in REDIS_SCHEMES:
         # Never the URL itself in the message: it may carry a password.
         url_at: Keys = ("redis_url",) if raw.get("redis_url") else ()
         name = "redis_url" if url_at else "SLUICE_REDIS_URL"
-        raise ConfigError(f"{name}: expected a redis://, rediss:// or unix:// URL", url_at)
+        raise ConfigError(
+            f"{name}: expected a redis://, rediss://, unix:// or redis+cluster:// URL", url_at
+        )
     at: Keys = ("limits",)
     data = mapping(raw, "limits", ())
     check_keys(data, {"fail", "public_rpm", "models", "output_estimate"}, at)

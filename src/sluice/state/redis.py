@@ -1,4 +1,5 @@
-"""The shared backend: Redis or Valkey through ``redis.asyncio``.
+"""The shared backend: Redis or Valkey through ``redis.asyncio``, a single server (or a
+primary) or a Redis Cluster (``redis+cluster://host:port[,host:port…]``).
 
 One connection pool per process, short socket timeouts, one immediate retry on a
 broken connection (what a Redis restart leaves in the pool) and none on a timeout.
@@ -15,9 +16,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -28,7 +30,7 @@ from sluice.state import StateUnavailable
 T = TypeVar("T")
 log = logging.getLogger("sluice.state")
 
-SCHEMES = ("redis", "rediss", "unix")
+SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 
 # INCRBYFLOAT, and an expiry only on a counter that has none yet: one atomic step,
 # on any Redis or Valkey version (``EXPIRE … NX`` needs Redis 7).
@@ -94,6 +96,23 @@ def is_redis_url(url: str) -> bool:
     return urlsplit(url).scheme in SCHEMES
 
 
+def is_cluster_url(url: str) -> bool:
+    return urlsplit(url).scheme.endswith("+cluster")
+
+
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """``redis+cluster://[user:password@]host:port[,host:port…]`` → the nodes to start
+    from (the client discovers the others)."""
+    netloc = urlsplit(url).netloc.rsplit("@", 1)[-1]
+    nodes = []
+    for node in netloc.split(","):
+        host, _, port = node.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"a cluster node must be host:port, got {node!r}")
+        nodes.append((host.strip("[]"), int(port)))
+    return nodes
+
+
 def redacted(url: str) -> str:
     """The URL with its password (in the authority or the query) masked."""
     parts = urlsplit(url)
@@ -111,6 +130,8 @@ def redacted(url: str) -> str:
 
 def limits_uri(url: str) -> str:
     scheme, rest = url.split("://", 1)
+    if scheme.endswith("+cluster"):
+        return f"async+redis+cluster://{rest}"  # TLS: limits takes ``ssl`` as an option
     return f"async+{'redis+unix' if scheme == 'unix' else scheme}://{rest}"
 
 
@@ -137,25 +158,45 @@ class RedisState:
     ) -> None:
         self.where = redacted(url)
         self.limits_uri = limits_uri(url)
-        # Nothing connects here: the pool opens connections on first use.
-        self._pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout,
-            max_connections=max_connections,
-            timeout=socket_timeout,  # waiting for a free connection
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        )
-        self._client = aioredis.Redis(connection_pool=self._pool)
+        self.cluster = is_cluster_url(url)
+        self._pool: aioredis.BlockingConnectionPool | None = None
+        self._client: Any
+        if self.cluster:
+            # Every multi-key script and command names keys of one hash tag (one slot).
+            parts = urlsplit(url)
+            tls = parts.scheme.startswith("rediss")
+            self._client = RedisCluster(
+                startup_nodes=[ClusterNode(host, port) for host, port in cluster_nodes(url)],
+                username=unquote(parts.username) if parts.username else None,
+                password=unquote(parts.password) if parts.password else None,
+                ssl=tls,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=connect_timeout,
+                max_connections=max_connections,
+            )
+            self.limits_options: Mapping[str, Any] = {
+                "implementation": "redispy",
+                "socket_timeout": socket_timeout,
+                "socket_connect_timeout": connect_timeout,
+                **({"ssl": True} if tls else {}),
+            }
+        else:
+            # Nothing connects here: the pool opens connections on first use.
+            self._pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=connect_timeout,
+                max_connections=max_connections,
+                timeout=socket_timeout,  # waiting for a free connection
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            )
+            self._client = aioredis.Redis(connection_pool=self._pool)
+            self.limits_options = {"implementation": "redispy", "connection_pool": self._pool}
         self._incr = self._client.register_script(_INCR)
         self._renew = self._client.register_script(_RENEW)
         self._release = self._client.register_script(_RELEASE)
         self._reserve = self._client.register_script(_RESERVE)
         self._unreserve = self._client.register_script(_UNRESERVE)
-        self.limits_options: Mapping[str, Any] = {
-            "implementation": "redispy",
-            "connection_pool": self._pool,
-        }
         self._min_backoff = min_backoff
         self._max_backoff = max_backoff
         self._backoff = min_backoff
@@ -177,7 +218,8 @@ class RedisState:
 
     async def close(self) -> None:
         await self._client.aclose()
-        await self._pool.disconnect()
+        if self._pool is not None:
+            await self._pool.disconnect()
 
     async def run(self, operation: Callable[[], Awaitable[T]]) -> T:
         if self._down_since is not None:
