@@ -95,7 +95,8 @@ class SharedState(Protocol):
 
 def open_state(url: str | None) -> SharedState:
     """The memory backend without a URL; Redis for ``redis://``, ``rediss://`` and
-    ``unix://`` URLs. Nothing connects until ``start()``."""
+    ``unix://`` URLs, a Redis Cluster for ``redis+cluster://host:port[,host:port…]``
+    (``rediss+cluster://`` with TLS). Nothing connects until ``start()``."""
     if not url:
         from sluice.state.memory import MemoryState
 
