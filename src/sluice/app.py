@@ -319,7 +319,12 @@ class Gateway:
         # process's memory: re-read it from the shared records often, not every 10 min.
         reseed = SHARED_RECORDS_RESEED if self.database.shared and not redis_url else None
         self._budgets = Budgets(
-            PriceTable(self.settings.pricing), self._state, self.keys, reseed_interval=reseed
+            PriceTable(self.settings.pricing),
+            self._state,
+            self.keys,
+            reseed_interval=reseed,
+            output_estimate=self.settings.limits.output_estimate,
+            resolve=self.settings.resolve,
         )
         cache = self.settings.cache
         self._cache = Cache(
@@ -328,7 +333,7 @@ class Gateway:
         self._handler = pipeline(
             [
                 model_access,
-                RateLimits(self.settings.limits, self._state),
+                RateLimits(self.settings.limits, self._state, free=self._cache.answered),
                 self._budgets.policy,
                 self._cache,
             ],
