@@ -308,6 +308,32 @@ models:
     assert error(text).startswith("sluice.yaml line 6: models.b.provider: ")
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "port: 1\nhost: a\nport: 2\n",
+            "sluice.yaml line 3: duplicate key 'port' (first at line 1)",
+        ),
+        (
+            "models:\n  a:\n    provider: openai\n    api_key_env: K\n    provider: simulator\n",
+            "sluice.yaml line 5: duplicate key 'provider' (first at line 3)",
+        ),
+        (
+            "models:\n  a: {}\n  'a': {}\n",
+            "sluice.yaml line 3: duplicate key 'a' (first at line 2)",
+        ),
+    ],
+)
+def test_a_key_written_twice_names_both_lines(text: str, expected: str) -> None:
+    assert error(text).startswith(expected)
+
+
+def test_a_merged_key_may_be_overridden_once() -> None:
+    text = "models:\n  a: &base\n    provider: openai\n  b:\n    <<: *base\n    provider: nope\n"
+    assert "duplicate" not in error(text)
+
+
 def test_keys_that_are_not_strings() -> None:
     message = error("1: one\nnull: none\nport: 1\n")
     assert message.startswith("sluice.yaml line 1: top level: unknown key(s) '1', 'None'")

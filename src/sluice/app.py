@@ -18,12 +18,14 @@ import orjson
 from sluice import config
 from sluice.chat_resume import ResumableChat, wants_resume
 from sluice.config import Settings
+from sluice.cors import Cors
 from sluice.dialects import Dialect, Encoder
 from sluice.dialects.anthropic_messages import AnthropicMessagesDialect, count_tokens_body
+from sluice.dialects.bounds import Bounds
 from sluice.dialects.openai_chat import OpenAIChatDialect
 from sluice.dialects.openai_embeddings import OpenAIEmbeddingsDialect
 from sluice.dialects.text import TextDialect
-from sluice.errors import MethodNotAllowed, NotFound, SluiceError
+from sluice.errors import HeadersTooLarge, MethodNotAllowed, NotFound, RequestError, SluiceError
 from sluice.events import Batch, ChatRequest, estimate_input_tokens, transcript
 from sluice.exchange import ClientGone, Exchange, Receive, Scope, Send
 from sluice.generations import Detached, Generation, Generations
@@ -32,6 +34,7 @@ from sluice.policies import Call, Handler, pipeline
 from sluice.policies.auth import (
     Access,
     Authenticator,
+    exposure_problem,
     may_use,
     model_access,
     require_model,
@@ -39,6 +42,7 @@ from sluice.policies.auth import (
 )
 from sluice.policies.budget import Budgets
 from sluice.policies.cache import Cache
+from sluice.policies.lockout import Lockout
 from sluice.policies.ratelimit import RateLimits
 from sluice.policies.route import Router
 from sluice.pricing import PriceTable
@@ -143,6 +147,37 @@ def _tune_gc() -> None:
 SHARED_RECORDS_RESEED = 2.0
 
 
+def check_head(headers: list[tuple[bytes, bytes]], limit: int) -> None:
+    """431 when the request's header fields, as sent (``name: value``), pass ``limit``
+    bytes together. The ASGI server read them already (httptools sets no bound of its
+    own; h11 refuses a head over 16 KiB with its own 400): this keeps them out of
+    everything after.
+
+    400 (and the connection closed) when the body's length is ambiguous: a
+    ``Content-Length`` beside a ``Transfer-Encoding``, or two ``Content-Length`` that
+    differ, as a proxy in front may have read them otherwise (request smuggling).
+    httptools (llhttp) refuses these itself; h11 lets ``Transfer-Encoding`` win."""
+    size = 0
+    lengths: set[bytes] = set()
+    encoded = False
+    for name, value in headers:
+        size += len(name) + len(value) + 4
+        if name == b"content-length":
+            lengths.add(value.strip())
+        elif name == b"transfer-encoding":
+            encoded = True
+    if size > limit:
+        raise HeadersTooLarge(
+            f"the request's header fields take {size} bytes, more than {limit} (max_header_bytes)"
+        )
+    if len(lengths) > 1 or (lengths and encoded):
+        raise RequestError(
+            "the request's length is ambiguous: Content-Length with Transfer-Encoding,"
+            " or Content-Length values that differ",
+            headers={"Connection": "close"},
+        )
+
+
 def new_id() -> str:
     return uuid.uuid4().hex[:24]
 
@@ -174,10 +209,11 @@ class Gateway:
         self._handler: Handler | None = None
         self._state: SharedState | None = None
         self._generations: Generations | None = None
+        bounds = Bounds(settings.max_json_depth, settings.max_messages)
         self._text = TextDialect()
-        self._openai = OpenAIChatDialect()
-        embeddings = OpenAIEmbeddingsDialect()
-        self._anthropic = AnthropicMessagesDialect()
+        self._openai = OpenAIChatDialect(bounds)
+        embeddings = OpenAIEmbeddingsDialect(bounds)
+        self._anthropic = AnthropicMessagesDialect(bounds)
         self.routes = RouteTable()
         text, openai, anthropic = self._text, self._openai, self._anthropic
         api = ResponsesAPI(
@@ -187,6 +223,7 @@ class Gateway:
             self._detach,
             lambda: self.generations,
             settings.keepalive_interval,
+            bounds,
         )
         responses = api.dialect
         ui = UIChatAPI(
@@ -196,6 +233,7 @@ class Gateway:
             settings.keepalive_interval,
             self._detach,
             lambda: self.generations,
+            bounds,
         )
         self._resumable = ResumableChat(
             self._detach, lambda: self.generations, settings.keepalive_interval
@@ -233,6 +271,7 @@ class Gateway:
             self._http,
         )
         self.metrics = Metrics(settings.metrics.multiprocess_dir, self.routes.label)
+        self._cors = Cors(settings.cors)
         self._tracing: Tracing | None = None
 
     def _error_dialect(self, path: str) -> Dialect:
@@ -251,6 +290,11 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------------
 
     async def startup(self) -> None:
+        # The safe default holds however the app is served (sluice serve, or an ASGI
+        # server given create_app): no public address without authentication.
+        problem = await exposure_problem(self.settings, self.keys)
+        if problem is not None:
+            raise config.ConfigError(problem)
         if self.settings.traces.enabled:
             from sluice.telemetry.traces import Tracing
 
@@ -263,6 +307,8 @@ class Gateway:
         redis_url = self.settings.redis_url
         self._state = open_state(redis_url.get() if redis_url else None)
         await self._state.start()
+        if self.settings.auth_max_failures:
+            self._auth.lockout = Lockout(self._state, self.settings.auth_max_failures)
         generations = self.settings.generations
         self._generations = Generations(
             generations,
@@ -274,7 +320,12 @@ class Gateway:
         # process's memory: re-read it from the shared records often, not every 10 min.
         reseed = SHARED_RECORDS_RESEED if self.database.shared and not redis_url else None
         self._budgets = Budgets(
-            PriceTable(self.settings.pricing), self._state, self.keys, reseed_interval=reseed
+            PriceTable(self.settings.pricing),
+            self._state,
+            self.keys,
+            reseed_interval=reseed,
+            output_estimate=self.settings.limits.output_estimate,
+            resolve=self.settings.resolve,
         )
         cache = self.settings.cache
         self._cache = Cache(
@@ -283,7 +334,7 @@ class Gateway:
         self._handler = pipeline(
             [
                 model_access,
-                RateLimits(self.settings.limits, self._state),
+                RateLimits(self.settings.limits, self._state, free=self._cache.answered),
                 self._budgets.policy,
                 self._cache,
             ],
@@ -375,8 +426,21 @@ class Gateway:
             dialect = self._error_dialect(path)
         t0 = time.perf_counter()
         try:
+            check_head(scope["headers"], self.settings.max_header_bytes)
+            origin = exchange.headers.get("origin") if self._cors.enabled else None
+            if origin is not None and self._cors.allows(origin):
+                if method != "OPTIONS" or "access-control-request-method" not in exchange.headers:
+                    exchange.response_headers.extend(self._cors.response_headers(origin))
+                else:
+                    preflight = self._cors.preflight(origin, exchange.headers)
+                    if preflight is not None:  # else answered as any request (401, 405)
+                        await exchange.respond(204, preflight, b"")
+                        return
             if access is None:
-                access = await self._auth.check(method, path, exchange.headers, record)
+                server = scope.get("server")
+                access = await self._auth.check(
+                    method, path, exchange.headers, record, server[0] if server else None
+                )
             elif access.key is not None:
                 record.key_id = access.key.id
             exchange.key, exchange.public = access.key, access.public

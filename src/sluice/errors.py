@@ -3,6 +3,7 @@
     SluiceError
     ├── RequestError                 400  invalid_request_error
     │   ├── BodyTooLarge             413
+    │   ├── HeadersTooLarge          431
     │   ├── NotFound                 404  (unknown route)
     │   ├── MethodNotAllowed         405
     │   ├── UnsupportedMediaType     415  (a Content-Encoding the gateway cannot decode)
@@ -59,6 +60,11 @@ class RequestError(SluiceError):
 class BodyTooLarge(RequestError):
     status = 413
     code = "request_too_large"
+
+
+class HeadersTooLarge(RequestError):
+    status = 431
+    code = "request_header_fields_too_large"
 
 
 class NotFound(RequestError):

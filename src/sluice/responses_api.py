@@ -43,6 +43,7 @@ from typing import Any, Protocol
 import orjson
 
 from sluice.dialects import Dialect, Encoder
+from sluice.dialects.bounds import DEFAULT_BOUNDS, Bounds
 from sluice.dialects.openai_responses import ID_PREFIX, OpenAIResponsesDialect, StreamEncoder
 from sluice.dialects.responses_items import messages_of
 from sluice.dialects.responses_request import ResponsesRequest, decode_responses
@@ -155,8 +156,9 @@ class ResponsesAPI:
         detach: Detach,
         generations: Callable[[], Generations],
         keepalive_interval: float,
+        bounds: Bounds = DEFAULT_BOUNDS,
     ) -> None:
-        self.dialect = OpenAIResponsesDialect()
+        self.dialect = OpenAIResponsesDialect(bounds)
         self._store = store
         self._serve = serve
         self._max_body = max_body_bytes
@@ -170,7 +172,7 @@ class ResponsesAPI:
 
     async def create(self, exchange: Exchange, dialect: Dialect) -> None:
         body = await exchange.read_body(self._max_body)
-        decoded = decode_responses(body)
+        decoded = decode_responses(body, self.dialect.bounds)
         record = exchange.record
         if decoded.previous_response_id is not None:
             await self._continue(decoded, exchange.key)

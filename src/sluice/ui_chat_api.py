@@ -26,6 +26,7 @@ from typing import Protocol
 import orjson
 
 from sluice.dialects import Dialect, Encoder
+from sluice.dialects.bounds import DEFAULT_BOUNDS, Bounds
 from sluice.dialects.ui_stream import HEADER, STOPPED, StreamEncoder, UIStreamDialect
 from sluice.errors import SluiceError
 from sluice.events import Batch, ChatRequest, StreamError
@@ -76,8 +77,9 @@ class UIChatAPI:
         keepalive_interval: float,
         detach: Detach,
         generations: Callable[[], Generations],
+        bounds: Bounds = DEFAULT_BOUNDS,
     ) -> None:
-        self.dialect = UIStreamDialect()
+        self.dialect = UIStreamDialect(bounds)
         self._serve = serve
         self._max_body = max_body_bytes
         self._default_model = default_model

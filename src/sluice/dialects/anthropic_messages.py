@@ -37,6 +37,7 @@ import orjson
 
 from sluice.dialects import Headers, error_headers
 from sluice.dialects.anthropic_request import decode_messages
+from sluice.dialects.bounds import DEFAULT_BOUNDS, Bounds
 from sluice.errors import SluiceError, UpstreamError, UpstreamProtocolError
 from sluice.events import (
     Annotations,
@@ -640,14 +641,17 @@ class AnthropicMessagesDialect:
     name = "anthropic_messages"
     id_prefix = "msg_"
 
+    def __init__(self, bounds: Bounds = DEFAULT_BOUNDS) -> None:
+        self.bounds = bounds
+
     def decode(
         self, body: bytes, query: Mapping[str, str], headers: Mapping[str, str], default_model: str
     ) -> ChatRequest:
-        return decode_messages(body, headers)
+        return decode_messages(body, headers, bounds=self.bounds)
 
     def decode_count(self, body: bytes, headers: Mapping[str, str]) -> ChatRequest:
         """A ``count_tokens`` body: a messages body without ``max_tokens``."""
-        return decode_messages(body, headers, count_only=True)
+        return decode_messages(body, headers, count_only=True, bounds=self.bounds)
 
     def error_response(self, exc: SluiceError) -> tuple[int, Headers, bytes]:
         status, kind = status_and_type(exc)

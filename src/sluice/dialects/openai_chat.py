@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from sluice.dialects import Headers, error_headers
+from sluice.dialects.bounds import DEFAULT_BOUNDS, Bounds
 from sluice.dialects.openai_request import decode_chat
 from sluice.errors import SluiceError, UpstreamError
 from sluice.events import (
@@ -376,10 +377,13 @@ class OpenAIChatDialect:
     name = "openai_chat"
     id_prefix = "chatcmpl-"
 
+    def __init__(self, bounds: Bounds = DEFAULT_BOUNDS) -> None:
+        self.bounds = bounds
+
     def decode(
         self, body: bytes, query: Mapping[str, str], headers: Mapping[str, str], default_model: str
     ) -> ChatRequest:
-        return decode_chat(body)
+        return decode_chat(body, self.bounds)
 
     def error_response(self, exc: SluiceError) -> tuple[int, Headers, bytes]:
         return exc.status, error_headers(b"application/json", exc), error_body(exc)

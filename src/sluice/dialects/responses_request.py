@@ -13,6 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sluice.dialects.bounds import (
+    DEFAULT_BOUNDS,
+    Bounds,
+    check_count,
+    check_metadata,
+    no_line_break,
+)
 from sluice.dialects.openai_request import fail, parse_object
 from sluice.dialects.responses_items import (
     FORMAT,
@@ -191,7 +198,7 @@ def _reasoning_options(value: Any, extra: dict[str, Any]) -> tuple[Reasoning | N
     options = need_object(value, "reasoning")
     effort = optional_string(options, "effort", "reasoning")
     summary = options.get("summary") or options.get("generate_summary")
-    if summary is not None and summary not in _SUMMARY_MODES:
+    if summary is not None and (not isinstance(summary, str) or summary not in _SUMMARY_MODES):
         raise fail(
             "'reasoning.summary' must be 'auto', 'concise' or 'detailed'", "reasoning.summary"
         )
@@ -235,6 +242,7 @@ def _metadata(value: Any) -> dict[str, str]:
             raise fail(f"'metadata' key {key[:16]!r}… is longer than 64 characters", "metadata")
         if not isinstance(item, str) or len(item) > 512:
             raise fail(f"'metadata.{key}' must be a string of at most 512 characters", "metadata")
+    check_metadata(metadata)
     return metadata
 
 
@@ -248,11 +256,13 @@ def _include(value: Any, extra: dict[str, Any]) -> None:
         extra["include"] = rest
 
 
-def decode_responses(body: bytes) -> ResponsesRequest:
-    data = parse_object(body)
+def decode_responses(body: bytes, bounds: Bounds = DEFAULT_BOUNDS) -> ResponsesRequest:
+    data = parse_object(body, bounds)
+    check_count(data.get("input"), bounds.messages, "input")
     model = data.get("model")
     if not isinstance(model, str) or not model.strip():
         raise fail("'model' is required and must be a non-empty string", "model")
+    no_line_break(model, "model")
     background = bool(_flag(data, "background", False))
     if background and data.get("store") is False:
         raise fail(
@@ -288,6 +298,7 @@ def decode_responses(body: bytes) -> ResponsesRequest:
     user = data.get("user")
     if user is not None:
         user = need_string(user, "user")
+        no_line_break(user, "user")
     metadata = _metadata(data.get("metadata"))
 
     extra = {k: v for k, v in data.items() if k not in _READ and v is not None}
