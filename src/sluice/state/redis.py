@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -92,21 +93,27 @@ return 1
 """
 
 # A set of held members: a sorted set scored by when each hold lapses, on the server's
-# clock (instances' clocks may differ). Lapsed members are dropped first.
-# ARGV: member, hold ms, limit ('' for none), '1' to renew only a member still held.
+# clock (instances' clocks may differ). Lapsed members are dropped first. One key per
+# call, so a cluster sends it to that key's node.
+# ARGV: hold ms, limit ('' for none), '1' to renew only members still held, members...
+# Returns how many of the members are held by this call.
 _HOLD = """
-local key, member, ms = KEYS[1], ARGV[1], tonumber(ARGV[2])
+local key, ms = KEYS[1], tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-local held = redis.call('ZSCORE', key, member)
-if not held then
-  if ARGV[4] == '1' then return 0 end
-  if ARGV[3] ~= '' and redis.call('ZCARD', key) >= tonumber(ARGV[3]) then return 0 end
+local done = 0
+for i = 4, #ARGV do
+  local member = ARGV[i]
+  local fits = ARGV[3] ~= '1'
+    and (ARGV[2] == '' or redis.call('ZCARD', key) < tonumber(ARGV[2]))
+  if redis.call('ZSCORE', key, member) or fits then
+    redis.call('ZADD', key, now + ms, member)
+    done = done + 1
+  end
 end
-redis.call('ZADD', key, now + ms, member)
-if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
-return 1
+if done > 0 and redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
+return done
 """
 
 # ARGV: none. How many members are held now.
@@ -325,21 +332,19 @@ class RedisState:
         return float(value)
 
     async def hold(self, key: str, member: str, seconds: float, limit: int | None = None) -> bool:
-        args = [member, str(_ms(seconds)), "" if limit is None else str(limit), ""]
+        args = [str(_ms(seconds)), "" if limit is None else str(limit), "", member]
         return bool(await self.run(lambda: self._hold(keys=[key], args=args)))
 
     async def renew_holds(self, holds: Sequence[tuple[str, str]], seconds: float) -> None:
-        if not holds:
-            return
+        # One script per set (few: one per client key with generations running here),
+        # never a pipeline of scripts, which a cluster client cannot run as such.
+        sets: dict[str, list[str]] = {}
+        for key, member in holds:
+            sets.setdefault(key, []).append(member)
         ms = str(_ms(seconds))
-
-        async def renew() -> None:
-            pipe = self._client.pipeline(transaction=False)
-            for key, member in holds:
-                await self._hold(keys=[key], args=[member, ms, "", "1"], client=pipe)  # queued
-            await pipe.execute()
-
-        await self.run(renew)
+        for key, members in sets.items():
+            args = [ms, "", "1", *members]
+            await self.run(partial(self._hold, keys=[key], args=args))
 
     async def unhold(self, key: str, member: str) -> None:
         await self.run(lambda: self._client.zrem(key, member))
