@@ -368,6 +368,8 @@ class ResponsesAPI:
         detached = Detached(response_id, "responses", data, background=True, wrap=storing)
         try:
             running = await self._detach(exchange, dialect, request, detached)
+            if running.task is not None:  # also when it ends before ``storing`` started
+                running.task.add_done_callback(lambda _: self._running.pop(response_id, None))
             await running.admission()
         except SluiceError:
             # Refused at once (a limit, a model the key may not use): a status, not a response.
