@@ -1,7 +1,7 @@
 """What resuming costs: generations that outlive their connection, measured on real
 gateway processes (``python -m sluice serve``) with the offline simulator upstream.
 
-``python -m bench.resume [--quick]``
+``python -m bench.resume [--quick] [--out DIR]``
 
 - **Time to the first resumed event**: a background response streams (the simulator at
   50 tokens/s); ``GET /v1/responses/{id}?stream=true&starting_after=N`` is sent and
@@ -17,7 +17,8 @@ gateway processes (``python -m sluice serve``) with the offline simulator upstre
   simulator waits 600 s before its first token, so all are live at once; the
   gateway's RSS after, less its RSS before, per 1,000.
 
-The table is printed and written to ``bench/results/resume.md`` and ``.json``.
+The table is printed and written to ``bench/results/resume.md`` and ``.json`` (to
+``--out``'s directory if given; ``--quick`` writes only there).
 """
 
 from __future__ import annotations
@@ -235,17 +236,22 @@ def table(out: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, readers, generations")
+    parser.add_argument(
+        "--out", type=Path, help="directory for resume.md and .json (default: bench/results)"
+    )
     args = parser.parse_args()
     out = run(args.quick)
     text = table(out)
     print(text)
-    if not args.quick:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "resume.md").write_text(
-            "# bench.resume\n\n`python -m bench.resume` on "
-            f"{platform.node() or 'this machine'} ({out['machine']}, 2 cores shared)\n\n" + text
-        )
-        (RESULTS / "resume.json").write_text(json.dumps(out, indent=2) + "\n")
+    if args.out is None and args.quick:
+        return
+    where: Path = args.out or RESULTS
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "resume.md").write_text(
+        "# bench.resume\n\n`python -m bench.resume` on "
+        f"{platform.node() or 'this machine'} ({out['machine']}, 2 cores shared)\n\n" + text
+    )
+    (where / "resume.json").write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -78,12 +78,35 @@ def test_create_cut_resume(gateway: RunningGateway) -> None:
     final = poll(client, response_id)
     assert final.status == "completed" and final.background is True
     assert final.output_text == expected_text(PACED)
-    # One record for the generation, written at its end: resumed once while it ran.
+    # One record for the generation, written at its end: resumed twice.
     rows = gateway.wait_records(4)
     generations = [r for r in rows if r["route"] == "/v1/responses"]
     assert len(generations) == 1
-    assert generations[0]["resumes"] == 1 and generations[0]["outcome"] == "ok"
-    assert generations[0]["output_tokens"] == 40
+    assert generations[0]["outcome"] == "ok" and generations[0]["output_tokens"] == 40
+    assert resumes_of(gateway, generations[0]["id"], 2) == 2
+
+
+def resumes_of(gateway: RunningGateway, record_id: str, expected: int) -> int:
+    """The record's ``resumes``, once it says ``expected`` (or as it is after 10 s)."""
+    deadline = time.monotonic() + 10
+    while True:
+        rows = [r for r in gateway.records() if r["id"] == record_id]
+        resumes = int(rows[0]["resumes"]) if rows else -1
+        if resumes == expected or time.monotonic() > deadline:
+            return resumes
+        time.sleep(0.05)
+
+
+def test_resumes_after_the_end_are_counted(gateway: RunningGateway) -> None:
+    client = sdk(gateway)
+    created = client.responses.create(model="normal", input="hi", background=True)
+    assert poll(client, created.id).status == "completed"
+    rows = [r for r in gateway.wait_records(2) if r["route"] == "/v1/responses"]
+    assert len(rows) == 1 and rows[0]["resumes"] == 0  # written at its end
+    for _ in range(2):  # within generations.retention: its events are still kept
+        events = list(client.responses.retrieve(created.id, stream=True))
+        assert events[-1].type == "response.completed"
+    assert resumes_of(gateway, rows[0]["id"], 2) == 2
 
 
 def test_background_without_a_stream_then_polling(gateway: RunningGateway) -> None:
@@ -215,3 +238,57 @@ def test_bounds_per_key_and_per_generation(start_gateway: StartGateway, upstream
     failed = poll(client, large.id)
     assert failed.status == "failed" and failed.error is not None
     assert "generations.max_bytes" in failed.error.message
+
+
+def test_a_background_stream_opens_queued(gateway: RunningGateway) -> None:
+    """As OpenAI's: ``response.created`` and ``response.queued`` (status ``queued``) at
+    once, ``response.in_progress`` when the upstream starts (here after 2 s)."""
+    client = sdk(gateway)
+    events: list[Any] = []
+    status_when_queued = None
+    with client.responses.create(
+        model="slow_first:delay=2", input="hi", background=True, stream=True
+    ) as stream:
+        for event in stream:
+            events.append(event)
+            if event.type == "response.queued":
+                status_when_queued = client.responses.retrieve(event.response.id).status
+    kinds = [e.type for e in events]
+    assert kinds[:3] == ["response.created", "response.queued", "response.in_progress"]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[0].response.status == "queued" and events[1].response.status == "queued"
+    assert events[2].response.status == "in_progress"
+    assert status_when_queued == "queued"  # sent before the upstream answered
+    assert kinds[-1] == "response.completed"
+    assert text_of(events) == expected_text("slow_first:delay=2")
+    # A resume replays the same opening.
+    again = list(client.responses.retrieve(events[0].response.id, stream=True))
+    assert [e.type for e in again] == kinds
+    assert [
+        e.type
+        for e in client.responses.retrieve(events[0].response.id, stream=True, starting_after=0)
+    ] == kinds[1:]
+
+
+def watch(client: openai.OpenAI, response_id: str, timeout: float = 20) -> tuple[list[str], Any]:
+    """The output text of each poll while the response runs, and the response it ended as."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.responses.retrieve(response_id)
+        if response.status not in ("queued", "in_progress") or time.monotonic() > deadline:
+            return seen, response
+        seen.append(response.output_text)
+        time.sleep(0.1)
+
+
+def test_polling_shows_the_output_so_far(gateway: RunningGateway) -> None:
+    model = "paced:n=60,interval=0.05"
+    client = sdk(gateway)
+    created = client.responses.create(model=model, input="hi", background=True)
+    seen, final = watch(client, created.id)
+    partial = [text for text in seen if text]
+    assert len(set(partial)) >= 3, seen  # it grows between polls, not only at the end
+    assert all(expected_text(model).startswith(text) for text in partial)
+    assert [len(t) for t in seen] == sorted(len(t) for t in seen)
+    assert final.status == "completed" and final.output_text == expected_text(model)

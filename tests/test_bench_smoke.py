@@ -58,3 +58,26 @@ def test_quick_pairs_bench_relays_every_pair(tmp_path: Path) -> None:
     assert run["pairs"]["chat-chat"]["ratio"] == 1.0
     for name in names:
         assert name in done.stdout
+
+
+def test_quick_resume_bench_measures_every_row(tmp_path: Path) -> None:
+    """``bench.resume --quick``: resumes timed on each backend, every reader of the
+    fanned-out generation got the whole answer, the live generations all started."""
+    argv = [sys.executable, "-m", "bench.resume", "--quick", "--out", str(tmp_path)]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    run = json.loads((tmp_path / "resume.json").read_text())
+    assert (tmp_path / "resume.md").read_text().startswith("# bench.resume")
+    assert run["quick"] is True
+    assert set(run["latency"]) == {"memory", "redis, same instance", "redis, other instance"}
+    for name, (resumed, fresh) in run["latency"].items():
+        assert len(resumed) == len(fresh) == 8, name
+        assert all(t > 0 for t in resumed + fresh), name
+    for key in ("fan_out_memory", "fan_out_redis"):
+        fan = run[key]
+        assert fan["plain_chunks"] > 0, key
+        assert fan["reader_chunks"] == fan["readers"] * fan["plain_chunks"], key
+    for key in ("live_memory", "live_redis"):
+        assert run[key]["generations"] == 200, key
+    assert "resumed, redis, other instance" in done.stdout

@@ -229,3 +229,53 @@ def test_ui_resume_and_stop_on_the_other_instance(two: Cluster, upstream: Any) -
     assert connection is not None and connection["closed_at"] is not None
     after = ui_sdk.send(f"{other.url}/api/chat", {"resume": True, "chatId": "chat-stop"})
     assert after["chunks"][-1]["type"] == "abort"
+
+
+def test_polling_on_the_other_instance_shows_the_output_so_far(two: Cluster) -> None:
+    one, other = two.gateways
+    model = "paced:n=100,interval=0.05"
+    created = sdk(one.url).responses.create(model=model, input="hi", background=True)
+    seen: list[str] = []
+    client = sdk(other.url)
+    deadline = time.monotonic() + 20
+    while (polled := client.responses.retrieve(created.id)).status in ("queued", "in_progress"):
+        assert time.monotonic() < deadline
+        seen.append(polled.output_text)
+        time.sleep(0.1)
+    partial = [text for text in seen if text]
+    # Stored by its instance about once a second while it ran (5 s), not only at its ends.
+    assert len(set(partial)) >= 2, seen
+    assert all(expected_text(model).startswith(text) for text in partial)
+    assert polled.status == "completed" and polled.output_text == expected_text(model)
+
+
+def test_a_killed_instance_stops_counting_against_its_key(tmp_path: Path, upstream: Any) -> None:
+    """The background responses a key has running count on every instance; those of an
+    instance that was killed stop counting within the lease, not a day later."""
+    config = upstream_config(upstream.url, generations={"lease": LEASE, "per_key": 1})
+    with cluster(tmp_path, config, instances=2, env=KEY_ENV) as c:
+        one, other = c.gateways
+        model = "paced:n=1000,interval=0.05"
+        sdk(one.url).responses.create(model=model, input="hi", background=True)
+        with pytest.raises(openai.RateLimitError):
+            sdk(other.url).responses.create(model=model, input="hi", background=True)
+        one.process.kill()
+        time.sleep(LEASE + 0.5)
+        created = sdk(other.url).responses.create(model=PACED, input="hi", background=True)
+        assert poll(sdk(other.url), created.id).status == "completed"
+
+
+def test_a_resume_after_the_end_counts_on_the_record(two: Cluster, postgres_url: str) -> None:
+    """Resumed on the other instance once it ended: its record, in the shared
+    PostgreSQL, counts it."""
+    one, other = two.gateways
+    created = sdk(one.url).responses.create(model="normal", input="hi", background=True)
+    assert poll(sdk(one.url), created.id).status == "completed"
+    rows = generation_records(postgres_url, "/v1/responses", 1)
+    assert len(rows) == 1 and rows[0]["resumes"] == 0
+    events = list(sdk(other.url).responses.retrieve(created.id, stream=True))
+    assert events[-1].type == "response.completed"
+    deadline = time.monotonic() + 10
+    while generation_records(postgres_url, "/v1/responses", 1)[0]["resumes"] != 1:
+        assert time.monotonic() < deadline, "the resume was not counted"
+        time.sleep(0.05)

@@ -314,6 +314,7 @@ class Gateway:
             generations,
             self._state,
             journals_for(self._state, 0, generations.max_total_bytes, generations.retention),
+            count_resumes=self.store.resumed,
         )
         # Spend in a database that other instances write to, but counted in this
         # process's memory: re-read it from the shared records often, not every 10 min.
@@ -654,6 +655,7 @@ class Gateway:
             produce,
             background=detached.background,
             on_cancel=detached.on_cancel,
+            record_id=record.id,
         )
         generation.admitted = lambda: call.admitted
         # The request goes on as a reader; what it does is not the generation's record.

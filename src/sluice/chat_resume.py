@@ -92,7 +92,7 @@ class ResumableChat:
         data = info.data
         record.model = data["model"]
         stream = generations.follow(info)
-        await generations.resumed(generation_id)
+        await generations.resumed(info)
         request = ChatRequest(model=data["model"], messages=[], include_usage=data["include_usage"])
         encoder = StreamEncoder(request, data["response_id"], data["created"])
 

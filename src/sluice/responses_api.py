@@ -10,10 +10,14 @@ the database. ``GET`` and ``DELETE /v1/responses/{id}`` and
 With ``background`` (which needs ``store``) the response runs as a generation of its
 own (``sluice.generations``): ``POST`` answers at once (``queued`` or ``in_progress``;
 its events when ``stream`` is asked), and the response is stored at its start, when its
-first event came and at its end. ``GET /v1/responses/{id}?stream=true`` replays its
-events from the first, or those after ``starting_after``, then follows it live, on any
-instance; ``POST /v1/responses/{id}/cancel`` stops it (and again answers the same
-final response). A response whose instance went away before its end is ``failed``.
+first event came and at its end. Polled (``GET /v1/responses/{id}``) while it runs, it
+shows its output so far: on the instance that writes it, as it is now; elsewhere, as
+stored by that instance at most every ``SNAPSHOT_INTERVAL`` (only while it changes, and
+only when other instances follow generations: with Redis).
+``GET /v1/responses/{id}?stream=true`` replays its events from the first, or those after
+``starting_after``, then follows it live, on any instance;
+``POST /v1/responses/{id}/cancel`` stops it (and again answers the same final
+response). A response whose instance went away before its end is ``failed``.
 
 Which responses are stored: those the client saw the id of. A stream is stored once
 its first event went out, whatever happens next: ``completed``, ``incomplete`` (token
@@ -61,6 +65,9 @@ INPUT_ITEMS = "/input_items"
 CANCEL = "/cancel"
 #: Statuses of a response that has not ended.
 RUNNING = ("queued", "in_progress")
+#: Seconds between the stored snapshots of a running background response, which
+#: polling on other instances reads.
+SNAPSHOT_INTERVAL = 1.0
 #: Seconds a cancel waits for the response to end.
 CANCEL_WAIT = 3.0
 #: The most responses one conversation may chain through ``previous_response_id``.
@@ -112,6 +119,34 @@ def lost(response: dict[str, Any], message: str) -> dict[str, Any]:
     return {**response, "status": "failed", "error": error, "output": output}
 
 
+class _Snapshots:
+    """Stores a running response every ``SNAPSHOT_INTERVAL`` while it changes."""
+
+    def __init__(
+        self, builder: ResponseBuilder, put: Callable[[dict[str, Any]], Awaitable[None]]
+    ) -> None:
+        self.changed = False
+        self._builder = builder
+        self._put = put
+        self._stopped = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while not self._stopped.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SNAPSHOT_INTERVAL):
+                    await self._stopped.wait()
+            if self.changed and not self._stopped.is_set():
+                self.changed = False
+                await self._put(self._builder.snapshot())
+
+    async def stop(self) -> None:
+        """No more snapshots; one being stored is stored first (the final response is
+        stored after it, never overwritten by it)."""
+        self._stopped.set()
+        await self._task
+
+
 class ResponsesAPI:
     def __init__(
         self,
@@ -130,6 +165,8 @@ class ResponsesAPI:
         self._detach = detach
         self._generations = generations
         self._keepalive = keepalive_interval
+        #: The background responses this process runs, as they stand.
+        self._running: dict[str, ResponseBuilder] = {}
 
     # -- POST /v1/responses ------------------------------------------------------------
 
@@ -242,7 +279,11 @@ class ResponsesAPI:
         if stream:
             await self._stream(exchange, stored, after)
             return
-        await exchange.respond(200, JSON, orjson.dumps(stored.response))
+        response = stored.response
+        running = self._running.get(stored.id)
+        if running is not None and response.get("status") in RUNNING:
+            response = running.snapshot()  # written here: as it is now
+        await exchange.respond(200, JSON, orjson.dumps(response))
 
     async def cancel(self, exchange: Exchange, dialect: Dialect) -> None:
         stored = await self._find(exchange, CANCEL)
@@ -270,7 +311,7 @@ class ResponsesAPI:
         created = int(exchange.record.started_at)
         echo = {**decoded.echo, "background": True}
         model, summaries = request.model, decoded.summaries
-        builder = ResponseBuilder(response_id, created, model, echo, summaries, False)
+        builder = ResponseBuilder(response_id, created, model, echo, summaries, False, queued=True)
         items = with_ids(decoded.items, response_id)
         key_id = exchange.key.id if exchange.key is not None else None
         store = self._store
@@ -284,6 +325,9 @@ class ResponsesAPI:
 
         async def storing(stream: AsyncGenerator[Batch, None]) -> AsyncGenerator[Batch, None]:
             started = False
+            # Polling elsewhere reads the stored response: kept fresh, at a bounded rate.
+            snapshots = _Snapshots(builder, put) if self._generations().distributed else None
+            final: dict[str, Any] | None = None
             try:
                 async with contextlib.aclosing(stream):
                     async for batch in stream:
@@ -291,20 +335,30 @@ class ResponsesAPI:
                         if not started:
                             started = True
                             await put(builder.response("in_progress"))
+                        elif snapshots is not None:
+                            snapshots.changed = True
                         yield batch
             except asyncio.CancelledError:
                 if running is not None and running.cancelled:
-                    await put(builder.cancel())
+                    final = builder.cancel()
                 else:
-                    await put(builder.fail(ShuttingDown("the gateway shut down")))
+                    final = builder.fail(ShuttingDown("the gateway shut down"))
                 raise
             except SluiceError as exc:
-                await put(builder.fail(exc))
+                final = builder.fail(exc)
                 raise
-            await put(builder.settle())
+            else:
+                final = builder.settle()
+            finally:
+                if snapshots is not None:
+                    await snapshots.stop()
+                if final is not None:
+                    await put(final)
+                self._running.pop(response_id, None)
 
         # Stored first: whoever gets its id finds it, on any instance.
         await store.put(StoredResponse(builder.response("queued"), items, key_id))
+        self._running[response_id] = builder
         data = {
             "model": request.model,
             "created_at": created,
@@ -314,9 +368,12 @@ class ResponsesAPI:
         detached = Detached(response_id, "responses", data, background=True, wrap=storing)
         try:
             running = await self._detach(exchange, dialect, request, detached)
+            if running.task is not None:  # also when it ends before ``storing`` started
+                running.task.add_done_callback(lambda _: self._running.pop(response_id, None))
             await running.admission()
         except SluiceError:
             # Refused at once (a limit, a model the key may not use): a status, not a response.
+            self._running.pop(response_id, None)
             with contextlib.suppress(ServiceUnavailable):
                 await store.delete(response_id)
             raise
@@ -363,7 +420,7 @@ class ResponsesAPI:
         if not info.visible_to(exchange.key):
             raise NotFound(f"Response with id '{stored.id}' not found.")
         stream = generations.follow(info)
-        await generations.resumed(info.id)
+        await generations.resumed(info)
         await self._follow(exchange, info, stream, after)
 
     async def _follow(
@@ -376,7 +433,13 @@ class ResponsesAPI:
         """The response's events (those after sequence number ``after``) to the client."""
         data = info.data
         builder = ResponseBuilder(
-            info.id, data["created_at"], data["model"], data["echo"], data["summaries"], True
+            info.id,
+            data["created_at"],
+            data["model"],
+            data["echo"],
+            data["summaries"],
+            True,
+            queued=True,
         )
         encoder = StreamEncoder(builder)
         record = exchange.record
@@ -388,12 +451,15 @@ class ResponsesAPI:
             failure.append(exc)
             return b"" if isinstance(exc, Cancelled) else None
 
+        sending: Encoder = Skipping(encoder, after + 1) if after >= 0 else encoder
         await follow_to(
             exchange,
             stream,
-            Skipping(encoder, after + 1) if after >= 0 else encoder,
+            sending,
             self._keepalive,
             on_error=on_error,
+            # created and queued: out at once, before the upstream starts
+            opening=sending.encode([]),
         )
         if failure and isinstance(failure[0], WriterGone):
             stored = await self._store.get(info.id)

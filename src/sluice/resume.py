@@ -16,7 +16,7 @@ from sluice.errors import SluiceError
 from sluice.events import Batch, WireFormat
 from sluice.exchange import Exchange
 from sluice.journal import Cancelled
-from sluice.relay import relay
+from sluice.relay import head, relay
 
 
 class Skipping:
@@ -87,18 +87,23 @@ async def follow_to(
     keepalive: float,
     on_end: Callable[[], Awaitable[None]] | None = None,
     on_error: Callable[[SluiceError], bytes | None] | None = None,
+    opening: bytes = b"",
 ) -> None:
     """Relay ``stream`` to the client until it ends or the client leaves.
 
-    An error before the first byte is raised (the caller answers it with a status);
-    after it, the encoder's in-band error (or ``on_error``'s bytes, when it gives some)
-    and a close. ``on_end`` runs once the stream was sent whole."""
+    ``opening`` is sent first, before the stream's first batch is awaited. An error
+    before the first byte is raised (the caller answers it with a status); after it,
+    the encoder's in-band error (or ``on_error``'s bytes, when it gives some) and a
+    close. ``on_end`` runs once the stream was sent whole."""
     record = exchange.record
     task = asyncio.current_task()
     assert task is not None
     watcher = exchange.watch_disconnect(task)
     try:
         async with contextlib.aclosing(stream):
+            if opening:
+                await exchange.start(200, head(encoder))
+                await exchange.write(opening)
             await relay(exchange, stream, encoder, keepalive)
         if on_end is not None:
             await on_end()

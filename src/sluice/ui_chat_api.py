@@ -148,7 +148,7 @@ class UIChatAPI:
         if info is None or stream is None:
             await exchange.respond(204, [], b"")
             return
-        await generations.resumed(info.id)
+        await generations.resumed(info)
         data = info.data
         exchange.record.model = data["model"]
         encoder = StreamEncoder(data["message_id"], data["model"])

@@ -131,3 +131,28 @@ def test_the_gateway_on_a_redis_cluster(
     with redis_cluster.client() as client:
         nodes = {client.get_node_from_key(k).name for k in client.keys(target_nodes="all")}
     assert len(nodes) >= 2
+
+
+def test_held_members_on_a_redis_cluster(redis_cluster: RedisCluster) -> None:
+    """The sets of held members (background generations per client key) on sets spread
+    over the cluster's slots: held, renewed together, counted, dropped."""
+
+    async def main() -> None:
+        state = RedisState(redis_cluster.url)
+        await state.start()
+        try:
+            sets = ["gen:active:k1", "gen:active:0f3a9c", "gen:active:a:b"]
+            assert len({slot(name) for name in sets}) > 1
+            for name in sets:
+                assert await state.hold(name, "g1", 0.5, limit=1)
+                assert not await state.hold(name, "g2", 60, limit=1)
+            await asyncio.sleep(0.3)
+            await state.renew_holds([(name, "g1") for name in sets], 60)
+            await asyncio.sleep(0.4)
+            assert [await state.held(name) for name in sets] == [1, 1, 1]  # renewed
+            await state.unhold(sets[0], "g1")
+            assert await state.held(sets[0]) == 0
+        finally:
+            await state.close()
+
+    asyncio.run(main())

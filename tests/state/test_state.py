@@ -62,6 +62,34 @@ def test_the_same_contract_on_both_backends(backend: dict[str, Any]) -> None:
     asyncio.run(main())
 
 
+def test_holds_lapse_unless_renewed(backend: dict[str, Any]) -> None:
+    """A set of held members: a member counts while its hold runs, a limit refuses new
+    members, a hold not renewed lapses on its own, a released one stays out."""
+
+    async def main() -> None:
+        async with opened(backend.get("redis_url")) as state:
+            assert await state.held("h") == 0
+            assert await state.hold("h", "a", 0.4, limit=2)
+            assert await state.hold("h", "b", 60, limit=2)
+            assert not await state.hold("h", "c", 60, limit=2)
+            assert await state.hold("h", "a", 0.4, limit=2)  # held already: renewed
+            assert await state.held("h") == 2
+            await asyncio.sleep(0.25)
+            await state.renew_holds([("h", "a"), ("h", "gone")], 0.4)
+            await asyncio.sleep(0.25)
+            assert await state.held("h") == 2  # renewed: still held past its first 0.4 s
+            await asyncio.sleep(0.3)
+            assert await state.held("h") == 1  # lapsed
+            assert await state.hold("h", "c", 60, limit=2)
+            await state.unhold("h", "b")
+            await state.renew_holds([("h", "b")], 60)  # released: not held again
+            assert await state.held("h") == 1
+            assert await state.hold("other", "a", 60, limit=1)
+            assert not await state.hold("other", "b", 60, limit=1)
+
+    asyncio.run(main())
+
+
 def test_a_lease_is_renewed_and_released_only_by_its_holder(backend: dict[str, Any]) -> None:
     async def main() -> None:
         async with opened(backend.get("redis_url")) as state:

@@ -167,3 +167,27 @@ def test_sign_in_sessions(database: str, tmp_path: Path) -> None:
             await two.close()
 
     asyncio.run(main())
+
+
+def test_a_late_resume_raises_the_record_count(database: str, tmp_path: Path) -> None:
+    """``resumed``: in place while the record waits, in the database once written, never
+    lowered; False for a record not there."""
+
+    async def main() -> None:
+        db = open_database(database, options(tmp_path, flush_interval=60))
+        store = db.records
+        await store.start()
+        try:
+            store.add(rec(1, resumes=1))
+            assert await store.resumed(rec(1).id, 2)  # still waiting: counted in place
+            store.add(rec(2))
+            await store.flush()
+            assert await store.resumed(rec(2).id, 3)  # written: updated there
+            assert await store.resumed(rec(2).id, 1)  # a stale count never lowers it
+            assert not await store.resumed("req-unknown", 1)
+            counts = {r.id: r.resumes for r in await store.recent(10)}
+            assert counts == {rec(1).id: 2, rec(2).id: 3}
+        finally:
+            await db.close()
+
+    asyncio.run(main())

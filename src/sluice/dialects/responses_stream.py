@@ -184,6 +184,11 @@ class ResponseBuilder:
     ``feed`` takes batches; ``settle`` ends the response (completed, incomplete or
     failed, from what the events said) and ``fail``/``cancel`` end it otherwise. Each
     returns the Response object, the same on every call once it ended.
+
+    A ``queued`` response (background mode) opens as OpenAI opens one:
+    ``response.created`` and ``response.queued`` with the status ``queued`` at once, then
+    ``response.in_progress`` when its upstream starts; otherwise ``response.created`` and
+    ``response.in_progress`` come together, with the status ``in_progress``.
     """
 
     def __init__(
@@ -194,6 +199,7 @@ class ResponseBuilder:
         echo: Mapping[str, Any],
         summaries: bool,
         events: bool,
+        queued: bool = False,
     ) -> None:
         self.id = response_id
         self.created_at = created_at
@@ -209,6 +215,11 @@ class ResponseBuilder:
         self._usage: Usage | None = None
         self._final: dict[str, Any] | None = None
         self._stem = response_id.removeprefix(ID_PREFIX)
+        self._queued = queued
+        if queued:
+            shell = self.response("queued")
+            self._emit("response.created", {"response": shell})
+            self._emit("response.queued", {"response": shell})
 
     def take(self) -> bytes:
         """The stream bytes made since the last call."""
@@ -269,13 +280,21 @@ class ResponseBuilder:
             body["usage"] = usage_body(self._usage)
         return body
 
+    def snapshot(self) -> dict[str, Any]:
+        """The response as it stands: ``queued`` before its upstream started,
+        ``in_progress`` with the output so far, or as it ended."""
+        if self._final is not None:
+            return self._final
+        return self.response("in_progress" if self._opened else "queued")
+
     # -- events ----------------------------------------------------------------------
 
     def _open(self) -> None:
         if not self._opened:
             self._opened = True
             shell = self.response("in_progress")
-            self._emit("response.created", {"response": shell})
+            if not self._queued:
+                self._emit("response.created", {"response": shell})
             self._emit("response.in_progress", {"response": shell})
 
     def _item(self, part: int, kind: str) -> _Item:

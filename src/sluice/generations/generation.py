@@ -57,6 +57,8 @@ class Info:
     ended_at: float | None = None
     #: Why it failed, when it did.
     error: str | None = None
+    #: The id of its record, which counts its resumes.
+    record_id: str | None = None
 
     def visible_to(self, key: VirtualKey | None) -> bool:
         """A key finds only its own generations; the master key, and anyone while
@@ -74,6 +76,7 @@ class Info:
                 "live": self.live,
                 "ended_at": self.ended_at,
                 "error": self.error,
+                "record": self.record_id,
             }
         )
 
@@ -90,6 +93,7 @@ class Info:
             d["live"],
             d["ended_at"],
             d.get("error"),
+            d.get("record"),
         )
 
 
@@ -140,6 +144,8 @@ class Generation:
     admitted: Callable[[], bool] = lambda: False
     #: Set once its task ended and its end reached the shared storage.
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The resumes its record was made with.
+    recorded_resumes: int = 0
 
     @property
     def id(self) -> str:

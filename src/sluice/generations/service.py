@@ -19,9 +19,13 @@ with ``redis_url``), the events to the journal backend (memory, or Redis Streams
 - ``gen:{id}:cancel`` and the counter ``gen:cancels`` — a cancel asked on another
   instance; the writer looks at the counter every ``TICK`` and at the flags of its own
   generations only when it moved, so cancelling takes well under a second.
-- ``gen:{id}:resumes``, ``gen:{id}:delivered``, ``gen:active:{key}`` — how often it was
-  resumed (its record says), whether somebody read it to its end, and how many
-  background generations a key has running.
+- ``gen:{id}:resumes``, ``gen:{id}:delivered`` — how often it was resumed and whether
+  somebody read it to its end. Its record is made at its end with the resumes so far;
+  a resume after that raises the record's count (``count_resumes``, the record
+  store's ``resumed``), from whichever instance serves it.
+- ``gen:active:{key}`` — the background generations a key has running, each held for
+  ``lease`` and renewed by its writer with its own lease (``SharedState.hold``): those
+  of an instance that died stop counting within ``lease``.
 
 A generation is cancelled (``cancel``) when asked, stopped when nobody read it for
 ``window`` seconds (unless it runs in the background), and failed at ``shutdown``.
@@ -35,7 +39,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +63,17 @@ log = logging.getLogger("sluice.generations")
 TICK = 0.2
 #: Seconds a tombstone outlives a generation's events.
 TOMBSTONE = 86_400.0
+#: Seconds between the tries to count a late resume on a record not written yet
+#: (records are written in batches, by whichever instance ran the generation).
+RECOUNT_DELAYS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+#: Raises a record's resumes to at least a count; False if the record is not found.
+CountResumes = Callable[[str, int], Awaitable[bool]]
+
+
+def _active(key_id: str | None) -> str:
+    """The set of the background generations key ``key_id`` has running."""
+    return f"gen:active:{key_id or '-'}"
 
 
 @dataclass(slots=True)
@@ -76,8 +91,10 @@ class Generations:
         state: SharedState,
         journals: Journals,
         instance: str | None = None,
+        count_resumes: CountResumes | None = None,
     ) -> None:
         self.settings = settings
+        self._count_resumes = count_resumes
         self._state = state
         self._journals = journals
         self.instance = instance or uuid.uuid4().hex[:16]
@@ -98,6 +115,11 @@ class Generations:
         return len(self._live)
 
     @property
+    def distributed(self) -> bool:
+        """Whether other instances follow the generations written here."""
+        return self._journals.distributed
+
+    @property
     def bytes(self) -> int:
         """What the generations this process holds take, roughly."""
         return sum(g.size for g in self._live.values()) + self._bytes
@@ -114,6 +136,7 @@ class Generations:
         *,
         background: bool = False,
         on_cancel: OnCancel | None = None,
+        record_id: str | None = None,
     ) -> Generation:
         """Start ``produce`` as generation ``id``: it must run its event stream through
         ``Generation.tee``. Refused (raises) past the bounds."""
@@ -126,8 +149,8 @@ class Generations:
                 code="generations_full",
             )
         if background:
-            await self._admit_background(key_id)
-        info = Info(id, kind, key_id, self.instance, background, data)
+            await self._admit_background(key_id, id)
+        info = Info(id, kind, key_id, self.instance, background, data, record_id=record_id)
         journal = self._journals.create(id)
         generation = Generation(info, journal, on_cancel, max_bytes=self.settings.max_bytes)
         self._live[id] = generation
@@ -141,15 +164,13 @@ class Generations:
             self._keeper = self._spawn(self._keep())
         return generation
 
-    async def _admit_background(self, key_id: str | None) -> None:
-        key = f"gen:active:{key_id or '-'}"
+    async def _admit_background(self, key_id: str | None, id: str) -> None:
+        settings = self.settings
         try:
-            count = await self._state.incr(key, 1, ttl=86_400)
+            held = await self._state.hold(_active(key_id), id, settings.lease, settings.per_key)
         except StateUnavailable:
             return  # fail open, as rate limits do by default
-        if count > self.settings.per_key:
-            with contextlib.suppress(StateUnavailable):
-                await self._state.incr(key, -1)
+        if not held:
             raise RateLimited(
                 f"this key has {self.settings.per_key} background responses running, the most"
                 " it may (generations.per_key); wait for one to end or cancel one",
@@ -172,6 +193,7 @@ class Generations:
             if journal.error is not None:
                 info.error = journal.error.message
             await self._settle(generation)
+            await self._resumed_meanwhile(generation)
 
     async def _settle(self, generation: Generation) -> None:
         info, journal = generation.info, generation.journal
@@ -180,7 +202,7 @@ class Generations:
         with contextlib.suppress(StateUnavailable, asyncio.CancelledError):
             await self._put(info)
             if info.background:
-                await self._state.incr(f"gen:active:{info.key_id or '-'}", -1)
+                await self._state.unhold(_active(info.key_id), info.id)
         self._journals.release(journal)
         if not self._journals.distributed:
             self._ended[info.id] = _Ended(generation, time.monotonic() + self.settings.retention)
@@ -292,17 +314,57 @@ class Generations:
                     del self._replicas[generation.id]  # a new reader starts a new tail
                     generation.task.cancel()  # nobody here reads it: stop tailing
 
-    async def resumed(self, id: str) -> None:
-        """Count a resume of generation ``id`` (its record says how many)."""
-        with contextlib.suppress(StateUnavailable):
-            await self._state.incr(f"gen:{id}:resumes", 1, ttl=self.settings.retention + 3600)
+    async def resumed(self, info: Info) -> None:
+        """Count a resume of generation ``info`` (its record says how many). Once it
+        ended its record exists, or is about to: the count is raised there."""
+        try:
+            count = await self._state.incr(
+                f"gen:{info.id}:resumes", 1, ttl=self.settings.retention + 3600
+            )
+        except StateUnavailable:
+            return
+        if info.record_id is None or self._count_resumes is None:
+            return
+        # Looked at after counting: if it still runs, its end reads the count (or
+        # ``_resumed_meanwhile`` does, when the end came between the two).
+        try:
+            now = await self.find(info.id)
+        except ServiceUnavailable:
+            return
+        if now is not None and not now.live:
+            self._spawn(self._recount(info.record_id, int(count)))
 
     async def resumes(self, id: str) -> int:
+        """How many times generation ``id`` was resumed so far (its record is made with
+        this count)."""
         try:
             value = await self._state.get(f"gen:{id}:resumes")
         except StateUnavailable:
             return 0
-        return int(float(value)) if value else 0
+        count = int(float(value)) if value else 0
+        local = self._live.get(id)
+        if local is not None:
+            local.recorded_resumes = count
+        return count
+
+    async def _resumed_meanwhile(self, generation: Generation) -> None:
+        """Resumes counted after its record was made and before its end was shared."""
+        record_id = generation.info.record_id
+        if record_id is None or self._count_resumes is None:
+            return
+        count = await self.resumes(generation.id)
+        if count > generation.recorded_resumes:
+            self._spawn(self._recount(record_id, count))
+
+    async def _recount(self, record_id: str, count: int) -> None:
+        """Raise the record's resumes to ``count``, waiting a little for a record that is
+        not written yet."""
+        assert self._count_resumes is not None
+        for delay in RECOUNT_DELAYS:
+            await asyncio.sleep(delay)
+            if await self._count_resumes(record_id, count):
+                return
+        log.warning("record %s was not found to count its resumes (%d)", record_id, count)
 
     async def name(self, name: str, id: str) -> None:
         """Make ``name`` find generation ``id`` (a chat's answer in flight)."""
@@ -379,6 +441,14 @@ class Generations:
                     if now >= renew_at:
                         await self._state.set(writer, b"1", ttl=lease)
                         renew_at = now + lease / 3
+                        await self._state.renew_holds(
+                            [
+                                (_active(g.info.key_id), g.id)
+                                for g in self._live.values()
+                                if g.info.background
+                            ],
+                            lease,
+                        )
                     await self._poll_cancels()
                 window = self.settings.window
                 for generation in list(self._live.values()):

@@ -17,7 +17,7 @@ Work done with another library over the same server (the ``limits`` storage buil
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -79,6 +79,24 @@ class SharedState(Protocol):
     async def incr(self, key: str, amount: float, ttl: float | None = None) -> float:
         """Add ``amount`` to a float counter and return the new value. ``ttl`` is set
         when the counter is created; later increments keep its expiry."""
+        ...
+
+    async def hold(self, key: str, member: str, seconds: float, limit: int | None = None) -> bool:
+        """Hold ``member`` in the set ``key`` for ``seconds`` from now: added, or its hold
+        renewed. A member whose hold lapsed is no longer in the set, so a holder that
+        died stops counting on its own. With ``limit``, a member not yet held is refused
+        (False) while ``limit`` others are; True when it is held."""
+        ...
+
+    async def renew_holds(self, holds: Sequence[tuple[str, str]], seconds: float) -> None:
+        """Renew the holds ``(key, member)`` for ``seconds`` from now, in one round trip;
+        a member no longer held (released, lapsed) stays out."""
+        ...
+
+    async def unhold(self, key: str, member: str) -> None: ...
+
+    async def held(self, key: str) -> int:
+        """How many members of the set ``key`` are held now."""
         ...
 
     async def run(self, operation: Callable[[], Awaitable[T]]) -> T:

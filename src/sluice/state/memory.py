@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -27,6 +27,8 @@ class MemoryState:
         self._max_entries = max_entries
         #: key → (value, expiry on the monotonic clock or None), least recent first.
         self._entries: OrderedDict[str, tuple[bytes, float | None]] = OrderedDict()
+        #: key → member → when its hold lapses (monotonic clock).
+        self._members: dict[str, dict[str, float]] = {}
         #: holds key → {id: (amount, expiry on the monotonic clock)}.
         self._holds: dict[str, dict[str, tuple[float, float]]] = {}
 
@@ -35,6 +37,7 @@ class MemoryState:
 
     async def close(self) -> None:
         self._entries.clear()
+        self._members.clear()
         self._holds.clear()
 
     def __len__(self) -> int:
@@ -125,6 +128,43 @@ class MemoryState:
             total, expires = float(entry[0]) + amount, entry[1]
         self._put(key, format_number(total), expires)
         return total
+
+    def _held(self, key: str) -> dict[str, float]:
+        members = self._members.get(key)
+        if members is None:
+            return {}
+        now = time.monotonic()
+        for member in [m for m, until in members.items() if until <= now]:
+            del members[member]
+        if not members:
+            del self._members[key]
+        return members
+
+    async def hold(self, key: str, member: str, seconds: float, limit: int | None = None) -> bool:
+        members = self._held(key)
+        if limit is not None and member not in members and len(members) >= limit:
+            return False
+        self._members.setdefault(key, members)[member] = time.monotonic() + seconds
+        return True
+
+    async def renew_holds(self, holds: Sequence[tuple[str, str]], seconds: float) -> None:
+        until = time.monotonic() + seconds
+        sets: dict[str, dict[str, float]] = {}
+        for key, member in holds:
+            members = sets.get(key)
+            if members is None:
+                members = sets[key] = self._held(key)  # lapsed ones dropped once per set
+            if member in members:
+                members[member] = until
+
+    async def unhold(self, key: str, member: str) -> None:
+        members = self._held(key)
+        members.pop(member, None)
+        if not members:
+            self._members.pop(key, None)
+
+    async def held(self, key: str) -> int:
+        return len(self._held(key))
 
     async def run(self, operation: Callable[[], Awaitable[T]]) -> T:
         return await operation()

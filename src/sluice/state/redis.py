@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -89,6 +90,37 @@ if tonumber(ARGV[2]) ~= 0 then
     redis.call('INCRBYFLOAT', KEYS[1], ARGV[2])
 end
 return 1
+"""
+
+# A set of held members: a sorted set scored by when each hold lapses, on the server's
+# clock (instances' clocks may differ). Lapsed members are dropped first. One key per
+# call, so a cluster sends it to that key's node.
+# ARGV: hold ms, limit ('' for none), '1' to renew only members still held, members...
+# Returns how many of the members are held by this call.
+_HOLD = """
+local key, ms = KEYS[1], tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+local done = 0
+for i = 4, #ARGV do
+  local member = ARGV[i]
+  local fits = ARGV[3] ~= '1'
+    and (ARGV[2] == '' or redis.call('ZCARD', key) < tonumber(ARGV[2]))
+  if redis.call('ZSCORE', key, member) or fits then
+    redis.call('ZADD', key, now + ms, member)
+    done = done + 1
+  end
+end
+if done > 0 and redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
+return done
+"""
+
+# ARGV: none. How many members are held now.
+_HELD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 """
 
 
@@ -193,6 +225,8 @@ class RedisState:
             self._client = aioredis.Redis(connection_pool=self._pool)
             self.limits_options = {"implementation": "redispy", "connection_pool": self._pool}
         self._incr = self._client.register_script(_INCR)
+        self._hold = self._client.register_script(_HOLD)
+        self._held = self._client.register_script(_HELD)
         self._renew = self._client.register_script(_RENEW)
         self._release = self._client.register_script(_RELEASE)
         self._reserve = self._client.register_script(_RESERVE)
@@ -296,6 +330,27 @@ class RedisState:
         px = "" if ttl is None else str(_ms(ttl))
         value = await self.run(lambda: self._incr(keys=[key], args=[repr(float(amount)), px]))
         return float(value)
+
+    async def hold(self, key: str, member: str, seconds: float, limit: int | None = None) -> bool:
+        args = [str(_ms(seconds)), "" if limit is None else str(limit), "", member]
+        return bool(await self.run(lambda: self._hold(keys=[key], args=args)))
+
+    async def renew_holds(self, holds: Sequence[tuple[str, str]], seconds: float) -> None:
+        # One script per set (few: one per client key with generations running here),
+        # never a pipeline of scripts, which a cluster client cannot run as such.
+        sets: dict[str, list[str]] = {}
+        for key, member in holds:
+            sets.setdefault(key, []).append(member)
+        ms = str(_ms(seconds))
+        for key, members in sets.items():
+            args = [ms, "", "1", *members]
+            await self.run(partial(self._hold, keys=[key], args=args))
+
+    async def unhold(self, key: str, member: str) -> None:
+        await self.run(lambda: self._client.zrem(key, member))
+
+    async def held(self, key: str) -> int:
+        return int(await self.run(lambda: self._held(keys=[key])))
 
     def client(self) -> Any:
         return self._client

@@ -44,7 +44,7 @@ class Record:
     finish_reasons: str | None = None  # stop, length, ...: one per choice, comma-separated
     error_type: str | None = None  # the error's class (RateLimited, UpstreamTimeout, ...)
     fallbacks: int = 0  # times routing moved on to a fallback model
-    resumes: int = 0  # times a client resumed the generation's stream (while it ran)
+    resumes: int = 0  # times a client resumed the generation's stream (also after its end)
 
 
 class RecordStore(Protocol):
@@ -59,6 +59,13 @@ class RecordStore(Protocol):
     async def close(self) -> None: ...
 
     async def recent(self, limit: int) -> list[Record]: ...
+
+    async def resumed(self, record_id: str, resumes: int) -> bool:
+        """Raise the ``resumes`` of record ``record_id`` to at least ``resumes`` (a
+        generation resumed after its record was made): in place while the record waits
+        to be written, else in the database. False when it is not found (not written
+        yet, or by another instance that has not written it yet); never raises."""
+        ...
 
 
 @runtime_checkable

@@ -145,6 +145,29 @@ class PostgresRecordStore:
         if n >= self._batch_size:
             self._wake.set()
 
+    async def resumed(self, record_id: str, resumes: int) -> bool:
+        for record in self._pending:
+            if record.id == record_id:
+                record.resumes = max(record.resumes, resumes)
+                return True
+
+        async def update(conn: Connection) -> str:
+            return str(
+                await conn.execute(
+                    "UPDATE requests SET resumes = GREATEST(resumes, $1) WHERE id = $2",
+                    resumes,
+                    record_id,
+                    timeout=self._write_timeout,
+                )
+            )
+
+        try:
+            status = await self.database.run(update)
+        except StoreError as exc:
+            log.warning("request log: a resume was not counted (%s)", exc)
+            return False
+        return status != "UPDATE 0"
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:

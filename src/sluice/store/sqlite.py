@@ -131,6 +131,17 @@ class SQLiteRecordStore:
         if len(pending) >= self._batch_size:
             self._wake.set()
 
+    async def resumed(self, record_id: str, resumes: int) -> bool:
+        for record in self._pending:
+            if record.id == record_id:
+                record.resumes = max(record.resumes, resumes)
+                return True
+        try:
+            return await _settled(self._locked, self._resumed_sync, record_id, resumes)
+        except Exception as exc:
+            log.warning("request log %s: a resume was not counted (%s)", self.path, exc)
+            return False
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -349,6 +360,14 @@ class SQLiteRecordStore:
             # cleaned copy rather than lose the record or block the ones behind it.
             with _transaction(db):
                 db.execute(_INSERT, tuple(_clean(v) for v in row))
+
+    def _resumed_sync(self, record_id: str, resumes: int) -> bool:
+        db = self._connect()
+        with _transaction(db):
+            done = db.execute(
+                "UPDATE requests SET resumes = MAX(resumes, ?) WHERE id = ?", (resumes, record_id)
+            )
+        return done.rowcount > 0
 
     def _recent_sync(self, limit: int, query: RecordQuery | None) -> list[Record]:
         db = self._connect()
