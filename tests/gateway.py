@@ -111,6 +111,8 @@ def run_gateway(
         if not k.startswith(("OPENAI_", "ANTHROPIC_", "SLUICE_", "OTEL_", "PROMETHEUS_"))
     }
     full_env["SLUICE_DB"] = str(db_path)
+    # Streams a test leaves open get 5 s after SIGTERM at teardown, not the 30 s default.
+    full_env["SLUICE_SHUTDOWN_GRACE"] = "5"
     full_env.update(env or {})
     log_path = workdir / "gateway.log"
     with open(log_path, "wb") as log:

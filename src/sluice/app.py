@@ -22,7 +22,8 @@ from sluice.dialects.anthropic_messages import AnthropicMessagesDialect, count_t
 from sluice.dialects.openai_chat import OpenAIChatDialect
 from sluice.dialects.openai_embeddings import OpenAIEmbeddingsDialect
 from sluice.dialects.text import TextDialect
-from sluice.errors import MethodNotAllowed, NotFound, SluiceError
+from sluice.drain import Drain
+from sluice.errors import MethodNotAllowed, NotFound, ShuttingDown, SluiceError
 from sluice.events import Batch, ChatRequest, estimate_input_tokens, transcript
 from sluice.exchange import ClientGone, Exchange, Receive, Scope, Send
 from sluice.journal import journals_for
@@ -61,6 +62,8 @@ log = logging.getLogger("sluice")
 
 Handler_ = Callable[[Exchange, Dialect], Awaitable[None]]
 JSON = [(b"content-type", b"application/json")]
+#: Served while draining: a probe, and the last scrapes.
+_DRAIN_OPEN = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +143,10 @@ def _tune_gc() -> None:
 SHARED_RECORDS_RESEED = 2.0
 
 
+#: Seconds a stream stopped at shutdown gets to write its error to a slow client.
+STOP_WRITE = 2.0
+
+
 def new_id() -> str:
     return uuid.uuid4().hex[:24]
 
@@ -216,6 +223,8 @@ class Gateway:
         )
         self.metrics = Metrics(settings.metrics.multiprocess_dir, self.routes.label)
         self._tracing: Tracing | None = None
+        #: SIGTERM drains: see drain.py.
+        self.drain = Drain(settings.shutdown_grace)
 
     def _error_dialect(self, path: str) -> Dialect:
         """The dialect that renders errors for a path no route matched."""
@@ -266,6 +275,8 @@ class Gateway:
         )
         await self.store.start()
         await self.responses.start()
+        if not self.drain.install(asyncio.get_running_loop()):
+            log.debug("SIGTERM is not drained here (not the main thread, or no server handler)")
         _tune_gc()
         for name, deployment in self.settings.models.items():
             if deployment.provider == "simulator":
@@ -278,6 +289,7 @@ class Gateway:
                 log.info("model %s → %s at %s", name, deployment.provider, deployment.base_url)
 
     async def shutdown(self) -> None:
+        self.drain.uninstall()
         if self._cache is not None:
             await self._cache.close()  # generations in flight, before their upstreams
         if self._providers is not None:
@@ -347,7 +359,12 @@ class Gateway:
         else:
             dialect = self._error_dialect(path)
         t0 = time.perf_counter()
+        drain = self.drain
+        drain.enter()
         try:
+            if drain.draining and path not in _DRAIN_OPEN:
+                record.outcome = "rejected"  # never served: another instance can be asked
+                raise ShuttingDown("the gateway is shutting down; retry on another instance")
             if access is None:
                 access = await self._auth.check(method, path, exchange.headers, record)
             elif access.key is not None:
@@ -374,6 +391,7 @@ class Gateway:
                 exchange, dialect, SluiceError(f"internal error: {type(exc).__name__}")
             )
         finally:
+            drain.leave()
             record.ended_at = time.time()
             record.duration_ms = (time.perf_counter() - t0) * 1000
             if record.status == 0:
@@ -445,6 +463,14 @@ class Gateway:
         task = asyncio.current_task()
         assert task is not None
         watcher = exchange.watch_disconnect(task)
+        stopped = False
+
+        def stop() -> None:  # the grace after SIGTERM is over
+            nonlocal stopped
+            stopped = True
+            task.cancel()
+
+        forget = self.drain.track(stop)
         self.metrics.stream_started(record)
         try:
             async with contextlib.aclosing(stream):
@@ -457,12 +483,16 @@ class Gateway:
                     call=call,
                 )
         except asyncio.CancelledError:
-            if not exchange.disconnected:
+            if stopped and not exchange.disconnected:
+                task.uncancel()
+                await self._stopped(exchange, encoder)
+            elif not exchange.disconnected:
                 raise
-            task.uncancel()
-            record.outcome = "client_disconnected"
-            if not exchange.started:
-                record.status = 499
+            else:
+                task.uncancel()
+                record.outcome = "client_disconnected"
+                if not exchange.started:
+                    record.status = 499
         except SluiceError as exc:
             if not exchange.started:
                 raise
@@ -473,12 +503,27 @@ class Gateway:
             with contextlib.suppress(OSError):
                 await exchange.write(encoder.error(exc), more=False)
         finally:
+            forget()
             watcher.cancel()
             self.metrics.stream_ended(record)
         if record.input_tokens is None:
             self._estimate_usage(request, record)
         assert self._budgets is not None
         await self._budgets.settle(request, call)
+
+    async def _stopped(self, exchange: Exchange, encoder: Encoder) -> None:
+        """A stream still running when the grace after SIGTERM ran out: its API's error
+        (in-band once the head is out; never a clean end), and outcome ``shutdown``."""
+        record = exchange.record
+        error = ShuttingDown("the gateway shut down before the answer was complete")
+        record.outcome = "shutdown"
+        record.error = error.message
+        record.error_type = type(error).__name__
+        if not exchange.started:
+            raise error  # an HTTP error in the API's shape (``_fail``)
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(STOP_WRITE):  # a client that no longer reads
+                await exchange.write(encoder.error(error), more=False)
 
     @staticmethod
     def _estimate_usage(request: ChatRequest, record: Record) -> None:
@@ -541,6 +586,9 @@ class Gateway:
         await exchange.respond(200, [(b"content-type", content_type.encode())], body)
 
     async def _ready(self, exchange: Exchange, dialect: Dialect) -> None:
+        if self.drain.draining:
+            await exchange.respond(503, JSON, b'{"status":"draining"}')
+            return
         if self._handler is None:
             await exchange.respond(503, JSON, b'{"status":"starting"}')
             return

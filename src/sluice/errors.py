@@ -14,6 +14,7 @@
     ├── RateLimited                  429
     │   └── BudgetExceeded           429  insufficient_quota (as OpenAI; not retryable)
     ├── ServiceUnavailable           503  service_unavailable (a shared dependency is down)
+    │   └── ShuttingDown             503  shutting_down (draining after SIGTERM)
     └── UpstreamError                502  upstream_error
         ├── UpstreamStatusError      the upstream answered with an error status
         ├── UpstreamConnectError     503
@@ -130,6 +131,17 @@ class ServiceUnavailable(SluiceError):
 
     status = 503
     code = "service_unavailable"
+
+
+class ShuttingDown(ServiceUnavailable):
+    """The gateway is draining after SIGTERM: it takes no new requests, and a stream
+    still running when the grace is over ends with this error. Another instance can
+    serve the retry (``Connection: close`` sends the client there)."""
+
+    code = "shutting_down"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
 
 
 class UpstreamError(SluiceError):

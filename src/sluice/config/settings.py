@@ -36,6 +36,9 @@ class Settings:
     #: Public model name → deployment. The key ``*`` catches every other name.
     models: Mapping[str, Deployment] = field(default_factory=dict)
     keepalive_interval: float = 15.0
+    #: Seconds streams in flight may run on after SIGTERM before they are stopped
+    #: (``shutdown_grace``, ``SLUICE_SHUTDOWN_GRACE``).
+    shutdown_grace: float = 30.0
     max_body_bytes: int = 4 * 1024 * 1024
     db_path: str = "sluice.db"
     #: PostgreSQL for records, keys, stored responses and console sign-ins, shared by
@@ -121,6 +124,7 @@ _TOP_KEYS = {
     "default_model",
     "models",
     "keepalive_interval",
+    "shutdown_grace",
     "max_body_bytes",
     "timeouts",
     "record",
@@ -189,6 +193,7 @@ def build(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Settin
         routing=routing,
         prefixes=default_prefixes(raw, env, timeouts, routing),
         keepalive_interval=number(raw, "keepalive_interval", (), 15.0),
+        shutdown_grace=number(raw, "shutdown_grace", (), 30.0),
         max_body_bytes=integer(raw, "max_body_bytes", (), 4 * 1024 * 1024, minimum=1),
         db_path=db_path,
         database_url=Secret(url) if url else None,

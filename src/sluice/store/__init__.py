@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-Outcome = Literal["ok", "error", "client_disconnected", "rejected"]
+Outcome = Literal["ok", "error", "client_disconnected", "rejected", "shutdown"]
 
 
 @dataclass(slots=True)
