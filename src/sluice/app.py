@@ -247,7 +247,7 @@ class Gateway:
 
             self._tracing = Tracing(self.settings.traces, self.routes.label)
         tracing = self._tracing
-        self._pool = Pool()
+        self._pool = Pool(proxies=self.settings.proxies)
         self._providers = Providers(
             self.settings, self._pool, tracing.headers if tracing is not None else None
         )

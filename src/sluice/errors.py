@@ -19,6 +19,7 @@
         ├── UpstreamStatusError      the upstream answered with an error status
         ├── UpstreamConnectError     503
         ├── UpstreamTimeout          504
+        ├── UpstreamTLSError         the upstream's certificate did not verify
         └── UpstreamProtocolError    the upstream's stream broke or was malformed
 
 Foreign exceptions are mapped once, at the boundary (providers for upstream I/O,
@@ -161,6 +162,13 @@ class UpstreamStatusError(UpstreamError):
 class UpstreamConnectError(UpstreamError):
     status = 503
     code = "upstream_unavailable"
+
+
+class UpstreamTLSError(UpstreamError):
+    """TLS to the upstream failed (its certificate did not verify): a 502 naming the
+    reason, not a 503, since trying again will not change the certificate."""
+
+    code = "upstream_tls_error"
 
 
 class UpstreamTimeout(UpstreamError):

@@ -13,6 +13,7 @@ import yaml
 
 from sluice.config.errors import ConfigError, line_of
 from sluice.config.litellm import parse_litellm
+from sluice.config.proxies import proxies_from
 from sluice.config.settings import Settings, build
 from sluice.config.values import integer
 
@@ -88,4 +89,7 @@ def load(
                 f"SLUICE_SHUTDOWN_GRACE: expected a non-negative number, got {grace!r}"
             )
         flags["shutdown_grace"] = seconds
+    proxies = proxies_from(env)
+    if proxies != settings.proxies:
+        flags["proxies"] = proxies
     return replace(settings, **flags) if flags else settings

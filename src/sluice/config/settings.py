@@ -18,6 +18,7 @@ from sluice.config.models import (
     routing_of,
     timeouts_of,
 )
+from sluice.config.proxies import Proxies
 from sluice.config.sections import CacheSettings, LimitSettings
 from sluice.config.telemetry import MetricsSettings, TraceSettings
 from sluice.config.values import Secret, check_keys, flag, integer, mapping, number, string
@@ -79,6 +80,8 @@ class Settings:
     #: Model name prefix → route, for names that are not in ``routes``; tried before
     #: ``*``. Only the defaults without a ``models`` section fill it.
     prefixes: Mapping[str, ModelRoute] = field(default_factory=dict)
+    #: Outbound proxies (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``).
+    proxies: Proxies = field(default_factory=Proxies)
     #: Problems that did not stop the start (e.g. LiteLLM keys Sluice ignores), logged once.
     warnings: tuple[str, ...] = ()
 

@@ -15,6 +15,7 @@ closes it, which an upstream sees at once.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httptools
+
+from sluice.config.proxies import Proxies, Proxy
 
 _HIGH_WATER = 1 << 20
 #: Idle connections kept per origin, and for how long.
@@ -37,6 +40,10 @@ class ConnectError(HTTPError):
     """No connection: the name did not resolve, the port refused, TLS failed."""
 
 
+class TLSError(ConnectError):
+    """The upstream's certificate did not verify (or TLS failed otherwise)."""
+
+
 class ConnectTimeout(HTTPError):
     """The connection was not established in time."""
 
@@ -50,6 +57,9 @@ class Origin:
     scheme: str
     host: str
     port: int
+    #: CA certificates trusted besides the system's (a deployment's ``ca_file``):
+    #: part of the key, so connections made with other trust are never shared.
+    ca_file: str | None = None
 
     @property
     def authority(self) -> str:
@@ -71,6 +81,13 @@ def split_url(url: str) -> tuple[Origin, str]:
     return Origin(scheme, parts.hostname, port), target
 
 
+def _forward(origin: Origin, proxy: Proxy) -> tuple[bytes, bytes]:
+    prefix = f"http://{origin.authority}".encode("latin-1")
+    if proxy.authorization is None:
+        return prefix, b""
+    return prefix, f"Proxy-Authorization: {proxy.authorization.get()}\r\n".encode("latin-1")
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; one response at a time."""
 
@@ -85,6 +102,7 @@ class _Connection(asyncio.Protocol):
         "busy",
         "closed",
         "complete",
+        "forward",
         "headers",
         "idle_since",
         "keep_alive",
@@ -104,6 +122,9 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         #: A request was written and its response is not finished with.
         self.busy = False
+        #: Through an HTTP proxy to an ``http://`` origin: the request line's
+        #: absolute-form prefix and the ``Proxy-Authorization`` line.
+        self.forward: tuple[bytes, bytes] | None = None
         self.idle_since = 0.0
         self._reset()
 
@@ -212,6 +233,8 @@ class _Connection(asyncio.Protocol):
         loop = self.pool.loop
         self._head = head = loop.create_future()
         assert self.transport is not None
+        if self.forward is not None:
+            data = _absolute_form(data, *self.forward)
         self.transport.write(data)
         return head
 
@@ -253,6 +276,14 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+
+def _absolute_form(data: bytes, prefix: bytes, authorization: bytes) -> bytes:
+    """``POST /v1/x HTTP/1.1`` → ``POST http://host:port/v1/x HTTP/1.1`` (what a proxy
+    is sent), with the proxy's credentials after the request line."""
+    method, _, rest = data.partition(b" ")
+    end = rest.index(b"\r\n") + 2
+    return b"".join((method, b" ", prefix, rest[:end], authorization, rest[end:]))
 
 
 class Response:
@@ -301,8 +332,12 @@ class Response:
 class Pool:
     """Keep-alive connections per origin, shared by every provider of a gateway."""
 
-    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, ssl_context: ssl.SSLContext | None = None, proxies: Proxies | None = None
+    ) -> None:
         self._ssl = ssl_context
+        self._contexts: dict[str, ssl.SSLContext] = {}
+        self._proxies = proxies or Proxies()
         self._idle: dict[Origin, dict[_Connection, None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -314,7 +349,15 @@ class Pool:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
-    def _context(self) -> ssl.SSLContext:
+    def _context(self, ca_file: str | None) -> ssl.SSLContext:
+        """The system's trust (``SSL_CERT_FILE``, ``SSL_CERT_DIR``, the default store),
+        plus ``ca_file``'s certificates when given."""
+        if ca_file is not None:
+            context = self._contexts.get(ca_file)
+            if context is None:
+                context = self._contexts[ca_file] = ssl.create_default_context()
+                context.load_verify_locations(cafile=ca_file)
+            return context
         if self._ssl is None:
             self._ssl = ssl.create_default_context()
         return self._ssl
@@ -351,21 +394,86 @@ class Pool:
             if not conn.closed and conn.transport is not None:
                 return conn, True
         loop = self.loop
-        context = self._context() if origin.scheme == "https" else None
+        context = self._context(origin.ca_file) if origin.scheme == "https" else None
+        proxy = self._proxies.for_origin(origin.scheme, origin.host, origin.port)
         try:
             async with asyncio.timeout(connect_timeout):
-                _, protocol = await loop.create_connection(
-                    lambda: _Connection(self, origin),
-                    origin.host,
-                    origin.port,
-                    ssl=context,
-                    server_hostname=origin.host if context is not None else None,
-                )
+                if proxy is not None and context is not None:
+                    protocol = await self._tunnel(origin, proxy, context)
+                else:
+                    host, port = (proxy.host, proxy.port) if proxy else (origin.host, origin.port)
+                    _, protocol = await loop.create_connection(
+                        lambda: _Connection(self, origin),
+                        host,
+                        port,
+                        ssl=context,
+                        server_hostname=origin.host if context is not None else None,
+                    )
+                    if proxy is not None:
+                        protocol.forward = _forward(origin, proxy)
         except TimeoutError as exc:
-            raise ConnectTimeout(f"timed out connecting to {origin.authority}") from exc
+            through = f" through the proxy {proxy.address}" if proxy else ""
+            raise ConnectTimeout(f"timed out connecting to {origin.authority}{through}") from exc
+        except ssl.SSLCertVerificationError as exc:
+            reason = exc.verify_message or exc.reason or "unknown reason"
+            raise TLSError(
+                f"TLS to {origin.authority}: certificate verify failed: {reason}"
+            ) from exc
+        except ssl.SSLError as exc:
+            raise TLSError(f"TLS to {origin.authority} failed: {exc.reason or exc}") from exc
         except OSError as exc:
-            raise ConnectError(exc.strerror or str(exc) or type(exc).__name__) from exc
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            if proxy is not None:
+                reason = f"the proxy {proxy.address}: {reason}"
+            raise ConnectError(reason) from exc
         return protocol, False
+
+    async def _tunnel(self, origin: Origin, proxy: Proxy, context: ssl.SSLContext) -> _Connection:
+        """TLS to ``origin`` inside a ``CONNECT`` tunnel through ``proxy``."""
+        loop = self.loop
+        infos = await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
+        sock: socket.socket | None = None
+        error: Exception = ConnectError(f"cannot resolve {proxy.host}")
+        for family, kind, proto, _, address in infos:
+            sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, address)
+                break
+            except OSError as exc:
+                sock.close()
+                sock, error = None, exc
+        if sock is None:
+            raise error
+        try:
+            host = f"[{origin.host}]" if ":" in origin.host else origin.host
+            target = f"{host}:{origin.port}"
+            lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
+            if proxy.authorization is not None:
+                lines.append(f"Proxy-Authorization: {proxy.authorization.get()}")
+            await loop.sock_sendall(sock, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                piece = await loop.sock_recv(sock, 4096)
+                if not piece or len(answer) > 65536:
+                    raise ConnectError(f"the proxy {proxy.address} closed the CONNECT tunnel")
+                answer += piece
+            status_line = answer.partition(b"\r\n")[0].decode("latin-1")
+            parts = status_line.split(" ", 2)
+            if len(parts) < 2 or not parts[1].startswith("2"):
+                raise ConnectError(
+                    f"the proxy {proxy.address} refused CONNECT {target}: {status_line}"
+                )
+            _, protocol = await loop.create_connection(
+                lambda: _Connection(self, origin),
+                sock=sock,
+                ssl=context,
+                server_hostname=origin.host,
+            )
+        except BaseException:
+            sock.close()
+            raise
+        return protocol
 
     def _park(self, conn: _Connection) -> None:
         idle = self._idle.setdefault(conn.origin, {})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Callable, Iterator
+from dataclasses import replace
 
 from sluice.config import Deployment
 from sluice.errors import (
@@ -20,6 +21,7 @@ from sluice.errors import (
     UpstreamConnectError,
     UpstreamProtocolError,
     UpstreamTimeout,
+    UpstreamTLSError,
 )
 from sluice.events import Batch, ChatRequest, WireFormat
 from sluice.providers import Wire
@@ -29,6 +31,7 @@ from sluice.providers.http import (
     HTTPError,
     Pool,
     Response,
+    TLSError,
     split_url,
 )
 
@@ -141,7 +144,10 @@ class HTTPProvider:
         self._pool = pool
         self._wire = wire
         self.format: WireFormat = wire.format
-        self._origin, target = split_url(endpoint(deployment.base_url, wire.path))
+        origin, target = split_url(endpoint(deployment.base_url, wire.path))
+        if origin.scheme == "https" and deployment.ca_file:
+            origin = replace(origin, ca_file=deployment.ca_file)
+        self._origin = origin
         self._embeddings_target: str | None = None
         if wire.embeddings_path is not None:
             embeddings_url = endpoint(deployment.base_url, wire.embeddings_path)
@@ -291,6 +297,8 @@ def _mapped(
         raise UpstreamTimeout(f"the upstream timed out waiting for the {what}") from exc
     except ConnectTimeout as exc:
         raise UpstreamTimeout("timed out connecting to the upstream") from exc
+    except TLSError as exc:
+        raise UpstreamTLSError(f"cannot connect to the upstream: {exc}") from exc
     except ConnectError as exc:
         raise UpstreamConnectError(f"cannot connect to the upstream: {exc}") from exc
     except HTTPError as exc:
