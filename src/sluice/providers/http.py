@@ -52,6 +52,10 @@ class ProtocolError(HTTPError):
     """The connection broke or the upstream sent something that is not HTTP/1.1."""
 
 
+class InvalidHTTP(ProtocolError):
+    """The upstream sent something that is not HTTP/1.1."""
+
+
 @dataclass(frozen=True, slots=True)
 class Origin:
     scheme: str
@@ -157,7 +161,7 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(ProtocolError(f"the upstream sent invalid HTTP: {exc}"))
+            self._fail(InvalidHTTP(f"the upstream sent invalid HTTP: {exc}"))
             self.close()
             return
         if self._size > _HIGH_WATER and not self._paused and self.transport is not None:
