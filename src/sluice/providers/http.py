@@ -26,7 +26,11 @@ import httptools
 
 from sluice.config.proxies import Proxies, Proxy
 
-_HIGH_WATER = 1 << 20
+#: Unread bytes per connection past which the socket is not read until the reader
+#: catches up. A thousand clients reading a byte a second hold 64 KiB each here at most
+#: (the rest waits in the kernel and then in the upstream), which is more than any
+#: token stream carries between two reads of a client that keeps up.
+_HIGH_WATER = 1 << 16
 #: Idle connections kept per origin, and for how long.
 _MAX_IDLE = 1024
 _IDLE_SECONDS = 15.0
