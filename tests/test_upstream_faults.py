@@ -52,6 +52,11 @@ def gateway(
                 "model": "ok",
             },
             "total": {**base, "model": "ok:n=100,interval=0.05", "timeouts": {"total": 1}},
+            **{
+                f"anthropic-{fault}": {**base, "provider": "anthropic", "base_url": faults.base}
+                | {"model": fault}
+                for fault in ("ok", "bad_utf8", "huge_line", "gzip")
+            },
         },
         # One attempt, no cooling down: each test's fault is its own.
         "routing": {"retries": 0, "allowed_fails": 0},
@@ -161,6 +166,7 @@ def test_a_pooled_connection_the_upstream_closed_is_replaced_transparently(
     (FIN or reset, while idle), or closes it when the next request arrives on it: the
     next request is served on a new connection, and the client never knows."""
     chat = BY_NAME["chat"]
+    began = time.time()
     first, raw = ask(gateway, chat, closing)
     assert first == 200 and chat.ending(raw) == "clean"
     time.sleep(0.4)  # the upstream's idle close has happened
@@ -171,8 +177,55 @@ def test_a_pooled_connection_the_upstream_closed_is_replaced_transparently(
     if closing == "drop_reused":
         # Sent on the pooled connection, dropped, sent again on a new one.
         tries = [r for r in log if r["model"] == closing][-2:]
-        assert [r["served"] > 0 for r in tries] == [True, False]
+        assert [r["served"] > 0 for r in tries] == [True, False], log[-6:]
     else:
         assert log[-1]["served"] == 0  # a new connection
-    rows = [r for r in gateway.records() if r["route"] == chat.path][-2:]
+    deadline = time.monotonic() + 10
+    while len(rows := [r for r in gateway.records() if r["started_at"] >= began]) < 2:
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.05)
     assert [r["outcome"] for r in rows] == ["ok", "ok"]
+
+
+@pytest.mark.parametrize("api", APIS, ids=lambda a: a.name)
+@pytest.mark.parametrize(
+    ("fault", "words"),
+    [("bad_utf8", "not a Messages stream event"), ("huge_line", "longer than 4194304 bytes")],
+)
+def test_an_anthropic_upstreams_content_faults(
+    gateway: RunningGateway, api: API, fault: str, words: str
+) -> None:
+    """The same faults from an Anthropic upstream, passed through to an Anthropic client
+    (``messages``) or translated for the others: never passed on as they came."""
+    status, raw = ask(gateway, api, f"anthropic-{fault}")
+    assert status == 200
+    assert api.ending(raw) == "error", raw[-300:]
+    assert words in api.error_message(raw)
+    assert b"\xff" not in raw
+    assert api.text(raw).startswith("w0 w1")
+
+
+@pytest.mark.parametrize("api", APIS, ids=lambda a: a.name)
+@pytest.mark.parametrize("fault", ["ok", "gzip"])
+def test_an_anthropic_upstream_compressed_or_not(
+    gateway: RunningGateway, faults: FaultUpstream, api: API, fault: str
+) -> None:
+    status, raw = ask(gateway, api, f"anthropic-{fault}")
+    assert status == 200 and api.ending(raw) == "clean", raw[-300:]
+    assert api.text(raw) == text(5)
+
+
+def test_a_body_whose_last_chunk_comes_late_still_leaves_its_connection_reusable(
+    gateway: RunningGateway, faults: FaultUpstream
+) -> None:
+    """Upstreams often send the body's last chunk apart from ``[DONE]``: the connection
+    waits for it in the pool's care instead of being closed (a new TLS handshake for
+    the next request)."""
+    chat = BY_NAME["chat"]
+    status, raw = ask(gateway, chat, "late_end")
+    assert status == 200 and chat.text(raw) == text(5) and chat.ending(raw) == "clean"
+    time.sleep(0.4)  # the last chunk arrived meanwhile
+    status, raw = ask(gateway, chat, "ok")
+    assert status == 200 and chat.ending(raw) == "clean"
+    late, after = [r for r in faults.requests() if r["model"] in ("late_end", "ok")][-2:]
+    assert after["connection"] == late["connection"] and after["served"] > late["served"]

@@ -9,6 +9,8 @@ requests that connection served before, the model and the request headers.
 
 ``POST /v1/chat/completions``: the request's ``model``, ``NAME`` or ``NAME:k=v,…``,
 picks what happens. Content chunks say ``w0``, `` w1``, … (``text(n)``).
+``POST /v1/messages`` (Anthropic's Messages API) serves ``ok``, ``bad_utf8``,
+``huge_line`` and ``gzip`` the same way, as Anthropic events.
 
 ``ok`` (n=5, interval=0)            a stream of ``n`` chunks, then ``[DONE]``; keep-alive
 ``reset`` (phase)                   a TCP reset: ``headers`` (in the middle of the head),
@@ -24,6 +26,8 @@ picks what happens. Content chunks say ``w0``, `` w1``, … (``text(n)``).
 ``chunk_ext`` (n=5)                 chunk extensions on every chunk, trailers at the end
 ``close_idle`` (n=2, after=0.2, rst=0)  a whole answer, then the idle connection is
                                     closed (FIN, or a reset) ``after`` seconds later
+``late_end`` (n=5, delay=0.2)       a whole stream, but the body's last chunk (``0``)
+                                    ``delay`` seconds after ``[DONE]``; keep-alive
 ``drop_reused`` (n=2)               on a connection that served a request before: closed
                                     when this request arrives, nothing answered; on a new
                                     connection: a whole answer
@@ -52,6 +56,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "chunk_ext": {"n": 5},
     "close_idle": {"n": 2, "after": 0.2, "rst": 0},
     "drop_reused": {"n": 2},
+    "late_end": {"n": 5, "delay": 0.2},
 }
 
 
@@ -84,6 +89,10 @@ def chunk(content: str | None = None, finish: str | None = None) -> bytes:
 def events(n: int) -> list[bytes]:
     words = [f"{' ' if i else ''}w{i}" for i in range(n)]
     return [chunk(w) for w in words] + [chunk(finish="stop"), b"data: [DONE]\n\n"]
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + json.dumps(data).encode() + b"\n\n"
 
 
 def framed(data: bytes, extension: bytes = b"") -> bytes:
@@ -130,11 +139,15 @@ class Server:
                         headers[name.strip().lower()] = value.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 model = json.loads(body).get("model", "ok") if body else "ok"
+                path = lines[0].split(" ")[1] if lines[0].count(" ") >= 2 else ""
                 self.note(
                     {"connection": number, "served": served, "model": model, "headers": headers}
                 )
                 try:
-                    keep = await self.answer(model, served, reader, writer)
+                    if path.endswith("/messages"):
+                        keep = await self.messages(model, writer)
+                    else:
+                        keep = await self.answer(model, served, reader, writer)
                 except ConnectionError:
                     return  # the gateway left, as it should when it gives up
                 served += 1
@@ -143,6 +156,86 @@ class Server:
         finally:
             if not writer.transport.is_closing():
                 writer.close()
+
+    async def messages(self, model: str, writer: asyncio.StreamWriter) -> bool:
+        """An Anthropic Messages stream of 5 text deltas, or its fault after 2."""
+        name, p = parse(model)
+        start = {
+            "type": "message_start",
+            "message": {
+                "id": "msg_fault",
+                "type": "message",
+                "role": "assistant",
+                "model": "fault",
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": 4, "output_tokens": 0},
+            },
+        }
+        block = {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "text", "text": ""},
+        }
+        head = [_event("message_start", start), _event("content_block_start", block)]
+        deltas = [
+            _event(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": word},
+                },
+            )
+            for word in (f"{' ' if i else ''}w{i}" for i in range(5))
+        ]
+        stop = {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": 5},
+        }
+        tail = [
+            _event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            _event("message_delta", stop),
+            _event("message_stop", {"type": "message_stop"}),
+        ]
+        whole = [*head, *deltas, *tail]
+        if name == "bad_utf8":
+            whole = [
+                *head,
+                *deltas[:2],
+                deltas[2].replace(b" w2", b"b\xff\xfed"),
+                *deltas[3:],
+                *tail,
+            ]
+        if name == "gzip":
+            writer.write(HEAD + b"content-encoding: gzip\r\n\r\n")
+            z = zlib.compressobj(wbits=31)
+            for event in whole:
+                writer.write(framed(z.compress(event) + z.flush(zlib.Z_SYNC_FLUSH)))
+            writer.write(framed(z.flush()) + b"0\r\n\r\n")
+            return True
+        writer.write(HEAD + b"\r\n")
+        if name == "huge_line":
+            # What comes before the fault, in a read of its own: the client has it.
+            for event in [*head, *deltas[:2]]:
+                writer.write(framed(event))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            whole = whole[len(head) + 2 :]
+        if name == "huge_line":
+            writer.write(framed(b'event: content_block_delta\ndata: {"text": "'))
+            piece = b"x" * 65536
+            for _ in range(p["size"] // len(piece)):
+                writer.write(framed(piece))
+                await writer.drain()
+            writer.write(framed(b'"}\n\n') + b"0\r\n\r\n")
+            return True
+        for event in whole:
+            writer.write(framed(event))
+        writer.write(b"0\r\n\r\n")
+        return True
 
     async def answer(
         self,
@@ -236,6 +329,14 @@ class Server:
             else:
                 writer.close()
             return False
+        if name == "late_end":
+            writer.write(HEAD + b"\r\n")
+            for event in events(p["n"]):
+                writer.write(framed(event))
+            await writer.drain()
+            await asyncio.sleep(p["delay"])
+            writer.write(b"0\r\n\r\n")
+            return True
         if name == "drop_reused":
             if served:
                 writer.close()

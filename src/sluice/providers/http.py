@@ -34,6 +34,8 @@ _HIGH_WATER = 1 << 16
 #: Idle connections kept per origin, and for how long.
 _MAX_IDLE = 1024
 _IDLE_SECONDS = 15.0
+#: How long a connection released before its body ended waits for that end.
+_FINISH_WAIT = 2.0
 
 
 class HTTPError(Exception):
@@ -101,6 +103,7 @@ class _Connection(asyncio.Protocol):
 
     __slots__ = (
         "_exc",
+        "_finishing",
         "_framed",
         "_head",
         "_paused",
@@ -134,6 +137,8 @@ class _Connection(asyncio.Protocol):
         #: absolute-form prefix and the ``Proxy-Authorization`` line.
         self.forward: tuple[bytes, bytes] | None = None
         self.idle_since = 0.0
+        #: Released before the body's end arrived (see ``Response.release``).
+        self._finishing: asyncio.TimerHandle | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -177,6 +182,7 @@ class _Connection(asyncio.Protocol):
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_finishing()
         self.closed = True
         self.transport = None
         self.pool._forget(self)
@@ -212,12 +218,30 @@ class _Connection(asyncio.Protocol):
             head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        if self._finishing is not None:
+            return  # after the stream's own end: nobody reads it
         self._pieces.append(body)
         self._size += len(body)
 
     def on_message_complete(self) -> None:
         if self.status:
             self.complete = True
+            if self._finishing is not None and self.keep_alive:
+                self._stop_finishing()
+                self.pool._park(self)
+
+    # -- released early -----------------------------------------------------------
+
+    def finish_later(self) -> None:
+        """The reader is done (the stream said so: ``[DONE]``, ``message_stop``) but the
+        body's last chunk is still on its way: back to the pool when it arrives, closed
+        if it does not within ``_FINISH_WAIT``."""
+        self._finishing = self.pool.loop.call_later(_FINISH_WAIT, self.close)
+
+    def _stop_finishing(self) -> None:
+        if self._finishing is not None:
+            self._finishing.cancel()
+            self._finishing = None
 
     # -- the exchange -------------------------------------------------------------
 
@@ -281,6 +305,7 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def close(self) -> None:
+        self._stop_finishing()
         self.closed = True
         if self.transport is not None:
             self.transport.close()
@@ -325,14 +350,22 @@ class Response:
         """Make the pending (or next) read raise ``exc`` (a timeout, say)."""
         self._conn.interrupt(exc)
 
-    def release(self) -> None:
-        """Done with the response: back to the pool if it ended cleanly, else closed."""
+    def release(self, ended: bool = False) -> None:
+        """Done with the response: back to the pool if it ended cleanly, else closed.
+        ``ended``: the reader saw the stream's own end (``[DONE]``, ``message_stop``),
+        although perhaps not yet the body's: then the body's end is waited for (an
+        abandoned stream is closed at once, which is how its upstream learns of it)."""
         if self._done:
             return
         self._done = True
         conn = self._conn
-        if conn.complete and conn.keep_alive and not conn.closed and conn._exc is None:
+        reusable = conn.keep_alive and not conn.closed and conn._exc is None
+        if reusable and conn.complete:
             conn.pool._park(conn)
+        elif ended and reusable and conn.status and not conn._pieces and not conn._paused:
+            # Everything that arrived was read: what is missing is most likely only the
+            # body's last chunk, which upstreams often send apart from their last event.
+            conn.finish_later()
         else:
             conn.close()
 

@@ -25,7 +25,7 @@ from sluice.errors import (
     UpstreamTLSError,
 )
 from sluice.events import Batch, ChatRequest, WireFormat
-from sluice.providers import Wire
+from sluice.providers import Decoder, Wire
 from sluice.providers.http import (
     ConnectError,
     ConnectTimeout,
@@ -212,6 +212,7 @@ class HTTPProvider:
         first_deadline = started + timeouts.first_token if timeouts.first_token else float("inf")
         response: Response | None = None
         watchdog: _Watchdog | None = None
+        decoder: Decoder | None = None
         try:
             # The request and its response head: nothing is yielded in here, so a
             # timeout context is safe (one that spans a yield would cancel whichever
@@ -261,8 +262,9 @@ class HTTPProvider:
             if watchdog is not None:
                 watchdog.cancel()
             if response is not None:
-                # Back to the pool only if the whole body was read; else closed.
-                response.release()
+                # Back to the pool only if the whole body was read (or all but its last
+                # chunk, after the stream's own end); else closed.
+                response.release(ended=decoder is not None and decoder.done)
 
     async def _error(self, response: Response) -> SluiceError:
         body = b""
