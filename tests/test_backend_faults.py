@@ -7,9 +7,11 @@ is lost."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -220,3 +222,49 @@ def test_a_full_disk_holds_records_until_there_is_room(
     rows = gateway.wait_records(11, timeout=30)
     assert len(rows) == 11 and {r["outcome"] for r in rows} == {"ok"}
     assert gateway.process.poll() is None
+
+
+def test_records_still_held_at_exit_are_spilled_and_written_by_the_next_start(
+    start_gateway: StartGateway, upstream: Any, tmp_path: Path
+) -> None:
+    """The database stays locked until after the gateway exits: its records wait in the
+    spill directory, and the next gateway on that database writes them."""
+    db, spill = tmp_path / "records.db", tmp_path / "spill"
+    config = upstream_config(
+        upstream.url, record={"path": str(db), "flush_interval": 0.05, "spill_dir": str(spill)}
+    )
+    first = start_gateway(config, env=KEY_ENV)
+    assert post(first, "normal:n=2").status_code == 200
+    with contextlib.closing(sqlite3.connect(db)) as check:
+        deadline = time.monotonic() + 10
+        while check.execute("SELECT count(*) FROM requests").fetchone()[0] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        _serve_while_held(first, 5)
+        first.stop()
+        assert f"records kept in {spill} for the next start" in first.log()
+        assert [p.suffix for p in spill.iterdir()] == [".jsonl"]
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=10)
+        if holder.stdout is not None:
+            holder.stdout.close()
+    second = start_gateway(config, env=KEY_ENV)
+    with contextlib.closing(sqlite3.connect(db)) as check:
+        deadline = time.monotonic() + 10
+        # The first gateway's six (its readiness probes aside) and the second's probes.
+        query = "SELECT count(*) FROM requests WHERE route = '/v1/chat/completions'"
+        while check.execute(query).fetchone()[0] < 6:
+            assert time.monotonic() < deadline, second.log()
+            time.sleep(0.05)
+        assert check.execute(query).fetchone()[0] == 6
+    deadline = time.monotonic() + 10
+    while list(spill.iterdir()):  # written back: the file is gone
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
