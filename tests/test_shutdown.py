@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from sluice import config
 from tests.conftest import StartGateway, upstream_config
 from tests.faults.apis import API, APIS, BY_NAME
 from tests.gateway import RunningGateway
@@ -173,3 +174,14 @@ def test_sigterm_drains_every_worker(start_gateway: StartGateway, upstream: Any)
         assert BY_NAME["chat"].ending(reader.raw) == "error"
     gateway.process.wait(timeout=20)
     assert [r["outcome"] for r in gateway.records()] == ["shutdown"] * 4
+
+
+def test_shutdown_grace_is_checked() -> None:
+    assert config.parse("", {}).shutdown_grace == 30
+    assert config.parse("shutdown_grace: 5", {}).shutdown_grace == 5
+    with pytest.raises(config.ConfigError, match="shutdown_grace"):
+        config.parse("shutdown_grace: -1", {})
+    assert config.load(env={"SLUICE_SHUTDOWN_GRACE": "0.5"}).shutdown_grace == 0.5
+    for bad in ("soon", "-3", "inf"):
+        with pytest.raises(config.ConfigError, match="SLUICE_SHUTDOWN_GRACE"):
+            config.load(env={"SLUICE_SHUTDOWN_GRACE": bad})

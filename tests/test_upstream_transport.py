@@ -230,3 +230,6 @@ def test_proxy_variables_are_checked_and_never_shown() -> None:
     assert "s3cret" not in str(caught.value)
     secret = proxies_from({"HTTP_PROXY": "http://user:s3cret@proxy:3128"})
     assert "s3cret" not in repr(secret)
+    every = proxies_from({"ALL_PROXY": "http://all:1", "http_proxy": "http://web:2"})
+    assert every.http is not None and every.http.address == "web:2"
+    assert every.https is not None and every.https.address == "all:1"

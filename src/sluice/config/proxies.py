@@ -1,6 +1,6 @@
-"""Outbound proxies from ``HTTPS_PROXY``, ``HTTP_PROXY`` and ``NO_PROXY`` (or their
-lower-case forms, which win, as curl and Python's ``urllib`` read them), read once at
-start-up.
+"""Outbound proxies from ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY`` (for both, when
+the other is not set) and ``NO_PROXY``, or their lower-case forms, which win, as curl and
+httpx read them; read once at start-up.
 
 ``NO_PROXY`` is a comma-separated list: ``*`` (no proxy at all), a host name (that host
 and its subdomains; a leading ``.`` or ``*.`` means the same), an IP address, a CIDR
@@ -103,7 +103,8 @@ def _variable(env: Mapping[str, str], name: str) -> tuple[str, str] | None:
 
 def proxies_from(env: Mapping[str, str]) -> Proxies:
     """The proxies the environment names; no variable, no proxy."""
-    found = {name: _variable(env, name) for name in ("HTTP_PROXY", "HTTPS_PROXY")}
+    every = _variable(env, "ALL_PROXY")
+    found = {name: _variable(env, name) or every for name in ("HTTP_PROXY", "HTTPS_PROXY")}
     http = _proxy(*found["HTTP_PROXY"]) if found["HTTP_PROXY"] else None
     https = _proxy(*found["HTTPS_PROXY"]) if found["HTTPS_PROXY"] else None
     no_proxy = _variable(env, "NO_PROXY")
