@@ -185,3 +185,23 @@ def test_shutdown_grace_is_checked() -> None:
     for bad in ("soon", "-3", "inf"):
         with pytest.raises(config.ConfigError, match="SLUICE_SHUTDOWN_GRACE"):
             config.load(env={"SLUICE_SHUTDOWN_GRACE": bad})
+
+
+@pytest.mark.parametrize("signals", [("SIGTERM", "SIGTERM"), ("SIGINT",)], ids="-".join)
+def test_ctrl_c_or_a_second_sigterm_stops_the_streams_at_once(
+    start_gateway: StartGateway, upstream: Any, signals: tuple[str, ...]
+) -> None:
+    """Not after the grace (60 s here): at once, and still with the API's error."""
+    config = upstream_config(upstream.url, routing={"retries": 0})
+    gateway = start_gateway(config, env={**KEY_ENV, "SLUICE_SHUTDOWN_GRACE": "60"})
+    reader = Reader(gateway, BY_NAME["messages"], LONG)
+    reader.start()
+    assert reader.started.wait(10)
+    for name in signals:
+        gateway.process.send_signal(getattr(signal, name))
+        time.sleep(0.3)
+    reader.join(15)
+    assert not reader.is_alive()
+    assert BY_NAME["messages"].ending(reader.raw) == "error"
+    gateway.process.wait(timeout=15)
+    assert [r["outcome"] for r in gateway.records()] == ["shutdown"]

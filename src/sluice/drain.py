@@ -13,7 +13,8 @@
 The server (uvicorn, also each of ``--workers``) catches SIGTERM itself and then stops
 listening at once. ``install`` puts a handler in front of the server's: the first SIGTERM
 starts draining, and only once the drain is over is the server's handler called, as if
-the signal arrived then. A second SIGTERM, or SIGINT, goes to the server at once.
+the signal arrived then. SIGINT (Ctrl+C) or a second SIGTERM skips the grace: the
+streams are stopped at once, the same way; a signal after that goes to the server.
 
 What is stopped at the deadline registers a stop with ``track``: every stream the
 gateway relays does, and so must any generation that runs without a client (background
@@ -29,9 +30,11 @@ import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 log = logging.getLogger("sluice")
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 #: After the stops at the deadline, how long the stopped requests get to write their
 #: error and their record before the server's shutdown takes over.
@@ -51,8 +54,12 @@ class Drain:
         self._stops: dict[object, Stop] = {}
         self._idle: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._previous: _Handler | None = None
+        self._previous: dict[int, _Handler] = {}
         self._task: asyncio.Task[None] | None = None
+        #: Set to stop the streams in flight now rather than at the end of the grace.
+        self._hurry: asyncio.Event | None = None
+        #: The signal that started the drain: the server is handed it at the end.
+        self._signum: int = signal.SIGTERM
 
     # -- requests ----------------------------------------------------------------
 
@@ -75,45 +82,58 @@ class Drain:
 
         return forget
 
-    # -- the signal --------------------------------------------------------------
+    # -- the signals -------------------------------------------------------------
 
     def install(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Put the drain in front of the server's SIGTERM handler; False (nothing done)
-        off the main thread, or when no Python handler is there to hand over to."""
+        """Put the drain in front of the server's SIGTERM and SIGINT handlers; False
+        (nothing done) off the main thread, or without Python handlers to hand over to."""
         if threading.current_thread() is not threading.main_thread():
             return False
-        previous = signal.getsignal(signal.SIGTERM)
-        if not callable(previous):
+        previous = {signum: signal.getsignal(signum) for signum in _SIGNALS}
+        if not all(callable(handler) for handler in previous.values()):
             return False
         self._loop = loop
-        self._previous = previous
-        signal.signal(signal.SIGTERM, self._on_signal)
+        self._previous = cast(dict[int, _Handler], previous)
+        for signum in _SIGNALS:
+            signal.signal(signum, self._on_signal)
         return True
 
     def uninstall(self) -> None:
-        if self._previous is not None and signal.getsignal(signal.SIGTERM) == self._on_signal:
-            signal.signal(signal.SIGTERM, self._previous)
-        self._previous = None
+        for signum, handler in self._previous.items():
+            if signal.getsignal(signum) == self._on_signal:
+                signal.signal(signum, handler)
+        self._previous = {}
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self.draining or self._loop is None:
-            self._hand_over()  # a second SIGTERM: do not wait any longer
+        if self._loop is None:
             return
-        self._loop.call_soon_threadsafe(self.begin)
+        if self._hurry is not None and self._hurry.is_set():
+            self._hand_over(signum)  # streams are being stopped already: the server's way
+            return
+        self._loop.call_soon_threadsafe(self._signalled, signum)
 
-    def _hand_over(self) -> None:
-        previous = self._previous
+    def _signalled(self, signum: int) -> None:
+        again = self.draining
+        self.begin(signum)
+        if signum != signal.SIGTERM or again:
+            assert self._hurry is not None
+            self._hurry.set()  # Ctrl+C, or a second SIGTERM: stop the streams now
+
+    def _hand_over(self, signum: int) -> None:
+        previous = self._previous.get(signum)
         if previous is not None:
-            previous(signal.SIGTERM, None)
+            previous(signum, None)
 
     # -- the drain ---------------------------------------------------------------
 
-    def begin(self) -> None:
+    def begin(self, signum: int = signal.SIGTERM) -> None:
         """Start draining (on the loop); the server is told to stop when it is over."""
         if self.draining:
             return
         self.draining = True
+        self._signum = signum
         self._idle = asyncio.Event()
+        self._hurry = asyncio.Event()
         if self._inflight <= 0:
             self._idle.set()
         log.info(
@@ -124,14 +144,20 @@ class Drain:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sluice.drain")
 
     async def _run(self) -> None:
-        assert self._idle is not None
-        try:
-            async with asyncio.timeout(self.grace if math.isfinite(self.grace) else None):
-                await self._idle.wait()
-        except TimeoutError:
+        assert self._idle is not None and self._hurry is not None
+        waits = {
+            asyncio.ensure_future(self._idle.wait()),
+            asyncio.ensure_future(self._hurry.wait()),
+        }
+        grace = self.grace if math.isfinite(self.grace) else None
+        await asyncio.wait(waits, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
+        if not self._idle.is_set():
+            self._hurry.set()
             stops = list(self._stops.values())
             self._stops.clear()
-            log.warning("grace over: stopping %d streams still in flight", len(stops))
+            log.warning("stopping %d streams still in flight", len(stops))
             for stop in stops:
                 stop()
             try:
@@ -140,4 +166,4 @@ class Drain:
             except TimeoutError:
                 log.warning("%d requests still running at shutdown", self._inflight)
         log.info("drained")
-        self._hand_over()
+        self._hand_over(self._signum)
