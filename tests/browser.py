@@ -16,6 +16,24 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
+#: Where the browser tests keep their screenshots, for people to look at after a run:
+#: ``test-artifacts/screenshots/`` in the checkout unless ``SLUICE_TEST_ARTIFACTS``
+#: names another folder.
+ARTIFACTS = Path(
+    os.environ.get(
+        "SLUICE_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"
+    )
+)
+
+
+def screenshots(name: str) -> Path:
+    """A fresh folder for one test's screenshots, kept after the run."""
+    folder = ARTIFACTS / "screenshots" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):
+        old.unlink()
+    return folder
+
 
 ARGS = (
     "--no-sandbox",

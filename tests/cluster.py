@@ -34,6 +34,7 @@ import redis
 from tests.gateway import RunningGateway, free_port, run_gateway
 
 REDIS_SERVER = "/usr/bin/redis-server"
+REDIS_CLI = "/usr/bin/redis-cli"
 NGINX = "/usr/sbin/nginx"
 
 
@@ -122,6 +123,82 @@ def run_redis(workdir: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@dataclass
+class RedisCluster:
+    """A Redis Cluster of ``redis-server`` processes on loopback, one primary each."""
+
+    nodes: list[RedisServer]
+
+    @property
+    def url(self) -> str:
+        """What ``redis_url`` takes: ``redis+cluster://host:port,host:port,…``."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def client(self) -> redis.RedisCluster:
+        return redis.RedisCluster(host="127.0.0.1", port=self.nodes[0].port, socket_timeout=5)
+
+    def _ok(self) -> bool:
+        with contextlib.closing(self.nodes[0].client()) as client:
+            info = client.execute_command("CLUSTER", "INFO")
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        return "cluster_state:ok" in text
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (10,000 higher) is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port > 55_535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10_000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+@contextlib.contextmanager
+def run_redis_cluster(workdir: Path, size: int = 3) -> Iterator[RedisCluster]:
+    """``size`` nodes started with ``--cluster-enabled yes``, joined by ``redis-cli
+    --cluster create``; each stopped by its PID at the end."""
+    nodes = [RedisServer(workdir / f"node{i}", _cluster_port()) for i in range(size)]
+    with contextlib.ExitStack() as stack:
+        for node in nodes:
+            node.workdir.mkdir(parents=True, exist_ok=True)
+            cmd = [
+                REDIS_SERVER,
+                "--port", str(node.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(node.workdir / "nodes.conf"),
+                "--cluster-node-timeout", "2000",
+                "--dir", str(node.workdir),
+            ]  # fmt: skip
+            with open(node.log_path, "ab") as log:
+                node.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            stack.callback(node.stop)
+            _wait(node._pong, "redis-server (cluster node)", node.process, node.log_path)
+        addresses = [f"127.0.0.1:{node.port}" for node in nodes]
+        subprocess.run(
+            [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas", "0",
+             "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )  # fmt: skip
+        cluster = RedisCluster(nodes)
+        deadline = time.monotonic() + 15
+        while not cluster._ok():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+        yield cluster
 
 
 @dataclass

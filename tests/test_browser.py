@@ -11,12 +11,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 from playwright.sync_api import Page
 
-from tests.browser import open_page
+from tests.browser import open_page, screenshots
 from tests.conftest import StartGateway
 from tests.gateway import RunningGateway
 
@@ -66,7 +65,7 @@ def watch(page: Page, timeout: float = 30) -> list[tuple[str, int]]:
         page.wait_for_timeout(50)
 
 
-def test_the_story_grows_on_screen(start_gateway: StartGateway, tmp_path: Path) -> None:
+def test_the_story_grows_on_screen(start_gateway: StartGateway) -> None:
     gateway = start_gateway(STORY)
     url = f"{gateway.url}/"
     with open_page() as page:
@@ -76,7 +75,7 @@ def test_the_story_grows_on_screen(start_gateway: StartGateway, tmp_path: Path) 
         assert response is not None
         samples = watch(page)
         shown = page.evaluate("() => document.body.innerText")
-        page.screenshot(path=str(tmp_path / "story.png"), full_page=True)
+        page.screenshot(path=str(screenshots("story") / "story.png"), full_page=True)
         assert response.status == 200
         headers = response.headers
         body = response.text()
@@ -105,7 +104,7 @@ def test_the_story_grows_on_screen(start_gateway: StartGateway, tmp_path: Path) 
     assert [(r["model"], r["outcome"]) for r in records] == [("story", "ok")] * 2
 
 
-def test_an_unknown_model_shows_the_error(start_gateway: StartGateway, tmp_path: Path) -> None:
+def test_an_unknown_model_shows_the_error(start_gateway: StartGateway) -> None:
     gateway = start_gateway(STORY)
     query = urllib.parse.urlencode({"prompt": "Tell me about the sea", "model": "unknown"})
     url = f"{gateway.url}/?{query}"
@@ -113,7 +112,9 @@ def test_an_unknown_model_shows_the_error(start_gateway: StartGateway, tmp_path:
         response = page.goto(url)
         assert response is not None
         shown = page.evaluate("() => document.body.innerText")
-        page.screenshot(path=str(tmp_path / "unknown-model.png"), full_page=True)
+        page.screenshot(
+            path=str(screenshots("unknown-model") / "unknown-model.png"), full_page=True
+        )
         status = response.status
         headers = response.headers
         body = response.text()

@@ -19,24 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.gateway import RunningGateway, run_gateway
-
-HUGE = [2**63, 2**64, -(2**64), 2**64 + 1, 10**30, 1e20, -1e20, 1e300, 2.0**64]
-
-leaves = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(),
-    st.sampled_from(HUGE),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=12),
-)
-junk = st.recursive(
-    leaves,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
+from tests.mutations import HUGE, change, junk
 
 text = st.text(max_size=24)
 text_part = st.fixed_dictionaries({"type": st.just("text"), "text": text})
@@ -112,28 +95,11 @@ def valid_requests(draw: st.DrawFn) -> dict[str, Any]:
     return request
 
 
-def _change(draw: st.DrawFn, node: Any) -> Any:
-    """``node`` with one place in it changed: descend at random, then replace, drop or
-    add there."""
-    if isinstance(node, dict) and node and draw(st.booleans()):
-        key = draw(st.sampled_from(sorted(node)))
-        return {**node, key: _change(draw, node[key])}
-    if isinstance(node, list) and node and draw(st.booleans()):
-        i = draw(st.integers(0, len(node) - 1))
-        return [*node[:i], _change(draw, node[i]), *node[i + 1 :]]
-    if isinstance(node, dict) and node and draw(st.booleans()):
-        key = draw(st.sampled_from(sorted(node)))
-        return {k: v for k, v in node.items() if k != key}
-    if isinstance(node, dict) and draw(st.booleans()):
-        return {**node, draw(st.sampled_from(["role", "type", "content", "x"])): draw(junk)}
-    return draw(junk | st.sampled_from([{}, [], "", 0, -1, {"role": {}}]))
-
-
 @st.composite
 def almost_valid_requests(draw: st.DrawFn) -> dict[str, Any]:
     request = draw(valid_requests())
     for _ in range(draw(st.integers(1, 2))):
-        request = _change(draw, request)
+        request = change(draw, request, ("role", "type", "content"))
     return request
 
 

@@ -135,6 +135,39 @@ def test_ask_streams_the_answer_in_pieces(start_gateway: StartGateway, command: 
     ]
 
 
+def test_ask_into_a_pipe_closed_early_ends_quietly(start_gateway: StartGateway) -> None:
+    """``sluice ask … | head -c 20``: the reader leaves after a few bytes."""
+    story = {"provider": "simulator", "ttft": 0.05, "tokens_per_second": 100, "max_tokens": 300}
+    gateway = start_gateway({"default_model": "long", "models": {"long": story}})
+    read_end, write_end = os.pipe()
+    with subprocess.Popen(
+        [*PYTHON_M, "ask", "Tell me a story", "--url", gateway.url, "--model", "long"],
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        env=clean_env(),
+    ) as process:
+        os.close(write_end)
+        try:
+            first = b""
+            while len(first) < 20:
+                piece = os.read(read_end, 20 - len(first))
+                assert piece, "the answer ended before 20 bytes"
+                first += piece
+            os.close(read_end)  # as head does once it has its bytes
+            code = process.wait(timeout=30)
+            assert process.stderr is not None
+            stderr = process.stderr.read().decode(errors="replace")
+        finally:
+            stop(process)
+    assert code == 141, stderr  # 128 + SIGPIPE, what a shell reports for `cat | head`
+    assert stderr == ""
+    # The gateway saw its client leave and recorded it.
+    records = [r for r in wait_records(gateway, 1) if r["route"] != "/readyz"]
+    assert [(r["route"], r["outcome"]) for r in records] == [
+        ("/v1/chat/completions", "client_disconnected")
+    ]
+
+
 def test_ask_without_a_gateway_fails_clearly() -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     result = run("ask", "hello", "--url", url, "--model", "story")

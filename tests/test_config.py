@@ -308,6 +308,32 @@ models:
     assert error(text).startswith("sluice.yaml line 6: models.b.provider: ")
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "port: 1\nhost: a\nport: 2\n",
+            "sluice.yaml line 3: duplicate key 'port' (first at line 1)",
+        ),
+        (
+            "models:\n  a:\n    provider: openai\n    api_key_env: K\n    provider: simulator\n",
+            "sluice.yaml line 5: duplicate key 'provider' (first at line 3)",
+        ),
+        (
+            "models:\n  a: {}\n  'a': {}\n",
+            "sluice.yaml line 3: duplicate key 'a' (first at line 2)",
+        ),
+    ],
+)
+def test_a_key_written_twice_names_both_lines(text: str, expected: str) -> None:
+    assert error(text).startswith(expected)
+
+
+def test_a_merged_key_may_be_overridden_once() -> None:
+    text = "models:\n  a: &base\n    provider: openai\n  b:\n    <<: *base\n    provider: nope\n"
+    assert "duplicate" not in error(text)
+
+
 def test_keys_that_are_not_strings() -> None:
     message = error("1: one\nnull: none\nport: 1\n")
     assert message.startswith("sluice.yaml line 1: top level: unknown key(s) '1', 'None'")
@@ -440,3 +466,13 @@ def test_openai_key_is_not_sent_to_a_base_url_written_in_the_config() -> None:
     for name in ("openai", "default"):
         key = settings.models[name].api_key
         assert key is not None and key.get() == "sk-secret"
+
+
+def test_generations_section() -> None:
+    settings = parse("generations:\n  retention: 30\n  per_key: 5\n  lease: 2.5\n")
+    assert settings.generations.retention == 30.0
+    assert settings.generations.per_key == 5 and settings.generations.lease == 2.5
+    assert parse("{}\n").generations.window == 300.0
+    assert "generations.lease" in error("generations:\n  lease: 0\n")
+    assert "generations.per_key" in error("generations:\n  per_key: 0\n")
+    assert "'ttl'" in error("generations:\n  ttl: 3\n")

@@ -11,7 +11,6 @@ import json
 import time
 from collections.abc import Iterator
 from http.cookies import SimpleCookie
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,7 +19,7 @@ import openai
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser import open_page
+from tests.browser import open_page, screenshots
 from tests.conftest import StartGateway
 from tests.gateway import RunningGateway
 from tests.policies.keys import create_key, sluice
@@ -331,11 +330,10 @@ def page(gateway: RunningGateway) -> Iterator[Page]:
         assert not errors, errors
 
 
-def test_the_console_in_a_browser(gateway: RunningGateway, page: Page, tmp_path: Path) -> None:
+def test_the_console_in_a_browser(gateway: RunningGateway, page: Page) -> None:
     seed(gateway)
     gateway.wait_records(8)
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
+    shots = screenshots("console")
 
     # Signing in, from a deep link.
     page.goto(f"{gateway.url}/ui/keys")

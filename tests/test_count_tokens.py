@@ -130,6 +130,19 @@ def test_other_models_get_the_gateways_estimate(
         model=model, system="Be brief.", messages=[{"role": "user", "content": text}]
     )
     assert counted.input_tokens == 11
+    # Tool definitions are part of the prompt: name, description and schema count.
+    tool = {
+        "name": "get_weather",  # 11
+        "description": "Weather now",  # 11
+        "input_schema": {"type": "object", "properties": {}},  # 33 as compact JSON
+    }
+    with_tools = sdk(gateway).messages.count_tokens(
+        model=model,
+        system="Be brief.",
+        messages=[{"role": "user", "content": text}],
+        tools=[tool],  # type: ignore[list-item]
+    )
+    assert with_tools.input_tokens == -(-(42 + 11 + 11 + 33) // 4)  # 97 / 4, rounded up
     assert not [r for r in upstream.log()["requests"] if mark in json.dumps(r["body"])]
 
 

@@ -299,6 +299,15 @@ def test_malformed_litellm_configs_name_the_key_and_line(text: str, expected: st
     assert expected in error(text, {"OPENAI_API_KEY": "sk-x"})
 
 
+def test_a_litellm_key_written_twice_names_both_lines() -> None:
+    text = (
+        "model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/x\n"
+        "      api_base: http://127.0.0.1:1\n      model: openai/y\n"
+    )
+    message = error(text, {"OPENAI_API_KEY": "sk-x"})
+    assert "line 6: duplicate key 'model' (first at line 4)" in message
+
+
 def test_partial_rpm_gives_no_model_limit_and_says_so() -> None:
     text = """\
 model_list:

@@ -74,8 +74,10 @@ def test_requests_tokens_cache_and_refusals_are_counted(
     db = tmp_path / "sluice.db"
     plain = create_key(db, "plain")
     limited = create_key(db, "limited", "--rpm", "1")
-    tiny = create_key(db, "tiny", "--budget-usd", "0.000001")
-    gateway = start_gateway(gateway_config(upstream.url, db, pricing=PRICED), env=KEY_ENV)
+    # One request ($1.40, held as such with 10 output tokens estimated) fits, two do not.
+    tiny = create_key(db, "tiny", "--budget-usd", "2")
+    config = gateway_config(upstream.url, db, pricing=PRICED, limits={"output_estimate": 10})
+    gateway = start_gateway(config, env=KEY_ENV)
 
     assert ask(gateway, plain["key"])
     assert ask(gateway, plain["key"], stream=False)

@@ -110,21 +110,22 @@ def test_budgets_are_shared(
     start_gateway: StartGateway, upstream: Any, postgres_url: str, tmp_path: Path
 ) -> None:
     small = create_key("--name", "small", "--budget-usd", "3", "--db", postgres_url)
-    one, two = pair(start_gateway, upstream, postgres_url, tmp_path, pricing=PRICED)
+    # Requests hold 4 + 10 tokens while in flight: $1.40, what they cost.
+    limits = {"output_estimate": 10}
+    one, two = pair(start_gateway, upstream, postgres_url, tmp_path, pricing=PRICED, limits=limits)
 
-    # $0 → 1.40 → 2.80 on one; the other reads that spend from the shared records.
-    for _ in range(2):
-        assert chat(one, small["key"]).status_code == 200
-    within(5, lambda: len(recorded(postgres_url)) == 2)
-    assert chat(two, small["key"]).status_code == 200  # 2.80 < 3: admitted, now 4.20
-    refused = chat(two, small["key"])
+    # $0 → 1.40 on one; the other reads that spend from the shared records.
+    assert chat(one, small["key"]).status_code == 200
+    within(5, lambda: len(recorded(postgres_url)) == 1)
+    assert chat(two, small["key"]).status_code == 200  # 1.40 + 1.40 <= 3: admitted
+    refused = chat(two, small["key"])  # 2.80 + 1.40 > 3, only if it counted one's 1.40
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
     # The first re-reads the key's spend from the shared records within seconds.
-    within(5, lambda: len(recorded(postgres_url)) == 4)
+    within(5, lambda: len(recorded(postgres_url)) == 3)
     time.sleep(SHARED_RECORDS_RESEED + 0.5)
     assert chat(one, small["key"]).status_code == 429
     costs = [cost for _, key_id, cost in recorded(postgres_url) if key_id == small["id"] and cost]
-    assert costs == [pytest.approx(1.4)] * 3
+    assert costs == [pytest.approx(1.4)] * 2
 
 
 def test_a_conversation_started_on_one_continues_on_the_other(

@@ -331,8 +331,8 @@ def test_errors_before_the_stream_are_openai_shaped(relayed: RunningGateway) -> 
         return assert_openai_error(post(relayed, body), status, param)
 
     base: dict[str, Any] = {"model": "normal", "input": "hi"}
-    assert "background" in fails({**base, "background": True}, 400, "background")
-    fails({**base, "stream": True, "background": True}, 400, "background")
+    assert "store" in fails({**base, "background": True, "store": False}, 400, "background")
+    fails({**base, "background": "yes"}, 400, "background")
     fails({**base, "temperature": 3}, 400, "temperature")
     fails({**base, "max_output_tokens": 4}, 400, "max_output_tokens")
     fails({"input": "hi"}, 400, "model")
@@ -354,7 +354,9 @@ def test_errors_before_the_stream_are_openai_shaped(relayed: RunningGateway) -> 
     assert_openai_error(post(relayed, {**base, "model": "context_length"}), 400, "messages")
     # The SDK raises the matching exceptions.
     with pytest.raises(openai.BadRequestError) as bad:
-        sdk(relayed).responses.create(model="normal", input="hi", stream=True, background=True)
+        sdk(relayed).responses.create(
+            model="normal", input="hi", stream=True, background=True, store=False
+        )
     assert bad.value.param == "background"
 
 

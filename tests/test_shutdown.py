@@ -5,8 +5,10 @@ the process exits. Real processes: ``sluice serve``, the test upstream, HTTP cli
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import sqlite3
 import threading
 import time
 import urllib.error
@@ -14,6 +16,7 @@ import urllib.request
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from sluice import config
@@ -205,3 +208,23 @@ def test_ctrl_c_or_a_second_sigterm_stops_the_streams_at_once(
     assert BY_NAME["messages"].ending(reader.raw) == "error"
     gateway.process.wait(timeout=15)
     assert [r["outcome"] for r in gateway.records()] == ["shutdown"]
+
+
+def test_background_responses_run_on_through_the_grace(
+    start_gateway: StartGateway, upstream: Any
+) -> None:
+    """A background response has no client to wait for: the drain waits for it all the
+    same; one that ends within the grace completes, one that does not fails."""
+    config = upstream_config(upstream.url, routing={"retries": 0})
+    gateway = start_gateway(config, env={**KEY_ENV, "SLUICE_SHUTDOWN_GRACE": "3"})
+    client = openai.OpenAI(base_url=gateway.api, api_key="x", max_retries=0, timeout=20)
+    short = client.responses.create(model=SHORT, input="hi", background=True)  # 1.5 s
+    long = client.responses.create(model=LONG, input="hi", background=True)
+    time.sleep(0.3)
+    gateway.process.send_signal(signal.SIGTERM)
+    gateway.process.wait(timeout=20)
+    with contextlib.closing(sqlite3.connect(gateway.db_path)) as db:
+        statuses = dict(db.execute("SELECT id, status FROM responses").fetchall())
+    assert statuses == {short.id: "completed", long.id: "failed"}
+    outcomes = sorted(r["outcome"] for r in gateway.records() if r["route"] == "/v1/responses")
+    assert outcomes == ["ok", "shutdown"]

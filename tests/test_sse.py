@@ -5,6 +5,7 @@ https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-inte
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -128,6 +129,27 @@ def test_any_split_gives_the_same_events(
     assert decode(reads) == whole
     assert decode(stream[i : i + 1] for i in range(len(stream))) == whole
     # The data-only reader gives each event's data, whatever the reads.
+    decoder = SSEDecoder()
+    assert [d for read in reads for d in decoder.feed_data(read)] == datas(whole)
+
+
+#: Bytes that matter to the decoder, drawn often among random ones.
+_SSE_BYTES = [b"data:", b"data: ", b"event:", b"id:", b"retry:", b"\n", b"\r", b"\r\n", b":", BOM]
+
+
+@given(
+    st.lists(st.binary(max_size=6) | st.sampled_from(_SSE_BYTES), max_size=40).map(b"".join),
+    st.lists(st.integers(0, 400), max_size=10),
+)
+def test_any_bytes_in_any_reads_decode_alike_without_raising(
+    stream: bytes, cuts: list[int]
+) -> None:
+    """Whatever an upstream sends, the decoder raises nothing, and how the bytes were
+    cut into reads changes nothing."""
+    points = sorted({0, len(stream)} | {c % (len(stream) + 1) for c in cuts})
+    reads = [stream[a:b] for a, b in itertools.pairwise(points)]
+    whole = decode_all(stream)
+    assert decode(reads) == whole
     decoder = SSEDecoder()
     assert [d for read in reads for d in decoder.feed_data(read)] == datas(whole)
 

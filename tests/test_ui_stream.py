@@ -253,10 +253,13 @@ def test_a_failure_after_the_first_byte_is_an_error_chunk(
 
 
 def test_an_error_before_the_first_byte_is_a_status(gateway: RunningGateway) -> None:
-    out = chat(gateway, "error_status:status=429")
+    """...and leaves nothing to resume (a reloaded page must not get the error again)."""
+    out = chat(gateway, "error_status:status=429", chatId="chat-refused")
     assert out["status"] == 429 and out["message"] is None
     assert out["headers"]["x-vercel-ai-ui-message-stream"] is None  # not a stream
     assert json.loads(out["thrown"])["error"]["code"] == "rate_limit_exceeded"
+    again = ui_sdk.send(api(gateway), {"resume": True, "chatId": "chat-refused"})
+    assert again["status"] == 204
 
 
 def test_keepalive_comments_while_waiting(gateway: RunningGateway) -> None:
@@ -405,10 +408,11 @@ def test_stop(gateway: RunningGateway, upstream: Any, model: str, sign: bytes) -
     assert upstream.connection_for(model) is not None
 
 
-def test_a_resumed_answer_ends_when_its_first_client_leaves(gateway: RunningGateway) -> None:
-    """Answers do not go on in the background yet: when the client that asked leaves,
-    the upstream is cancelled and whoever resumed the answer gets an ``error`` chunk."""
-    body = json.dumps({"id": "chat-left", "messages": [USER], "model": "paced:n=1000"}).encode()
+def test_the_answer_goes_on_when_its_first_client_leaves(gateway: RunningGateway) -> None:
+    """The client that asked leaves mid-answer: the answer goes on, and whoever resumed
+    it gets it whole, from ``start`` to ``finish``."""
+    model = "paced:n=60,interval=0.02"
+    body = json.dumps({"id": "chat-left", "messages": [USER], "model": model}).encode()
     port = int(gateway.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(
@@ -432,5 +436,28 @@ def test_a_resumed_answer_ends_when_its_first_client_leaves(gateway: RunningGate
     assert checked["problems"] == []
     sent = [c["type"] for c in checked["chunks"]]
     assert sent[:3] == ["start", "start-step", "text-start"]
-    assert sent[-1] == "error" and "finish" not in sent
-    assert "went away" in checked["chunks"][-1]["errorText"]
+    assert sent[-1] == "finish" and "error" not in sent
+    text = "".join(c["delta"] for c in checked["chunks"] if c["type"] == "text-delta")
+    assert text == expected_text(model)
+
+
+def test_a_cut_and_a_reconnect_give_the_uncut_message(gateway: RunningGateway) -> None:
+    """``DefaultChatTransport`` sends, the connection drops mid-answer, the transport
+    reconnects (``reconnectToStream``) and ``readUIMessageStream`` assembles the message
+    from the resumed stream alone: the same message as an uncut run."""
+    model = "paced:n=40,interval=0.03"
+    body = {"model": model}
+    uncut = ui_sdk.send(api(gateway), {"chatId": "chat-uncut", "messages": [USER], "body": body})
+    cut = ui_sdk.send(
+        api(gateway),
+        {"chatId": "chat-cut", "messages": [USER], "body": body, "cutAfter": 6},
+    )
+    assert cut["problems"] == [] and cut["errors"] == [] and "thrown" not in cut
+    assert [c["type"] for c in cut["cut"]][:3] == ["start", "start-step", "text-start"]
+    assert len(cut["cut"]) == 6 and cut["cut"][-1]["type"] == "text-delta"
+    assert cut["message"]["id"] == cut["cut"][0]["messageId"]
+    assert cut["message"]["parts"] == uncut["message"]["parts"]
+    assert text_of(cut["message"]) == expected_text(model)
+    # Read whole once: the chat has no answer to resume any more.
+    again = ui_sdk.send(api(gateway), {"resume": True, "chatId": "chat-cut"})
+    assert again["status"] == 204

@@ -16,21 +16,33 @@ from typing import TYPE_CHECKING
 import orjson
 
 from sluice import config
+from sluice.chat_resume import ResumableChat, wants_resume
 from sluice.config import Settings
+from sluice.cors import Cors
 from sluice.dialects import Dialect, Encoder
 from sluice.dialects.anthropic_messages import AnthropicMessagesDialect, count_tokens_body
+from sluice.dialects.bounds import Bounds
 from sluice.dialects.openai_chat import OpenAIChatDialect
 from sluice.dialects.openai_embeddings import OpenAIEmbeddingsDialect
 from sluice.dialects.text import TextDialect
 from sluice.drain import Drain
-from sluice.errors import MethodNotAllowed, NotFound, ShuttingDown, SluiceError
+from sluice.errors import (
+    HeadersTooLarge,
+    MethodNotAllowed,
+    NotFound,
+    RequestError,
+    ShuttingDown,
+    SluiceError,
+)
 from sluice.events import Batch, ChatRequest, estimate_input_tokens, transcript
 from sluice.exchange import ClientGone, Exchange, Receive, Scope, Send
+from sluice.generations import Detached, Generation, Generations
 from sluice.journal import journals_for
 from sluice.policies import Call, Handler, pipeline
 from sluice.policies.auth import (
     Access,
     Authenticator,
+    exposure_problem,
     may_use,
     model_access,
     require_model,
@@ -38,6 +50,7 @@ from sluice.policies.auth import (
 )
 from sluice.policies.budget import Budgets
 from sluice.policies.cache import Cache
+from sluice.policies.lockout import Lockout
 from sluice.policies.ratelimit import RateLimits
 from sluice.policies.route import Router
 from sluice.pricing import PriceTable
@@ -45,6 +58,7 @@ from sluice.providers.http import Pool
 from sluice.providers.registry import Providers
 from sluice.relay import relay
 from sluice.responses_api import ResponsesAPI
+from sluice.resume import Discard, discard, never
 from sluice.state import SharedState, open_state
 from sluice.store import Backlog, Record, RecordStore
 from sluice.store.database import DatabaseOptions, open_database
@@ -147,6 +161,37 @@ SHARED_RECORDS_RESEED = 2.0
 STOP_WRITE = 2.0
 
 
+def check_head(headers: list[tuple[bytes, bytes]], limit: int) -> None:
+    """431 when the request's header fields, as sent (``name: value``), pass ``limit``
+    bytes together. The ASGI server read them already (httptools sets no bound of its
+    own; h11 refuses a head over 16 KiB with its own 400): this keeps them out of
+    everything after.
+
+    400 (and the connection closed) when the body's length is ambiguous: a
+    ``Content-Length`` beside a ``Transfer-Encoding``, or two ``Content-Length`` that
+    differ, as a proxy in front may have read them otherwise (request smuggling).
+    httptools (llhttp) refuses these itself; h11 lets ``Transfer-Encoding`` win."""
+    size = 0
+    lengths: set[bytes] = set()
+    encoded = False
+    for name, value in headers:
+        size += len(name) + len(value) + 4
+        if name == b"content-length":
+            lengths.add(value.strip())
+        elif name == b"transfer-encoding":
+            encoded = True
+    if size > limit:
+        raise HeadersTooLarge(
+            f"the request's header fields take {size} bytes, more than {limit} (max_header_bytes)"
+        )
+    if len(lengths) > 1 or (lengths and encoded):
+        raise RequestError(
+            "the request's length is ambiguous: Content-Length with Transfer-Encoding,"
+            " or Content-Length values that differ",
+            headers={"Connection": "close"},
+        )
+
+
 def new_id() -> str:
     return uuid.uuid4().hex[:24]
 
@@ -177,29 +222,47 @@ class Gateway:
         self._providers: Providers | None = None
         self._handler: Handler | None = None
         self._state: SharedState | None = None
+        self._generations: Generations | None = None
+        bounds = Bounds(settings.max_json_depth, settings.max_messages)
         self._text = TextDialect()
-        self._openai = OpenAIChatDialect()
-        embeddings = OpenAIEmbeddingsDialect()
-        self._anthropic = AnthropicMessagesDialect()
+        self._openai = OpenAIChatDialect(bounds)
+        embeddings = OpenAIEmbeddingsDialect(bounds)
+        self._anthropic = AnthropicMessagesDialect(bounds)
         self.routes = RouteTable()
         text, openai, anthropic = self._text, self._openai, self._anthropic
-        api = ResponsesAPI(self.responses, self._serve, settings.max_body_bytes)
+        api = ResponsesAPI(
+            self.responses,
+            self._serve,
+            settings.max_body_bytes,
+            self._detach,
+            lambda: self.generations,
+            settings.keepalive_interval,
+            bounds,
+        )
         responses = api.dialect
         ui = UIChatAPI(
             self._serve,
             settings.max_body_bytes,
             settings.default_model,
             settings.keepalive_interval,
+            self._detach,
+            lambda: self.generations,
+            bounds,
+        )
+        self._resumable = ResumableChat(
+            self._detach, lambda: self.generations, settings.keepalive_interval
         )
         for method, path, route in (
             ("GET", "/", Route(text, self._generate)),
             ("POST", "/v1/chat/completions", Route(openai, self._generate)),
+            ("GET", "/v1/chat/completions/{id}/stream", Route(openai, self._resumable.resume)),
             ("POST", "/v1/embeddings", Route(embeddings, self._generate)),
             ("GET", "/v1/models", Route(openai, self._models)),
             ("GET", "/v1/models/{rest}", Route(openai, self._model)),
             ("POST", "/v1/responses", Route(responses, api.create)),
             ("GET", "/v1/responses/{id}", Route(responses, api.retrieve)),
             ("DELETE", "/v1/responses/{id}", Route(responses, api.delete)),
+            ("POST", "/v1/responses/{id}/cancel", Route(responses, api.cancel)),
             ("GET", "/v1/responses/{id}/input_items", Route(responses, api.input_items)),
             ("GET", "/healthz", Route(openai, self._health)),
             ("GET", "/readyz", Route(openai, self._ready)),
@@ -222,6 +285,7 @@ class Gateway:
             self._http,
         )
         self.metrics = Metrics(settings.metrics.multiprocess_dir, self.routes.label)
+        self._cors = Cors(settings.cors)
         self._tracing: Tracing | None = None
         #: SIGTERM drains: see drain.py.
         self.drain = Drain(settings.shutdown_grace)
@@ -242,6 +306,11 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------------
 
     async def startup(self) -> None:
+        # The safe default holds however the app is served (sluice serve, or an ASGI
+        # server given create_app): no public address without authentication.
+        problem = await exposure_problem(self.settings, self.keys)
+        if problem is not None:
+            raise config.ConfigError(problem)
         if self.settings.traces.enabled:
             from sluice.telemetry.traces import Tracing
 
@@ -254,11 +323,25 @@ class Gateway:
         redis_url = self.settings.redis_url
         self._state = open_state(redis_url.get() if redis_url else None)
         await self._state.start()
+        if self.settings.auth_max_failures:
+            self._auth.lockout = Lockout(self._state, self.settings.auth_max_failures)
+        generations = self.settings.generations
+        self._generations = Generations(
+            generations,
+            self._state,
+            journals_for(self._state, 0, generations.max_total_bytes, generations.retention),
+        )
+        self._watch_generations(self._generations)
         # Spend in a database that other instances write to, but counted in this
         # process's memory: re-read it from the shared records often, not every 10 min.
         reseed = SHARED_RECORDS_RESEED if self.database.shared and not redis_url else None
         self._budgets = Budgets(
-            PriceTable(self.settings.pricing), self._state, self.keys, reseed_interval=reseed
+            PriceTable(self.settings.pricing),
+            self._state,
+            self.keys,
+            reseed_interval=reseed,
+            output_estimate=self.settings.limits.output_estimate,
+            resolve=self.settings.resolve,
         )
         cache = self.settings.cache
         self._cache = Cache(
@@ -267,7 +350,7 @@ class Gateway:
         self._handler = pipeline(
             [
                 model_access,
-                RateLimits(self.settings.limits, self._state),
+                RateLimits(self.settings.limits, self._state, free=self._cache.answered),
                 self._budgets.policy,
                 self._cache,
             ],
@@ -288,8 +371,24 @@ class Gateway:
             else:
                 log.info("model %s → %s at %s", name, deployment.provider, deployment.base_url)
 
+    def _watch_generations(self, generations: Generations) -> None:
+        """While draining, generations running without a client (background responses)
+        run on as requests do; at the deadline they fail, which ends their readers with
+        the error and records them with outcome ``shutdown``."""
+        self.drain.busy = generations.__len__
+        failing: set[asyncio.Task[None]] = set()
+
+        def fail() -> None:
+            task = asyncio.get_running_loop().create_task(generations.shutdown())
+            failing.add(task)
+            task.add_done_callback(failing.discard)
+
+        self.drain.track(fail)
+
     async def shutdown(self) -> None:
         self.drain.uninstall()
+        if self._generations is not None:
+            await self._generations.close()  # running generations end failed, recorded
         if self._cache is not None:
             await self._cache.close()  # generations in flight, before their upstreams
         if self._providers is not None:
@@ -365,8 +464,21 @@ class Gateway:
             if drain.draining and path not in _DRAIN_OPEN:
                 record.outcome = "rejected"  # never served: another instance can be asked
                 raise ShuttingDown("the gateway is shutting down; retry on another instance")
+            check_head(scope["headers"], self.settings.max_header_bytes)
+            origin = exchange.headers.get("origin") if self._cors.enabled else None
+            if origin is not None and self._cors.allows(origin):
+                if method != "OPTIONS" or "access-control-request-method" not in exchange.headers:
+                    exchange.response_headers.extend(self._cors.response_headers(origin))
+                else:
+                    preflight = self._cors.preflight(origin, exchange.headers)
+                    if preflight is not None:  # else answered as any request (401, 405)
+                        await exchange.respond(204, preflight, b"")
+                        return
             if access is None:
-                access = await self._auth.check(method, path, exchange.headers, record)
+                server = scope.get("server")
+                access = await self._auth.check(
+                    method, path, exchange.headers, record, server[0] if server else None
+                )
             elif access.key is not None:
                 record.key_id = access.key.id
             exchange.key, exchange.public = access.key, access.public
@@ -396,8 +508,9 @@ class Gateway:
             record.duration_ms = (time.perf_counter() - t0) * 1000
             if record.status == 0:
                 record.status = exchange.status
-            self.store.add(record)
-            self.metrics.observe(record)
+            if exchange.record is record:  # else a generation took it: recorded at its end
+                self.store.add(record)
+                self.metrics.observe(record)
             if span is not None:
                 span.end(record)
 
@@ -426,6 +539,9 @@ class Gateway:
         request = dialect.decode(
             body, exchange.query, exchange.headers, self.settings.default_model
         )
+        if dialect is self._openai and wants_resume(exchange.headers):
+            await self._resumable.create(exchange, dialect, request)
+            return
         await self._serve(exchange, dialect, request)
 
     async def _serve(
@@ -524,6 +640,101 @@ class Gateway:
         with contextlib.suppress(OSError, TimeoutError):
             async with asyncio.timeout(STOP_WRITE):  # a client that no longer reads
                 await exchange.write(encoder.error(error), more=False)
+
+    @property
+    def generations(self) -> Generations:
+        """Generations that outlive their request; made in ``startup``."""
+        assert self._generations is not None, "the gateway has not started"
+        return self._generations
+
+    async def _detach(
+        self,
+        exchange: Exchange,
+        dialect: Dialect,
+        request: ChatRequest,
+        detached: Detached,
+    ) -> Generation:
+        """Start ``request`` as a generation of its own: it runs through the pipeline to
+        its end whatever the client does, and its record (the request's, taken from the
+        exchange) is written once, when it ends. The client reads it like any reader."""
+        record = exchange.record
+        record.api = dialect.name
+        record.model = request.model
+        record.stream = request.stream
+        record.operation = request.operation
+        if self.settings.store_content:
+            record.prompt = orjson.dumps(transcript(request)).decode()
+        handler, budgets = self._handler, self._budgets
+        assert handler is not None and budgets is not None, "the gateway has not started"
+        call = Call(
+            record=record,
+            headers=exchange.headers,
+            response_headers=exchange.response_headers,
+            key=exchange.key,
+            public=exchange.public,
+        )
+        sink = Exchange(exchange.scope, never, discard, record)
+        generations, metrics = self.generations, self.metrics
+        keep_text = self.settings.store_content
+
+        async def produce(generation: Generation) -> None:
+            stream = handler(request, call)
+            if detached.wrap is not None:
+                stream = detached.wrap(stream)
+            metrics.stream_started(record)
+            try:
+                async with contextlib.aclosing(generation.tee(stream)) as batches:
+                    await relay(sink, batches, Discard(), 0, keep_text=keep_text, call=call)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                assert task is not None
+                task.uncancel()  # recorded below, then the generation ends
+                if generation.cancelled:
+                    record.outcome, record.error = "cancelled", generation.reason
+                else:
+                    record.outcome = "shutdown"
+                    record.error = "the gateway shut down before the generation ended"
+                    record.error_type = ShuttingDown.__name__
+            except SluiceError as exc:
+                before = not sink.started and record.chunks == 0
+                record.outcome = "rejected" if exc.status < 500 and before else "error"
+                record.error = exc.message
+                record.error_type = type(exc).__name__
+                if before:
+                    record.status = exc.status
+            finally:
+                metrics.stream_ended(record)
+            if record.input_tokens is None:
+                self._estimate_usage(request, record)
+            await budgets.settle(request, call)
+            record.resumes = await generations.resumes(generation.id)
+            record.ended_at = time.time()
+            record.duration_ms = (record.ended_at - record.started_at) * 1000
+            self.store.add(record)
+            metrics.observe(record)
+
+        generation = await generations.begin(
+            detached.id,
+            detached.kind,
+            exchange.key.id if exchange.key is not None else None,
+            detached.data,
+            produce,
+            background=detached.background,
+            on_cancel=detached.on_cancel,
+        )
+        generation.admitted = lambda: call.admitted
+        # The request goes on as a reader; what it does is not the generation's record.
+        exchange.record = Record(
+            id=record.id,
+            started_at=record.started_at,
+            route=record.route,
+            method=record.method,
+            api=record.api,
+            model=record.model,
+            client=record.client,
+            key_id=record.key_id,
+        )
+        return generation
 
     @staticmethod
     def _estimate_usage(request: ChatRequest, record: Record) -> None:

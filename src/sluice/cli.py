@@ -18,6 +18,9 @@ from urllib.parse import urlsplit
 from sluice import config
 from sluice.sse import SSEDecoder
 
+#: The status a shell reports for a program that SIGPIPE ended (128 + 13).
+SIGPIPE_EXIT = 141
+
 
 def _raise_fd_limit() -> None:
     """Each open stream holds two sockets (client and upstream): allow as many as we may."""
@@ -254,3 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (``sluice ask … | head``): stop quietly, as ``cat`` does.
+        # Point stdout at /dev/null so that the flush at exit cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return SIGPIPE_EXIT

@@ -24,8 +24,8 @@ generations), so that it is marked failed rather than lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import math
 import signal
 import threading
 from collections.abc import Callable
@@ -39,6 +39,8 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: After the stops at the deadline, how long the stopped requests get to write their
 #: error and their record before the server's shutdown takes over.
 STOP_WAIT = 5.0
+#: Seconds between two looks at what is still running.
+_POLL = 0.05
 
 Stop = Callable[[], None]
 _Handler = Callable[[int, FrameType | None], Any]
@@ -52,12 +54,16 @@ class Drain:
         self.draining = False
         self._inflight = 0
         self._stops: dict[object, Stop] = {}
-        self._idle: asyncio.Event | None = None
+        #: Work besides requests that the drain waits for (generations running without
+        #: a client): how much is left. Stopped at the deadline through ``track``.
+        self.busy: Callable[[], int] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._previous: dict[int, _Handler] = {}
         self._task: asyncio.Task[None] | None = None
         #: Set to stop the streams in flight now rather than at the end of the grace.
         self._hurry: asyncio.Event | None = None
+        #: Set when a request ends or the streams are to be stopped now (while draining).
+        self._changed: asyncio.Event | None = None
         #: The signal that started the drain: the server is handed it at the end.
         self._signum: int = signal.SIGTERM
 
@@ -68,8 +74,8 @@ class Drain:
 
     def leave(self) -> None:
         self._inflight -= 1
-        if self._inflight <= 0 and self._idle is not None:
-            self._idle.set()
+        if self._changed is not None:
+            self._changed.set()
 
     def track(self, stop: Stop) -> Callable[[], None]:
         """Call ``stop`` if the grace ends while this is still running; the function
@@ -116,8 +122,9 @@ class Drain:
         again = self.draining
         self.begin(signum)
         if signum != signal.SIGTERM or again:
-            assert self._hurry is not None
+            assert self._hurry is not None and self._changed is not None
             self._hurry.set()  # Ctrl+C, or a second SIGTERM: stop the streams now
+            self._changed.set()
 
     def _hand_over(self, signum: int) -> None:
         previous = self._previous.get(signum)
@@ -132,10 +139,8 @@ class Drain:
             return
         self.draining = True
         self._signum = signum
-        self._idle = asyncio.Event()
         self._hurry = asyncio.Event()
-        if self._inflight <= 0:
-            self._idle.set()
+        self._changed = asyncio.Event()
         log.info(
             "draining: %d requests in flight, up to %g s before they are stopped",
             self._inflight,
@@ -144,26 +149,35 @@ class Drain:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sluice.drain")
 
     async def _run(self) -> None:
-        assert self._idle is not None and self._hurry is not None
-        waits = {
-            asyncio.ensure_future(self._idle.wait()),
-            asyncio.ensure_future(self._hurry.wait()),
-        }
-        grace = self.grace if math.isfinite(self.grace) else None
-        await asyncio.wait(waits, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
-        for wait in waits:
-            wait.cancel()
-        if not self._idle.is_set():
+        assert self._hurry is not None
+        loop = asyncio.get_running_loop()
+        await self._until_quiet(loop.time() + self.grace, stop_early=True)
+        if not self._quiet():
             self._hurry.set()
             stops = list(self._stops.values())
             self._stops.clear()
-            log.warning("stopping %d streams still in flight", len(stops))
+            log.warning("grace over: stopping %d streams and generations still running", len(stops))
             for stop in stops:
                 stop()
-            try:
-                async with asyncio.timeout(STOP_WAIT):
-                    await self._idle.wait()
-            except TimeoutError:
+            await self._until_quiet(loop.time() + STOP_WAIT, stop_early=False)
+            if not self._quiet():
                 log.warning("%d requests still running at shutdown", self._inflight)
         log.info("drained")
         self._hand_over(self._signum)
+
+    def _quiet(self) -> bool:
+        return self._inflight <= 0 and not (self.busy is not None and self.busy())
+
+    async def _until_quiet(self, end: float, stop_early: bool) -> None:
+        """Until nothing runs or ``end`` (or, with ``stop_early``, until the streams
+        are to be stopped now), looking again when a request ends or ``_POLL`` passed
+        (``busy`` tells no one when it changes)."""
+        assert self._hurry is not None and self._changed is not None
+        loop = asyncio.get_running_loop()
+        while not self._quiet() and loop.time() < end:
+            if stop_early and self._hurry.is_set():
+                return
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(_POLL, end - loop.time())):
+                    await self._changed.wait()

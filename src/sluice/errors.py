@@ -3,6 +3,7 @@
     SluiceError
     ├── RequestError                 400  invalid_request_error
     │   ├── BodyTooLarge             413
+    │   ├── HeadersTooLarge          431
     │   ├── NotFound                 404  (unknown route)
     │   ├── MethodNotAllowed         405
     │   ├── UnsupportedMediaType     415  (a Content-Encoding the gateway cannot decode)
@@ -61,6 +62,11 @@ class RequestError(SluiceError):
 class BodyTooLarge(RequestError):
     status = 413
     code = "request_too_large"
+
+
+class HeadersTooLarge(RequestError):
+    status = 431
+    code = "request_header_fields_too_large"
 
 
 class NotFound(RequestError):
@@ -141,8 +147,18 @@ class ShuttingDown(ServiceUnavailable):
 
     code = "shutting_down"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"Connection": "close"})
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if headers is None:
+            headers = {"Connection": "close"}
+        super().__init__(message, param=param, code=code, status=status, headers=headers)
 
 
 class UpstreamError(SluiceError):

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
+
 #: The wire formats Sluice reads and writes: one upstream module and one client
 #: dialect each. ``sluice`` is the simulator's (it has no bytes of its own);
 #: ``ui_stream`` (the Vercel AI SDK's UI messages) is only ever a client's.
@@ -376,6 +378,11 @@ def prompt_chars(request: ChatRequest) -> int:
     for message in request.messages:
         for part in message.parts:
             chars += part_chars(part)
+    for tool in request.tools or ():
+        # Definitions are prompt too: every upstream renders them into the model's input.
+        chars += len(tool.name) + len(tool.description or "")
+        if tool.parameters:
+            chars += len(orjson.dumps(tool.parameters))
     return chars
 
 

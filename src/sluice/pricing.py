@@ -1,10 +1,13 @@
 """What a request cost: a price table per model, in USD per million tokens.
 
-The defaults are OpenAI's published standard-tier list prices as of June 2025
-(``PRICES_AS_OF``), for the models and their current dated snapshots. Reasoning tokens
-are billed as output tokens and are already counted in ``output_tokens``; discounts for
-cached input and the Batch API are not applied, so for those the cost is an upper
-bound. The config's ``pricing:`` section adds models or overrides these.
+The defaults are OpenAI's and Anthropic's published standard-tier list prices
+(``PRICES_AS_OF``; Anthropic's models released since, to Claude Opus 4.5, at their
+launch prices), for the models, their dated snapshots and Anthropic's aliases.
+Reasoning (thinking) tokens are billed as output tokens and are already counted in
+``output_tokens``. Input tokens include cached ones (Anthropic's cache reads and writes
+too) and are all priced as plain input: cache-read discounts and the Batch API are not
+applied, and Anthropic's cache writes (1.25x input) are counted at 1x. The config's
+``pricing:`` section adds models or overrides these.
 
 A model that is in neither has an unknown cost (``None``), never a silent zero. An
 answer no upstream was paid for (the simulator's) costs ``FREE``, unless the config's
@@ -44,6 +47,16 @@ DEFAULT_PRICES: Mapping[str, Price] = MappingProxyType(
         **_same(Price(2.00, 8.00), "o3", "o3-2025-04-16"),
         **_same(Price(1.10, 4.40), "o4-mini", "o4-mini-2025-04-16"),
         **_same(Price(0.50, 1.50), "gpt-3.5-turbo", "gpt-3.5-turbo-0125"),
+        # Anthropic.
+        **_same(Price(5.00, 25.00), "claude-opus-4-5", "claude-opus-4-5-20251101"),
+        **_same(Price(15.00, 75.00), "claude-opus-4-1", "claude-opus-4-1-20250805"),
+        **_same(Price(15.00, 75.00), "claude-opus-4-0", "claude-opus-4-20250514"),
+        **_same(Price(3.00, 15.00), "claude-sonnet-4-5", "claude-sonnet-4-5-20250929"),
+        **_same(Price(3.00, 15.00), "claude-sonnet-4-0", "claude-sonnet-4-20250514"),
+        **_same(Price(3.00, 15.00), "claude-3-7-sonnet-latest", "claude-3-7-sonnet-20250219"),
+        **_same(Price(1.00, 5.00), "claude-haiku-4-5", "claude-haiku-4-5-20251001"),
+        **_same(Price(0.80, 4.00), "claude-3-5-haiku-latest", "claude-3-5-haiku-20241022"),
+        "claude-3-haiku-20240307": Price(0.25, 1.25),
         # Embeddings: input tokens only.
         "text-embedding-3-small": Price(0.02, 0.0),
         "text-embedding-3-large": Price(0.13, 0.0),

@@ -7,6 +7,14 @@ event reaches the client, so the client may continue at once, on any instance sh
 the database. ``GET`` and ``DELETE /v1/responses/{id}`` and
 ``GET /v1/responses/{id}/input_items`` read the store.
 
+With ``background`` (which needs ``store``) the response runs as a generation of its
+own (``sluice.generations``): ``POST`` answers at once (``queued`` or ``in_progress``;
+its events when ``stream`` is asked), and the response is stored at its start, when its
+first event came and at its end. ``GET /v1/responses/{id}?stream=true`` replays its
+events from the first, or those after ``starting_after``, then follows it live, on any
+instance; ``POST /v1/responses/{id}/cancel`` stops it (and again answers the same
+final response). A response whose instance went away before its end is ``failed``.
+
 Which responses are stored: those the client saw the id of. A stream is stored once
 its first event went out, whatever happens next: ``completed``, ``incomplete`` (token
 limit, content filter), ``failed`` (an error after the first byte), or ``cancelled``
@@ -22,6 +30,7 @@ anyone while authentication is off, any response. Another key's response is answ
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -30,12 +39,17 @@ from typing import Any, Protocol
 import orjson
 
 from sluice.dialects import Dialect, Encoder
-from sluice.dialects.openai_responses import ID_PREFIX, OpenAIResponsesDialect
+from sluice.dialects.bounds import DEFAULT_BOUNDS, Bounds
+from sluice.dialects.openai_responses import ID_PREFIX, OpenAIResponsesDialect, StreamEncoder
 from sluice.dialects.responses_items import messages_of
 from sluice.dialects.responses_request import ResponsesRequest, decode_responses
+from sluice.dialects.responses_stream import ResponseBuilder
 from sluice.errors import NotFound, RequestError, ServiceUnavailable, SluiceError, Unsupported
 from sluice.events import Batch, ChatRequest
 from sluice.exchange import Exchange
+from sluice.generations import Detach, Detached, Generation, Generations, Info, ShuttingDown
+from sluice.journal import Cancelled, WriterGone
+from sluice.resume import Skipping, follow_to
 from sluice.store import VirtualKey
 from sluice.store.responses import ResponseStore, StoredResponse
 
@@ -44,6 +58,11 @@ log = logging.getLogger("sluice.responses")
 JSON = [(b"content-type", b"application/json")]
 PREFIX = "/v1/responses/"
 INPUT_ITEMS = "/input_items"
+CANCEL = "/cancel"
+#: Statuses of a response that has not ended.
+RUNNING = ("queued", "in_progress")
+#: Seconds a cancel waits for the response to end.
+CANCEL_WAIT = 3.0
 #: The most responses one conversation may chain through ``previous_response_id``.
 MAX_CONVERSATION = 1000
 
@@ -83,22 +102,47 @@ def visible(stored: StoredResponse, key: VirtualKey | None) -> bool:
     return key is None or key.master or stored.key_id == key.id
 
 
+def lost(response: dict[str, Any], message: str) -> dict[str, Any]:
+    """A response that never ended, ``failed`` (its unfinished items ``incomplete``)."""
+    output = [
+        {**item, "status": "incomplete"} if item.get("status") == "in_progress" else item
+        for item in response.get("output") or []
+    ]
+    error = {"code": "server_error", "message": message}
+    return {**response, "status": "failed", "error": error, "output": output}
+
+
 class ResponsesAPI:
-    def __init__(self, store: ResponseStore, serve: Serve, max_body_bytes: int) -> None:
-        self.dialect = OpenAIResponsesDialect()
+    def __init__(
+        self,
+        store: ResponseStore,
+        serve: Serve,
+        max_body_bytes: int,
+        detach: Detach,
+        generations: Callable[[], Generations],
+        keepalive_interval: float,
+        bounds: Bounds = DEFAULT_BOUNDS,
+    ) -> None:
+        self.dialect = OpenAIResponsesDialect(bounds)
         self._store = store
         self._serve = serve
         self._max_body = max_body_bytes
+        self._detach = detach
+        self._generations = generations
+        self._keepalive = keepalive_interval
 
     # -- POST /v1/responses ------------------------------------------------------------
 
     async def create(self, exchange: Exchange, dialect: Dialect) -> None:
         body = await exchange.read_body(self._max_body)
-        decoded = decode_responses(body)
+        decoded = decode_responses(body, self.dialect.bounds)
         record = exchange.record
         if decoded.previous_response_id is not None:
             await self._continue(decoded, exchange.key)
         response_id = f"{ID_PREFIX}{record.id}"
+        if decoded.background:
+            await self._background(exchange, dialect, decoded, response_id)
+            return
         encoder = self.dialect.encoder_for(decoded, response_id, int(record.started_at))
         builder = encoder.builder
         stored = False
@@ -184,14 +228,178 @@ class ResponsesAPI:
         return stored
 
     async def retrieve(self, exchange: Exchange, dialect: Dialect) -> None:
-        if exchange.query.get("stream", "false").lower() not in ("false", "0", ""):
-            raise RequestError(
-                "streaming a stored response is not available on this gateway; retrieve it"
-                " without 'stream'",
-                param="stream",
-            )
-        stored = await self._find(exchange)
+        stream = exchange.query.get("stream", "false").lower() not in ("false", "0", "")
+        after = -1
+        if stream:
+            text = exchange.query.get("starting_after", "")
+            if text and not (text.isdigit() or text == "-1"):
+                raise RequestError(
+                    "'starting_after' must be a sequence number (an integer >= -1)",
+                    param="starting_after",
+                )
+            after = int(text) if text else -1
+        stored = await self._check(await self._find(exchange))
+        if stream:
+            await self._stream(exchange, stored, after)
+            return
         await exchange.respond(200, JSON, orjson.dumps(stored.response))
+
+    async def cancel(self, exchange: Exchange, dialect: Dialect) -> None:
+        stored = await self._find(exchange, CANCEL)
+        if not stored.response.get("background"):
+            raise RequestError(
+                f"Only responses created with background=true can be cancelled; '{stored.id}'"
+                " was not.",
+                param="response_id",
+            )
+        generations = self._generations()
+        info = await generations.find(stored.id)
+        if info is not None and info.live:
+            await generations.cancel(info)
+            await generations.wait(info.id, CANCEL_WAIT)
+            stored = await self._find(exchange, CANCEL)
+        stored = await self._check(stored)
+        await exchange.respond(200, JSON, orjson.dumps(stored.response))
+
+    # -- background mode ---------------------------------------------------------------
+
+    async def _background(
+        self, exchange: Exchange, dialect: Dialect, decoded: ResponsesRequest, response_id: str
+    ) -> None:
+        request = decoded.request
+        created = int(exchange.record.started_at)
+        echo = {**decoded.echo, "background": True}
+        model, summaries = request.model, decoded.summaries
+        builder = ResponseBuilder(response_id, created, model, echo, summaries, False)
+        items = with_ids(decoded.items, response_id)
+        key_id = exchange.key.id if exchange.key is not None else None
+        store = self._store
+        running: Generation | None = None
+
+        async def put(response: dict[str, Any]) -> None:
+            try:
+                await store.put(StoredResponse(response, items, key_id))
+            except ServiceUnavailable as exc:
+                log.error("response %s was not stored: %s", response_id, exc.message)
+
+        async def storing(stream: AsyncGenerator[Batch, None]) -> AsyncGenerator[Batch, None]:
+            started = False
+            try:
+                async with contextlib.aclosing(stream):
+                    async for batch in stream:
+                        builder.feed(batch)
+                        if not started:
+                            started = True
+                            await put(builder.response("in_progress"))
+                        yield batch
+            except asyncio.CancelledError:
+                if running is not None and running.cancelled:
+                    await put(builder.cancel())
+                else:
+                    await put(builder.fail(ShuttingDown("the gateway shut down")))
+                raise
+            except SluiceError as exc:
+                await put(builder.fail(exc))
+                raise
+            await put(builder.settle())
+
+        # Stored first: whoever gets its id finds it, on any instance.
+        await store.put(StoredResponse(builder.response("queued"), items, key_id))
+        data = {
+            "model": request.model,
+            "created_at": created,
+            "echo": echo,
+            "summaries": decoded.summaries,
+        }
+        detached = Detached(response_id, "responses", data, background=True, wrap=storing)
+        try:
+            running = await self._detach(exchange, dialect, request, detached)
+            await running.admission()
+        except SluiceError:
+            # Refused at once (a limit, a model the key may not use): a status, not a response.
+            with contextlib.suppress(ServiceUnavailable):
+                await store.delete(response_id)
+            raise
+        if request.stream:
+            info = running.info
+            await self._follow(exchange, info, self._generations().follow(info), -1)
+            return
+        status = "in_progress" if running.journal.batches else "queued"
+        await exchange.respond(200, JSON, orjson.dumps(builder.response(status)))
+
+    async def _check(self, stored: StoredResponse) -> StoredResponse:
+        """A running response whose instance went away is stored ``failed``."""
+        if stored.response.get("status") not in RUNNING:
+            return stored
+        generations = self._generations()
+        info = await generations.find(stored.id)
+        if info is not None and info.live and await generations.writer_alive(info):
+            return stored
+        message = "the instance running this response went away"
+        if info is not None and not info.live:
+            # It ended, and its end was not stored (that happens before it ends).
+            message = info.error or "the response ended before it was stored"
+        response = lost(stored.response, message)
+        fresh = StoredResponse(response, stored.input_items, stored.key_id)
+        await self._store.put(fresh)
+        return fresh
+
+    async def _stream(self, exchange: Exchange, stored: StoredResponse, after: int) -> None:
+        generations = self._generations()
+        info = await generations.find(stored.id)
+        if info is None:
+            if not stored.response.get("background"):
+                raise RequestError(
+                    f"Response '{stored.id}' was not created with background=true: only"
+                    " background responses can be streamed again; retrieve it without"
+                    " 'stream'",
+                    param="stream",
+                )
+            raise NotFound(
+                f"the events of response '{stored.id}' are no longer kept; retrieve it"
+                " without 'stream' for the response as it ended",
+                code="response_events_evicted",
+            )
+        if not info.visible_to(exchange.key):
+            raise NotFound(f"Response with id '{stored.id}' not found.")
+        stream = generations.follow(info)
+        await generations.resumed(info.id)
+        await self._follow(exchange, info, stream, after)
+
+    async def _follow(
+        self,
+        exchange: Exchange,
+        info: Info,
+        stream: AsyncGenerator[Batch, None],
+        after: int,
+    ) -> None:
+        """The response's events (those after sequence number ``after``) to the client."""
+        data = info.data
+        builder = ResponseBuilder(
+            info.id, data["created_at"], data["model"], data["echo"], data["summaries"], True
+        )
+        encoder = StreamEncoder(builder)
+        record = exchange.record
+        record.api = self.dialect.name
+        record.model = data["model"]
+        failure: list[SluiceError] = []
+
+        def on_error(exc: SluiceError) -> bytes | None:
+            failure.append(exc)
+            return b"" if isinstance(exc, Cancelled) else None
+
+        await follow_to(
+            exchange,
+            stream,
+            Skipping(encoder, after + 1) if after >= 0 else encoder,
+            self._keepalive,
+            on_error=on_error,
+        )
+        if failure and isinstance(failure[0], WriterGone):
+            stored = await self._store.get(info.id)
+            if stored is not None and stored.response.get("status") in RUNNING:
+                response = lost(builder.fail(failure[0]), failure[0].message)
+                await self._store.put(StoredResponse(response, stored.input_items, stored.key_id))
 
     async def delete(self, exchange: Exchange, dialect: Dialect) -> None:
         stored = await self._find(exchange)

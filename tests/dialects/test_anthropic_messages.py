@@ -575,3 +575,31 @@ def test_message_start_waits_for_an_anthropic_upstream() -> None:
     start = json.loads(data.split(b"\n")[1][6:])
     assert start["message"]["id"] == "msg_up"
     assert start["message"]["usage"]["input_tokens"] == 12
+
+
+def test_interleaved_tool_call_arguments_reach_their_own_blocks(replay: _ReplayServer) -> None:
+    """Some upstreams start a second call before the first one's arguments are all
+    sent; content blocks cannot interleave, so each call still gets all of its own."""
+    encoder = StreamEncoder(REQUEST, "msg_gateway1")
+    batches: list[Batch] = [
+        [Start("openai", "chatcmpl-1", "upstream-model")],
+        [TextDelta("Checking both.", 0), PartEnd(0)],
+        [ToolCallDelta(1, "call_a", "weather", '{"city":')],
+        [PartEnd(1), ToolCallDelta(2, "call_b", "time", '{"zone":')],
+        [ToolCallDelta(1, None, None, '"Paris"}')],
+        [ToolCallDelta(2, None, None, '"CET"}')],
+        [ToolCallDelta(3, "call_c", "news", "{}")],
+        [Finish("tool_calls", "tool_calls")],
+    ]
+    writes = [encoder.encode(batch) for batch in batches] + [encoder.end()]
+    message = sdk_read(replay, writes)
+    assert [block.to_dict(exclude_none=True) for block in message.content] == [
+        {"type": "text", "text": "Checking both."},
+        {"type": "tool_use", "id": "call_a", "name": "weather", "input": {"city": "Paris"}},
+        {"type": "tool_use", "id": "call_b", "name": "time", "input": {"zone": "CET"}},
+        {"type": "tool_use", "id": "call_c", "name": "news", "input": {}},
+    ]
+    assert message.stop_reason == "tool_use"
+    # Arguments always arrive as input_json_delta events, never in the block's start.
+    raw = b"".join(writes).decode()
+    assert raw.count('"input":{}') == 3 and raw.count("input_json_delta") == 4

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import re
 import subprocess
 import sys
 import time
@@ -13,6 +16,7 @@ import openai
 import pytest
 
 from sluice import config
+from sluice.config.values import Secret
 from tests.conftest import StartGateway
 from tests.gateway import RunningGateway, free_port
 from tests.policies.keys import (
@@ -312,6 +316,99 @@ def test_a_loopback_name_is_fine_without_keys(tmp_path: Path) -> None:
     try:
         time.sleep(1.5)
         assert process.poll() is None, process.communicate()[1]
+    finally:
+        process.terminate()
+        process.communicate(timeout=15)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.7"])
+def test_the_app_refuses_to_start_for_a_public_address_without_keys(
+    tmp_path: Path, host: str
+) -> None:
+    """The check lives where the app is built, so an ASGI server given the app (not
+    only ``sluice serve``) cannot open it to the network without authentication."""
+    from sluice.app import Gateway
+
+    db = str(tmp_path / "sluice.db")
+    gateway = Gateway(config.Settings(host=host, db_path=db))
+    with pytest.raises(config.ConfigError, match=f"refusing to serve on {re.escape(host)}"):
+        asyncio.run(gateway.startup())
+    assert not Path(db).exists()
+
+    master = config.Settings(host=host, db_path=db, master_key=Secret("sk-master-" + "m" * 40))
+    told = config.Settings(host=host, db_path=db, insecure=True)
+    loopback = config.Settings(host="127.0.0.1", db_path=db)
+    for settings in (master, told, loopback):
+        gateway = Gateway(settings)
+
+        async def start_and_stop(gateway: Gateway = gateway) -> None:
+            await gateway.startup()
+            await gateway.shutdown()
+
+        asyncio.run(start_and_stop())
+
+
+def test_an_asgi_server_given_the_factory_refuses_a_public_address(tmp_path: Path) -> None:
+    """``uvicorn sluice.app:create_app --factory`` with ``SLUICE_HOST`` public and no
+    key: the application's start-up fails, and the server exits."""
+    env = {"PATH": "/usr/bin:/bin", "SLUICE_DB": str(tmp_path / "s.db"), "SLUICE_HOST": "0.0.0.0"}
+    port = str(free_port())
+    done = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "sluice.app:create_app", "--factory", "--port", port],
+        env={**env, "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "refusing to serve on 0.0.0.0" in done.stderr
+
+
+def _outward_address() -> str | None:
+    """This machine's address on its network (no packet is sent), or None."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
+def test_without_keys_a_request_on_a_public_address_is_refused(tmp_path: Path) -> None:
+    """An ASGI server told to listen everywhere while the settings say loopback (no
+    SLUICE_HOST): the start-up check cannot see it, each request's address can."""
+    outward = _outward_address()
+    if outward is None:
+        pytest.skip("this machine has no address besides loopback")
+    port = free_port()
+    env = {"PATH": "/usr/bin:/bin", "SLUICE_DB": str(tmp_path / "s.db")}
+    env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
+    command = [sys.executable, "-m", "uvicorn", "sluice.app:create_app", "--factory"]
+    command += ["--host", "0.0.0.0", "--port", str(port), "--log-level", "warning"]
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                if ready.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        local = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10)
+        assert local.status_code == 200
+        remote = httpx.get(f"http://{outward}:{port}/v1/models", timeout=10)
+        assert remote.status_code == 403, remote.text
+        error = remote.json()["error"]
+        assert error["code"] == "no_authentication"
+        assert outward in error["message"]
+        # Probes stay open, for a load balancer.
+        assert httpx.get(f"http://{outward}:{port}/healthz", timeout=10).status_code == 200
     finally:
         process.terminate()
         process.communicate(timeout=15)

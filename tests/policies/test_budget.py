@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import socket
 import time
@@ -30,6 +31,9 @@ from tests.policies.keys import (
 #: (words) and 10 completion tokens (chunks): $1.40 a request.
 PRICED = {"normal": {"input": 100_000, "output": 100_000}}
 PER_REQUEST = 1.4
+#: Requests that set no max_tokens hold 10 output tokens: 4 + 10 tokens, $1.40, what
+#: they cost.
+ESTIMATE = {"output_estimate": 10}
 
 
 def ask(gateway: RunningGateway, key: str, model: str = "normal", stream: bool = True) -> str:
@@ -53,30 +57,63 @@ def test_requests_succeed_until_the_budget_is_spent_then_are_refused(
     db = tmp_path / "sluice.db"
     small = create_key(db, "small", "--budget-usd", "3")
     free = create_key(db, "unlimited")
-    config = gateway_config(upstream.url, db, pricing=PRICED, **backend)
+    config = gateway_config(upstream.url, db, pricing=PRICED, limits=ESTIMATE, **backend)
     gateway = start_gateway(config, env=KEY_ENV)
 
-    # $0 → 1.40 → 2.80 → 4.20: the third is admitted (2.80 < 3), the fourth is not.
-    for _ in range(3):
+    # $0 → 1.40 → 2.80: the third is refused, as 2.80 + its estimate 1.40 passes $3.
+    for _ in range(2):
         assert ask(gateway, small["key"])
     error = refused(gateway, small["key"])
     assert error.status_code == 429
     assert error.code == "insufficient_quota"
     assert error.type == "insufficient_quota"
     assert error.response.headers["x-should-retry"] == "false"
-    assert f"the API key {small['id']} (small) has spent $4.2000 of its $3.00 budget" in (
-        error.message
-    )
+    assert (
+        f"the API key {small['id']} (small) has spent $2.8000 of its $3.00 budget,"
+        " $0.0000 is held by its requests in flight, and this request may cost up to $1.4000"
+    ) in error.message
     assert ask(gateway, free["key"])  # other keys are not affected
 
-    rows = wait_records(db, 5)
+    rows = wait_records(db, 4)
     mine = [r for r in rows if r["key_id"] == small["id"]]
-    assert [(r["outcome"], r["status"]) for r in mine] == [("ok", 200)] * 3 + [("rejected", 429)]
-    assert [r["cost_usd"] for r in mine[:3]] == [pytest.approx(PER_REQUEST)] * 3
-    assert mine[3]["cost_usd"] is None
-    assert "exceeded your current quota" in mine[3]["error"]
+    assert [(r["outcome"], r["status"]) for r in mine] == [("ok", 200)] * 2 + [("rejected", 429)]
+    assert [r["cost_usd"] for r in mine[:2]] == [pytest.approx(PER_REQUEST)] * 2
+    assert mine[2]["cost_usd"] is None
+    assert "exceeded your current quota" in mine[2]["error"]
     spend = {row["id"]: row["spend_usd"] for row in list_keys(db)}
-    assert spend == {small["id"]: pytest.approx(3 * PER_REQUEST), free["id"]: pytest.approx(1.4)}
+    assert spend == {small["id"]: pytest.approx(2 * PER_REQUEST), free["id"]: pytest.approx(1.4)}
+
+
+def test_requests_in_flight_hold_their_estimate_so_none_overshoots(
+    tmp_path: Path, start_gateway: StartGateway, upstream: Any, backend: dict[str, Any]
+) -> None:
+    db = tmp_path / "sluice.db"
+    key = create_key(db, "small", "--budget-usd", "3")
+    model = "paced:n=10,interval=0.1"  # ten tokens over a second: all five in flight at once
+    pricing = {model: PRICED["normal"]}
+    config = gateway_config(upstream.url, db, pricing=pricing, limits=ESTIMATE, **backend)
+    gateway = start_gateway(config, env=KEY_ENV)
+
+    def one(_: int) -> int:
+        try:
+            return 200 if ask(gateway, key["key"], model) else 0
+        except openai.RateLimitError as error:
+            assert error.code == "insufficient_quota"
+            assert "held by its requests in flight" in error.message
+            return error.status_code
+
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        statuses = sorted(pool.map(one, range(5)))
+    # Each holds $1.40 while it runs: two fit in $3, the other three are refused at once.
+    assert statuses == [200, 200, 429, 429, 429]
+    rows = wait_records(db, 5)
+    assert sum(r["cost_usd"] or 0 for r in rows) == pytest.approx(2 * PER_REQUEST)
+    (row,) = list_keys(db)
+    assert row["spend_usd"] == pytest.approx(2 * PER_REQUEST) and row["spend_usd"] <= 3
+    # The holds went with their requests: the spend alone decides now (2.80 + 1.40 > 3).
+    with pytest.raises(openai.RateLimitError) as caught:
+        ask(gateway, key["key"], model)
+    assert "$0.0000 is held by its requests in flight" in caught.value.message
 
 
 def test_spend_survives_a_restart(
@@ -88,15 +125,14 @@ def test_spend_survives_a_restart(
 ) -> None:
     db = tmp_path / "sluice.db"
     key = create_key(db, "small", "--budget-usd", "3")
-    config = gateway_config(upstream.url, db, pricing=PRICED, **backend)
+    config = gateway_config(upstream.url, db, pricing=PRICED, limits=ESTIMATE, **backend)
     first = start_gateway(config, env=KEY_ENV)
-    assert ask(first, key["key"])
     assert ask(first, key["key"])
     first.stop()
 
     second = start_gateway(config, env=KEY_ENV)
-    assert ask(second, key["key"])  # 2.80 < 3: admitted
-    refused(second, key["key"])
+    assert ask(second, key["key"])  # 1.40 + 1.40 < 3: admitted
+    refused(second, key["key"])  # 2.80 + 1.40 > 3
     second.stop()
 
     if backend:
@@ -111,7 +147,9 @@ def test_a_disconnected_stream_is_charged_its_estimated_usage(
     tmp_path: Path, start_gateway: StartGateway, upstream: Any, backend: dict[str, Any]
 ) -> None:
     db = tmp_path / "sluice.db"
-    key = create_key(db, "tiny", "--budget-usd", "0.000001")
+    # The first request's estimate, 14 tokens at $1 a million, fits; once its cut stream
+    # is charged (8 tokens or more), another does not.
+    key = create_key(db, "tiny", "--budget-usd", "0.00002")
     slow = {
         "provider": "openai",
         "base_url": upstream.url,
@@ -123,6 +161,7 @@ def test_a_disconnected_stream_is_charged_its_estimated_usage(
         db,
         models={"slow": slow},
         pricing={"slow": {"input": 1, "output": 1}},
+        limits=ESTIMATE,
         **backend,
     )
     gateway = start_gateway(config, env=KEY_ENV)
@@ -184,10 +223,14 @@ def test_budget_checks_read_the_records_while_redis_is_down(
         redis_server.start()
     redis_server.flush()
     db = tmp_path / "sluice.db"
-    spent = create_key(db, "spent", "--budget-usd", "1")
+    spent = create_key(db, "spent", "--budget-usd", "2")
     fresh = create_key(db, "fresh", "--budget-usd", "100")
     config = gateway_config(
-        upstream.url, db, pricing=PRICED, redis_url=redis_server.url, limits={"fail": "open"}
+        upstream.url,
+        db,
+        pricing=PRICED,
+        redis_url=redis_server.url,
+        limits={"fail": "open", **ESTIMATE},
     )
     gateway = start_gateway(config, env=KEY_ENV)
     assert ask(gateway, spent["key"])
@@ -230,7 +273,11 @@ def test_prices() -> None:
         "o3",
         "o4-mini",
         "gpt-3.5-turbo",
+        "claude-sonnet-4-5",
+        "claude-haiku-4-5-20251001",
+        "claude-opus-4-1",
     }
+    assert table.price("claude-sonnet-4-5-20250929") == Price(3.0, 15.0)
 
 
 PRICING_YAML = """

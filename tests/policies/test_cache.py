@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -27,6 +28,7 @@ from tests.policies.cache_client import (
     read_events,
     upstream_calls,
 )
+from tests.policies.keys import create_key, gateway_config
 from tests.upstream.scenarios import expected_text
 
 
@@ -334,6 +336,7 @@ def test_cache_config_mistakes_name_their_line() -> None:
         ("cache:\n  replay:\n    paced: yes please\n", "line 3: cache.replay.paced"),
         ("cache:\n  models:\n    gpt:\n      enabled: 1\n", "line 4: cache.models.gpt.enabled"),
         ("cache:\n  size: 10\n", "line 2: cache: unknown key(s) 'size'"),
+        ("cache:\n  scope: team\n", "line 2: cache.scope: expected one of key, global"),
     ]:
         with pytest.raises(config.ConfigError) as caught:
             config.parse(text, {}, origin="sluice.yaml")
@@ -342,6 +345,33 @@ def test_cache_config_mistakes_name_their_line() -> None:
     assert cache.for_model("a") == (False, 3600.0)
     assert cache.for_model("b") == (True, 5.0)
     assert config.parse("cache: {enabled: false}", {}).cache.for_model("b") == (False, 3600.0)
+
+
+@pytest.mark.parametrize("scope", [None, "key", "global"])
+def test_entries_are_each_keys_own_unless_the_scope_is_global(
+    tmp_path: Path,
+    start_gateway: StartGateway,
+    upstream: Any,
+    backend: dict[str, Any],
+    scope: str | None,
+) -> None:
+    db = tmp_path / "sluice.db"
+    alice, bob = create_key(db, "alice"), create_key(db, "bob")
+    cache = {} if scope is None else {"cache": {"scope": scope}}
+    gateway = start_gateway(gateway_config(upstream.url, db, **backend, **cache), env=KEY_ENV)
+    text = prompt()
+    payload = _stream("normal", text, temperature=0)
+
+    def ask(key: dict[str, Any]) -> str | None:
+        reply = post(gateway.api, payload, {"Authorization": f"Bearer {key['key']}"})
+        assert (reply.status, reply.text) == (200, expected_text("normal"))
+        return reply.cache
+
+    shared = scope == "global"
+    assert ask(alice) == "miss"
+    assert ask(bob) == ("hit" if shared else "miss")  # bob never sees alice's entry
+    assert (ask(alice), ask(bob)) == ("hit", "hit")
+    assert upstream_calls(upstream, text) == (1 if shared else 2)
 
 
 @pytest.mark.parametrize("model", ["tool_call", "reasoning:steps=3,n=2", "multibyte"])

@@ -5,11 +5,12 @@ clients leaving, every client leaving, and a leading instance dying."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.cluster import cluster
+from tests.cluster import RedisServer, cluster
 from tests.conftest import StartGateway, upstream_config
 from tests.policies.cache_client import (
     KEY_ENV,
@@ -193,6 +194,32 @@ def test_a_follower_takes_over_when_the_leading_instance_dies(
         assert upstream_calls(upstream, text) == 2
         rows = c.gateways[1].wait_records(1)
         assert rows[-1]["cache"] == "miss"  # it led the second generation itself
+
+
+def test_a_leader_never_renews_a_lease_another_instance_took_over(
+    start_gateway: StartGateway, upstream: Any, redis_server: RedisServer
+) -> None:
+    if not redis_server.running:
+        redis_server.start()
+    redis_server.flush()
+    config = upstream_config(upstream.url, redis_url=redis_server.url, cache={"lease": 0.6})
+    gateway = start_gateway(config, env=KEY_ENV)
+    text, model = prompt(), "paced:n=30,interval=0.05"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        leading = pool.submit(post, gateway.api, _stream(model, text))
+        upstream.wait_log(lambda log: upstream_calls(upstream, text) == 1)
+        with contextlib.closing(redis_server.client()) as client:
+            [lock] = client.keys("cache:lead:*")
+            # As if this leader had been paused past its lease and another instance had
+            # taken the lock over to lead a generation of its own.
+            client.set(lock, b"another-instance", px=10_000)
+            time.sleep(0.6)  # the leader tries to renew every 0.2 s
+            assert client.get(lock) == b"another-instance"
+            reply = leading.result(timeout=30)
+            assert client.get(lock) == b"another-instance"  # nor released it at the end
+    # The leader's own client still got its whole answer.
+    assert (reply.status, reply.cache, reply.text) == (200, "miss", expected_text(model))
+    assert "lost its coalescing lease" in gateway.log()
 
 
 def test_without_coalescing_identical_requests_each_call_upstream(

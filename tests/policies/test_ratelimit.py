@@ -20,6 +20,7 @@ from sluice.config import LimitSettings, ModelLimits
 from sluice.errors import RateLimited, ServiceUnavailable
 from sluice.events import ChatRequest, Message, TextDelta, TextPart, Usage
 from sluice.policies import Call, Handler
+from sluice.policies.cache import FREE
 from sluice.policies.ratelimit import RateLimits, duration, estimate_tokens
 from sluice.providers import Batch
 from sluice.state import SharedState, open_state
@@ -285,6 +286,49 @@ def test_tokens_per_minute_from_the_real_usage(
     assert "tokens per min (TPM): Limit 100" in error.body["message"]
     assert _limits(error.response.headers, "tokens")[:2] == ("100", "0")
     assert int(error.response.headers["retry-after"]) >= 1
+
+
+def test_cache_hits_take_no_tokens_and_are_served_when_tokens_ran_out(
+    start_gateway: StartGateway, upstream: Any, backend: dict[str, Any]
+) -> None:
+    # Each request below is estimated at 4 prompt tokens + max_tokens 40 = 44; the
+    # limit holds two of them (the answers' real usage, 14, is below the estimate).
+    limits = {"models": {"normal": {"tpm": 110, "rpm": 100}}}
+    gateway = start_gateway(_config(upstream, limits=limits, **backend), env=KEY_ENV)
+    client = _sdk(gateway.api)
+
+    def ask(story: str) -> Any:
+        messages = [{"role": "user", "content": f"Tell me story {story}"}]
+        return client.chat.completions.with_raw_response.create(
+            model="normal", messages=messages, max_tokens=40, temperature=0
+        )
+
+    first = ask("A")
+    assert first.headers["x-sluice-cache"] == "miss"
+    assert _limits(first.headers, "tokens")[:2] == ("110", "66")
+    for _ in range(4):  # without the refund the second hit would be refused
+        hit = ask("A")
+        # Just after the miss its entry may still be on its way to Redis: the request
+        # then joins the generation instead, as free as a hit.
+        assert hit.headers["x-sluice-cache"] in FREE
+    assert ask("B").headers["x-sluice-cache"] == "miss"  # the hits left room for it
+    with pytest.raises(openai.RateLimitError) as caught:
+        ask("C")  # a third generation does not fit
+    assert "tokens per min (TPM): Limit 110" in caught.value.body["message"]  # type: ignore[index]
+    # Out of tokens, a cached answer is still served: it counts as a request only.
+    late = ask("A")
+    assert late.headers["x-sluice-cache"] == "hit"
+    assert late.parse().choices[0].message.content
+    rows = gateway.wait_records(8)
+    assert [("hit" if r["cache"] in FREE else r["cache"], r["status"]) for r in rows] == [
+        ("miss", 200),
+        *[("hit", 200)] * 4,
+        ("miss", 200),
+        (None, 429),
+        ("hit", 200),
+    ]
+    # Every admitted request counted, hits included (the refusal charged nothing).
+    assert _limits(late.headers, "requests")[:2] == ("100", "93")
 
 
 def test_public_route_limited_per_client_address(

@@ -12,6 +12,7 @@ import asyncio
 import random
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -25,6 +26,7 @@ from sluice.state import open_state
 from tests.cluster import RedisServer
 from tests.conftest import StartGateway
 from tests.gateway import RunningGateway, free_port
+from tests.policies.keys import create_key, wait_records
 from tests.upstream.fixture import Upstream, start_upstream
 from tests.upstream.scenarios import expected_text
 
@@ -449,6 +451,55 @@ def test_fallback_on_a_context_window_error(
     rows = gateway.wait_records(2)
     assert [r["attempts"] for r in rows] == [2, 1]
     assert rows[1]["status"] == 400
+
+
+def test_a_key_falls_back_only_to_models_it_may_use(
+    tmp_path: Path, start_gateway: StartGateway, a_b: tuple[Upstream, Upstream]
+) -> None:
+    """A key allowed ``m`` and ``n`` but not their fallbacks gets their errors, not
+    another model's answer; a key allowed the fallbacks falls back as usual."""
+    a, b = a_b
+    db = tmp_path / "keys.db"
+    only_m = create_key(db, "only-m-n", "--models", "m,n")
+    both = create_key(db, "both", "--models", "m,backup,big")
+    models = {
+        "m": {
+            **deployment(a, "error_status:status=500"),
+            "fallbacks": ["backup"],
+            "context_window_fallbacks": ["big"],
+        },
+        "n": {**deployment(a, "context_length"), "context_window_fallbacks": ["big"]},
+        "backup": deployment(b, "normal"),
+        "big": deployment(b, "normal"),
+    }
+    config = {
+        **gateway_config(models, retries=1, allowed_fails=0, backoff={"base": 0.01, "max": 0.05}),
+        "record": {"path": str(db), "flush_interval": 0.05},
+    }
+    gateway = start_gateway(config, env=KEY_ENV)
+
+    def ask_as(key: str, model: str) -> str:
+        with openai.OpenAI(base_url=gateway.api, api_key=key, max_retries=0, timeout=30) as sdk:
+            stream = sdk.chat.completions.create(model=model, messages=MESSAGES, stream=True)
+            return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    with pytest.raises(openai.InternalServerError):
+        ask_as(only_m["key"], "m")
+    assert (calls(a), calls(b)) == (2, 0)
+    assert ask_as(both["key"], "m") == expected_text("normal")
+    assert (calls(a), calls(b)) == (4, 1)
+    # Nor a context-window fallback: the client sees the upstream's own error.
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask_as(only_m["key"], "n")
+    assert caught.value.code == "context_length_exceeded"
+    assert calls(b) == 1
+    rows = wait_records(db, 3)
+    assert [(r["key_id"], r["fallbacks"]) for r in rows] == [
+        (only_m["id"], 0),
+        (both["id"], 1),
+        (only_m["id"], 0),
+    ]
+    assert host(b) not in (rows[0]["upstream"] or "")
 
 
 def _breaker_models(a: Upstream, b: Upstream) -> dict[str, Any]:

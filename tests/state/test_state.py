@@ -62,6 +62,48 @@ def test_the_same_contract_on_both_backends(backend: dict[str, Any]) -> None:
     asyncio.run(main())
 
 
+def test_a_lease_is_renewed_and_released_only_by_its_holder(backend: dict[str, Any]) -> None:
+    async def main() -> None:
+        async with opened(backend.get("redis_url")) as state:
+            assert await state.add("lease", b"mine", ttl=0.3)
+            assert await state.renew("lease", b"mine", ttl=5) is True
+            await asyncio.sleep(0.5)
+            assert await state.get("lease") == b"mine"  # renewed past its first ttl
+            # Another holder took it over (ours lapsed while we were paused).
+            await state.set("lease", b"theirs", ttl=5)
+            assert await state.renew("lease", b"mine", ttl=60) is False
+            assert await state.release("lease", b"mine") is False
+            assert await state.get("lease") == b"theirs"
+            assert await state.release("lease", b"theirs") is True
+            assert await state.get("lease") is None
+            assert await state.renew("lease", b"theirs", ttl=5) is False  # lapsed: not revived
+            assert await state.get("lease") is None
+
+    asyncio.run(main())
+
+
+def test_holds_on_a_budget(backend: dict[str, Any]) -> None:
+    async def main() -> None:
+        async with opened(backend.get("redis_url")) as state:
+            total, holds = "spend:{k}", "spend-holds:{k}"
+            await state.set(total, b"1.5")
+            assert await state.reserve(total, holds, "a", 1.0, 3.0, ttl=60) == (True, 1.5, 0.0)
+            assert await state.reserve(total, holds, "b", 0.25, 3.0, ttl=0.2) == (True, 1.5, 1.0)
+            # 1.5 spent + 1.25 held + 0.5 > 3: refused, and nothing held for it.
+            assert await state.reserve(total, holds, "c", 0.5, 3.0, ttl=60) == (False, 1.5, 1.25)
+            await asyncio.sleep(0.3)  # b's hold lapsed (its instance died, say)
+            assert await state.reserve(total, holds, "c", 0.5, 3.0, ttl=60) == (True, 1.5, 1.0)
+            # a settles at its real cost: its hold goes and the cost counts, in one step.
+            await state.unreserve(total, holds, "a", 0.75)
+            assert float(await state.get(total) or b"") == 2.25
+            assert await state.reserve(total, holds, "d", 0.25, 3.0, ttl=60) == (True, 2.25, 0.5)
+            await state.unreserve(total, holds, "c", 0.0)
+            await state.unreserve(total, holds, "d", 0.0)
+            assert await state.reserve(total, holds, "e", 0.75, 3.0, ttl=60) == (True, 2.25, 0.0)
+
+    asyncio.run(main())
+
+
 def test_memory_is_bounded_least_recently_used_first() -> None:
     async def main() -> None:
         state = MemoryState(max_entries=3)
@@ -93,8 +135,8 @@ def test_open_state_and_the_url_in_config() -> None:
     with pytest.raises(config.ConfigError) as caught:
         config.parse("port: 1\nredis_url: postgres://u:hunter2@h/db\n", {}, origin="c.yaml")
     assert (
-        str(caught.value)
-        == "c.yaml line 2: redis_url: expected a redis://, rediss:// or unix:// URL"
+        str(caught.value) == "c.yaml line 2: redis_url: expected a redis://, rediss://, unix:// or"
+        " redis+cluster:// URL"
     )
 
 

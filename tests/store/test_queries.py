@@ -1,5 +1,6 @@
 """The console's reads, on SQLite and on PostgreSQL: what the overview adds up, how the
-list pages, and that both stay fast on 100,000 records because they read indexes."""
+list pages, and that on 100,000 records each read is answered from an index (how fast
+that is, against 1,000 records, is measured by ``python -m bench.console_queries``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import asyncio
 import shutil
 import sqlite3
 import tempfile
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -157,7 +157,7 @@ def test_a_record_has_its_timeline_decoded(database: str) -> None:
     assert detail["stream"] is True
 
 
-def test_a_hundred_thousand_records_stay_fast_and_read_indexes(database: str) -> None:
+def test_a_hundred_thousand_records_are_read_through_indexes(database: str) -> None:
     models = ["gpt-4o-mini", "gpt-4o", "claude", "llama", "story", "o3", "mini", "x"]
     keys = [f"key_{i}" for i in range(20)]
     blob = bytes(timeline.encode([(300, 1)] + [(20, 1)] * 100))
@@ -177,35 +177,25 @@ def test_a_hundred_thousand_records_stay_fast_and_read_indexes(database: str) ->
         )
         for i in range(100_000)
     ]
-    timings: dict[str, float] = {}
 
-    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
-        async def timed(name: str, aw: Awaitable[Any]) -> Any:
-            t0 = time.perf_counter()
-            result = await aw
-            timings[name] = time.perf_counter() - t0
-            return result
-
+    async def main() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
         async with opened(database) as (queries, write):
             await write(records)
             if not database.startswith("postgresql://"):
                 explain(database)
-            week_view = await timed("overview week", queries.overview("week", "model", now=NOW))
-            await timed("overview hour", queries.overview("hour", "key", now=NOW))
-            page = await timed("first page", queries.page(Filters(), 50))
+            week_view = await queries.overview("week", "model", now=NOW)
+            page = await queries.page(Filters(), 50)
             cursor = tuple(page["rows"][-1]["cursor"])
-            await timed("next page", queries.page(Filters(), 50, before=cursor))
-            await timed("filtered page", queries.page(Filters(model="o3", outcome="error"), 50))
-            await timed("facets", queries.facets(NOW - week))
-            await timed("detail", queries.record("r50000"))
-            return week_view, page
+            following = await queries.page(Filters(), 50, before=cursor)
+            filtered = await queries.page(Filters(model="o3", outcome="error"), 50)
+            assert all(r["model"] == "o3" and r["outcome"] == "error" for r in filtered["rows"])
+            assert following["rows"][0]["started_at"] <= page["rows"][-1]["started_at"]
+            return week_view, page, await queries.record("r50000")
 
-    week_view, page = asyncio.run(main())
+    week_view, page, detail = asyncio.run(main())
     assert week_view["all"]["requests"] > 99_000  # the week in whole hours
     assert page["total"] == 100_000
-    # Generous bounds for a shared 2-core machine; typical figures are a tenth of these.
-    assert timings["overview week"] < 6.0, timings
-    assert max(v for k, v in timings.items() if k != "overview week") < 1.5, timings
+    assert detail is not None and detail["model"] == models[50_000 % 8]
 
 
 def explain(path: str) -> None:

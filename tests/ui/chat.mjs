@@ -3,7 +3,10 @@
 //   node chat.mjs send API_URL < request.json
 //     DefaultChatTransport posts the request's messages to API_URL (Node's fetch);
 //     readUIMessageStream assembles the answer. With "resume": true it calls
-//     reconnectToStream instead (GET API_URL/{chatId}/stream).
+//     reconnectToStream instead (GET API_URL/{chatId}/stream). With "cutAfter": N it
+//     reads N chunks of the answer, cancels it (the connection is closed), then
+//     reconnects and assembles the message from the resumed stream alone, as a
+//     reloaded page does ("cut" holds the chunks read before the cut).
 //   node chat.mjs validate < stream.txt
 //     Checks a raw UI message stream.
 //
@@ -80,8 +83,11 @@ async function send(api, request) {
   const out = { status: null, headers: {}, message: null, chunks: [], errors: [], problems: [] };
   let raw = null;
   // The transport reads one copy of the body; the other is checked here, byte for byte.
+  let abortLast = null;
   const teeing = async (url, init) => {
-    const response = await fetch(url, init);
+    const controller = new AbortController();
+    abortLast = () => controller.abort();
+    const response = await fetch(url, { ...init, signal: controller.signal });
     out.status = response.status;
     for (const name of ['content-type', 'x-vercel-ai-ui-message-stream', 'x-request-id']) {
       out.headers[name] = response.headers.get(name);
@@ -89,6 +95,7 @@ async function send(api, request) {
     if (!response.ok || response.status === 204 || !response.body) return response;
     const [mine, theirs] = response.body.tee();
     raw = new Response(mine).text();
+    raw.catch(() => {}); // a cut body rejects: it is not checked
     return new Response(theirs, { status: response.status, headers: response.headers });
   };
   const transport = new DefaultChatTransport({
@@ -98,7 +105,7 @@ async function send(api, request) {
     body: request.body ?? {},
   });
   try {
-    const stream = request.resume
+    let stream = request.resume
       ? await transport.reconnectToStream({ chatId: request.chatId })
       : await transport.sendMessages({
           chatId: request.chatId ?? 'chat-1',
@@ -107,6 +114,19 @@ async function send(api, request) {
           messageId: request.messageId,
           abortSignal: undefined,
         });
+    if (request.cutAfter !== undefined && stream !== null) {
+      out.cut = [];
+      const reader = stream.getReader();
+      while (out.cut.length < request.cutAfter) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        out.cut.push(value);
+      }
+      abortLast(); // closes the connection, as a dropped network does
+      await reader.cancel().catch(() => {});
+      raw = null; // the checked body is the resumed one
+      stream = await transport.reconnectToStream({ chatId: request.chatId ?? 'chat-1' });
+    }
     if (stream !== null) {
       const lastMessage = request.messages?.at(-1);
       const messages = readUIMessageStream({

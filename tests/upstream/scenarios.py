@@ -34,6 +34,10 @@ Scenarios (parameters with defaults):
     An OpenAI-shaped JSON error with that status (400, 401, 403, 404, 429, 500,
     503, or any other 4xx/5xx). 429 also sends ``retry-after`` (whole seconds,
     rounded up) and ``retry-after-ms``.
+``echo_key`` (status=401, inband=0)
+    That status, with OpenAI's words for a wrong key quoting the whole key the request
+    sent (``Incorrect API key provided: KEY. ...``), as a careless upstream might.
+    ``inband=1`` and ``stream``: 200, then the same error as the stream's only event.
 ``context_length`` (no parameters)
     A 400 ``context_length_exceeded`` error, as OpenAI answers when the messages do
     not fit the model's context window.
@@ -142,6 +146,7 @@ SCENARIOS: dict[str, dict[str, ParamValue]] = {
     "paced": {"n": 10, "interval": 0.05},
     "burst": {"n": 200},
     "error_status": {"status": 500, "retry_after": 1.0},
+    "echo_key": {"status": 401, "inband": 0},
     "context_length": {},
     "midstream_error": {"after": 3},
     "drop": {"after": 3, "rst": 0},
@@ -266,7 +271,7 @@ def content_chunks(spec: Spec) -> list[str]:
         return [_large_chunk(i, spec.integer("size")) for i in range(spec.integer("n"))]
     if name == "tool_call":
         return [TOOL_PREAMBLE] if spec.integer("text") else []
-    if name in ("error_status", "context_length"):
+    if name in ("error_status", "echo_key", "context_length"):
         return []
     if name == "choices":
         return _words("c0w", spec.integer("n"))

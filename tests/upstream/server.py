@@ -654,6 +654,21 @@ class App:
             )
             return
         entry["scenario"] = spec.name
+        if spec.name == "echo_key":
+            key = request.headers.get("authorization", "").removeprefix("Bearer ")
+            message = (
+                f"Incorrect API key provided: {key}. You can find your API key at"
+                " https://platform.openai.com/account/api-keys."
+            )
+            error = sc.error_body(message, "invalid_request_error", "invalid_api_key")
+            if spec.integer("inband") and body.get("stream") is True:
+                # 200 and a stream whose first event is the error.
+                headers = [("content-type", "text/event-stream"), ("transfer-encoding", "chunked")]
+                conn.write(head(200, headers, keep) + http_chunk(sc.sse_event(sc.encode(error))))
+                conn.write(LAST_CHUNK)
+                return
+            send_json(conn, spec.integer("status"), error, keep)
+            return
         options = body.get("stream_options")
         n, top = body.get("n"), body.get("top_logprobs")
         call = Call(

@@ -17,6 +17,41 @@ from sluice.config.proxies import proxies_from
 from sluice.config.settings import Settings, build
 from sluice.config.values import integer
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _duplicate_keys(loader: yaml.SafeLoader, root: yaml.Node, origin: str) -> None:
+    """Refuse a mapping that names one key twice: YAML says keys are unique, and PyYAML
+    would keep the last silently, so a setting written twice would lose its first line.
+    Keys a merge (``<<``) brings in may be overridden: that is what merging is for."""
+    seen: set[int] = set()
+    todo = [root]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            todo.extend(node.value)
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        first: dict[Any, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            todo.append(value_node)
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == MERGE_TAG:
+                continue
+            key = loader.construct_object(key_node)
+            try:
+                earlier = first.setdefault(key, key_node)
+            except TypeError:  # not hashable: PyYAML refuses it when it constructs
+                continue
+            if earlier is not key_node:
+                line, again = earlier.start_mark.line + 1, key_node.start_mark.line + 1
+                raise ConfigError(
+                    f"{origin} line {again}: duplicate key {key_node.value!r}"
+                    f" (first at line {line}); write each key once"
+                )
+
 
 def parse(text: str, env: Mapping[str, str], origin: str = "<config>") -> Settings:
     """Build settings from YAML text and the environment."""
@@ -24,6 +59,8 @@ def parse(text: str, env: Mapping[str, str], origin: str = "<config>") -> Settin
     try:
         # Compose, then construct, so that errors can point at a key's line.
         root = loader.get_single_node()
+        if root is not None:
+            _duplicate_keys(loader, root, origin)
         loaded = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

@@ -190,11 +190,19 @@ def _deployment(
         )
     if key_env:
         value = env.get(key_env, "")
+        if any(c in value for c in "\r\n\0"):
+            # It goes into a header line: refused here, never shown.
+            raise error_at(
+                (*at, "api_key_env"), f"environment variable {key_env} holds a line break"
+            )
         if value:
             api_key = Secret(value)
         elif "api_key_env" in data:
             raise error_at((*at, "api_key_env"), f"environment variable {key_env} is not set")
     headers = mapping(data, "headers", at)
+    for header, header_value in headers.items():
+        if any(c in f"{header}{header_value}" for c in "\r\n\0") or not str(header).strip():
+            raise error_at((*at, "headers", str(header)), "a header holds a line break or is empty")
     base = SimulatorSettings()
     sim = SimulatorSettings(
         seed=integer(data, "seed", at, base.seed),

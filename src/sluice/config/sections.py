@@ -49,6 +49,10 @@ class ModelCache:
     ttl: float | None = None
 
 
+#: ``cache.scope`` values.
+CACHE_SCOPES = ("key", "global")
+
+
 @dataclass(frozen=True, slots=True)
 class CacheSettings:
     """The ``cache:`` section: the response cache and request coalescing."""
@@ -67,6 +71,9 @@ class CacheSettings:
     lease: float = 10.0
     #: Keep generating (and store the result) after every client of it left.
     finish_abandoned: bool = False
+    #: Who shares entries and generations: ``key`` (each virtual key its own) or
+    #: ``global`` (every caller of the gateway).
+    scope: str = "key"
     #: Public model name → overrides.
     models: Mapping[str, ModelCache] = field(default_factory=dict)
 
@@ -83,7 +90,7 @@ def access(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     if not isinstance(insecure, bool):
         raise error_at(("insecure",), f"expected true or false, got {insecure!r}")
     auth = mapping(raw, "auth", ())
-    check_keys(auth, {"public_seed", "cache_ttl"}, ("auth",))
+    check_keys(auth, {"public_seed", "cache_ttl", "max_failures"}, ("auth",))
     public_seed = auth.get("public_seed", False)
     if not isinstance(public_seed, bool):
         raise error_at(("auth", "public_seed"), f"expected true or false, got {public_seed!r}")
@@ -104,18 +111,25 @@ def access(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         "insecure": insecure,
         "public_seed": public_seed,
         "key_cache_ttl": number(auth, "cache_ttl", ("auth",), 2.0),
+        "auth_max_failures": integer(auth, "max_failures", ("auth",), 10),
         "pricing": pricing,
     }
+
+
+#: ``redis_url`` schemes: one server (or a primary), or a Redis Cluster.
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 
 
 def shared(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     """Shared state and rate limits: the ``redis_url`` and ``limits`` keys."""
     url = string(raw, "redis_url", (), None) or env.get("SLUICE_REDIS_URL") or None
-    if url is not None and url.split("://", 1)[0] not in ("redis", "rediss", "unix"):
+    if url is not None and url.split("://", 1)[0] not in REDIS_SCHEMES:
         # Never the URL itself in the message: it may carry a password.
         url_at: Keys = ("redis_url",) if raw.get("redis_url") else ()
         name = "redis_url" if url_at else "SLUICE_REDIS_URL"
-        raise ConfigError(f"{name}: expected a redis://, rediss:// or unix:// URL", url_at)
+        raise ConfigError(
+            f"{name}: expected a redis://, rediss://, unix:// or redis+cluster:// URL", url_at
+        )
     at: Keys = ("limits",)
     data = mapping(raw, "limits", ())
     check_keys(data, {"fail", "public_rpm", "models", "output_estimate"}, at)
@@ -156,6 +170,7 @@ def cache(raw: Mapping[str, Any]) -> CacheSettings:
             "coalesce",
             "lease",
             "finish_abandoned",
+            "scope",
             "models",
         },
         at,
@@ -172,6 +187,9 @@ def cache(raw: Mapping[str, Any]) -> CacheSettings:
             ttl=number(override, "ttl", where, 0.0) if "ttl" in override else None,
         )
     base = CacheSettings()
+    scope = data.get("scope", base.scope)
+    if scope not in CACHE_SCOPES:
+        raise error_at((*at, "scope"), f"expected one of {', '.join(CACHE_SCOPES)}, got {scope!r}")
     lease = number(data, "lease", at, base.lease)
     if lease <= 0:
         raise error_at((*at, "lease"), f"expected a number above 0, got {lease!r}")
@@ -182,6 +200,7 @@ def cache(raw: Mapping[str, Any]) -> CacheSettings:
         max_bytes=integer(data, "max_bytes", at, base.max_bytes),
         paced=flag(replay, "paced", (*at, "replay"), base.paced),
         coalesce=flag(data, "coalesce", at, base.coalesce),
+        scope=scope,
         lease=lease,
         finish_abandoned=flag(data, "finish_abandoned", at, base.finish_abandoned),
         models=models,

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sluice.config import sections, telemetry
+from sluice.config.cors import CorsSettings, cors
 from sluice.config.errors import ConfigError, error_at
+from sluice.config.generations import GenerationSettings, generations
 from sluice.config.models import (
     Deployment,
     ModelRoute,
@@ -22,6 +24,7 @@ from sluice.config.proxies import Proxies
 from sluice.config.sections import CacheSettings, LimitSettings
 from sluice.config.telemetry import MetricsSettings, TraceSettings
 from sluice.config.values import Secret, check_keys, flag, integer, mapping, number, string
+from sluice.dialects.bounds import MAX_JSON_DEPTH, MAX_MESSAGES
 from sluice.pricing import Price
 
 #: What uvicorn and ``logging`` both accept.
@@ -41,6 +44,11 @@ class Settings:
     #: (``shutdown_grace``, ``SLUICE_SHUTDOWN_GRACE``).
     shutdown_grace: float = 30.0
     max_body_bytes: int = 4 * 1024 * 1024
+    #: JSON nesting and messages one request body may hold (400 past either).
+    max_json_depth: int = MAX_JSON_DEPTH
+    max_messages: int = MAX_MESSAGES
+    #: The request's header fields together, names and values (431 past it).
+    max_header_bytes: int = 32 * 1024
     db_path: str = "sluice.db"
     #: PostgreSQL for records, keys, stored responses and console sign-ins, shared by
     #: every instance (``record.url`` or ``SLUICE_DATABASE_URL``); None: SQLite at
@@ -63,6 +71,9 @@ class Settings:
     public_seed: bool = False
     #: Seconds a key lookup is cached: the bound on how late a revocation takes effect.
     key_cache_ttl: float = 2.0
+    #: Refused keys per minute from one client address before its requests get 429
+    #: for the rest of the minute (``auth.max_failures``); 0: no limit.
+    auth_max_failures: int = 10
     #: USD per million tokens, by public or upstream model name, over the defaults.
     pricing: Mapping[str, Price] = field(default_factory=dict)
     #: Redis or Valkey shared by every instance (``redis_url`` or ``SLUICE_REDIS_URL``);
@@ -72,6 +83,8 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     traces: TraceSettings = field(default_factory=TraceSettings)
+    cors: CorsSettings = field(default_factory=CorsSettings)
+    generations: GenerationSettings = field(default_factory=GenerationSettings)
 
     #: Public model name → its deployments, fallbacks and strategy (``models`` holds
     #: each one's first deployment). The key ``*`` catches every other name.
@@ -129,6 +142,9 @@ _TOP_KEYS = {
     "keepalive_interval",
     "shutdown_grace",
     "max_body_bytes",
+    "max_json_depth",
+    "max_messages",
+    "max_header_bytes",
     "timeouts",
     "record",
     "log_level",
@@ -140,6 +156,8 @@ _TOP_KEYS = {
     "routing",
     "cache",
     "metrics",
+    "cors",
+    "generations",
 }
 
 
@@ -198,6 +216,9 @@ def build(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Settin
         keepalive_interval=number(raw, "keepalive_interval", (), 15.0),
         shutdown_grace=number(raw, "shutdown_grace", (), 30.0),
         max_body_bytes=integer(raw, "max_body_bytes", (), 4 * 1024 * 1024, minimum=1),
+        max_json_depth=integer(raw, "max_json_depth", (), MAX_JSON_DEPTH, minimum=2),
+        max_messages=integer(raw, "max_messages", (), MAX_MESSAGES, minimum=1),
+        max_header_bytes=integer(raw, "max_header_bytes", (), 32 * 1024, minimum=1024),
         db_path=db_path,
         database_url=Secret(url) if url else None,
         spill_dir=spill_dir,
@@ -214,4 +235,6 @@ def build(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Settin
         cache=sections.cache(raw),
         metrics=telemetry.metrics(raw, env),
         traces=telemetry.traces(env),
+        cors=cors(raw),
+        generations=generations(raw),
     )

@@ -37,7 +37,8 @@ import orjson
 
 from sluice.dialects import Headers, error_headers
 from sluice.dialects.anthropic_request import decode_messages
-from sluice.errors import SluiceError, UpstreamError
+from sluice.dialects.bounds import DEFAULT_BOUNDS, Bounds
+from sluice.errors import SluiceError, UpstreamError, UpstreamProtocolError
 from sluice.events import (
     Annotations,
     Batch,
@@ -173,6 +174,14 @@ class _Blocks:
         self._kind = ""
         #: A tool call whose block waits for its name: [id, name, arguments].
         self._pending: list[str] | None = None
+        #: Tool calls that arrived while another tool block was open, in order: part →
+        #: [id, name, arguments]. Blocks cannot interleave, and an upstream may send a
+        #: later call before an earlier one's last arguments, so a tool block stays open
+        #: until other content (or the end) comes, and the calls that came meanwhile are
+        #: written after it, whole.
+        self._queued: dict[int, list[str]] = {}
+        #: Tool parts whose blocks were written and closed.
+        self._written: set[int] = set()
         self._tool_used = False
         self._refused = False
         self._finish: Finish | None = None
@@ -197,8 +206,18 @@ class _Blocks:
             self._start_tool()
         if self._block >= 0:
             self._close_block(self._block)
+        if self._kind == "tool":
+            self._written.add(self._part)
         self._part = self._block = -1
         self._kind = ""
+        if self._queued:
+            queued, self._queued = self._queued, {}
+            for part, call in queued.items():
+                self._pending = call
+                self._start_tool()
+                self._close_block(self._block)
+                self._written.add(part)
+            self._block = -1
 
     def _enter(self, part: int, kind: str, content: dict[str, Any] | None) -> bool:
         """Make ``part`` the open block (of ``kind``); True if it was opened now."""
@@ -251,7 +270,22 @@ class _Blocks:
         self._close()
 
     def _tool(self, event: ToolCallDelta) -> None:
-        if self._enter(event.index, "tool", None):
+        part = event.index
+        if (self._kind == "tool" and part != self._part) or part in self._queued:
+            call = self._queued.setdefault(part, ["", "", ""])
+            if event.id:
+                call[0] = event.id
+            if event.name:
+                call[1] += event.name
+            call[2] += event.arguments
+            self._output_chars += len(event.arguments)
+            return
+        if part in self._written:
+            # Its block is closed; content blocks cannot be reopened.
+            raise UpstreamProtocolError(
+                "the upstream sent more arguments for a tool call after other content"
+            )
+        if self._enter(part, "tool", None):
             self._pending = [event.id or "", event.name or "", event.arguments]
         elif self._pending is not None:
             pending = self._pending
@@ -287,7 +321,8 @@ class _Blocks:
                 self._tool(event)  # type: ignore[arg-type]
         elif kind is PartEnd:
             p: PartEnd = event  # type: ignore[assignment]
-            if p.choice == 0 and p.index == self._part:
+            # A tool block stays open: more arguments for it may follow later calls.
+            if p.choice == 0 and p.index == self._part and self._kind != "tool":
                 self._close()
         elif kind is RefusalDelta:
             # Anthropic has no refusal part: the words are text, the stop reason says it.
@@ -606,14 +641,17 @@ class AnthropicMessagesDialect:
     name = "anthropic_messages"
     id_prefix = "msg_"
 
+    def __init__(self, bounds: Bounds = DEFAULT_BOUNDS) -> None:
+        self.bounds = bounds
+
     def decode(
         self, body: bytes, query: Mapping[str, str], headers: Mapping[str, str], default_model: str
     ) -> ChatRequest:
-        return decode_messages(body, headers)
+        return decode_messages(body, headers, bounds=self.bounds)
 
     def decode_count(self, body: bytes, headers: Mapping[str, str]) -> ChatRequest:
         """A ``count_tokens`` body: a messages body without ``max_tokens``."""
-        return decode_messages(body, headers, count_only=True)
+        return decode_messages(body, headers, count_only=True, bounds=self.bounds)
 
     def error_response(self, exc: SluiceError) -> tuple[int, Headers, bytes]:
         status, kind = status_and_type(exc)

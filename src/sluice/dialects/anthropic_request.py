@@ -23,6 +23,13 @@ from typing import Any
 
 import orjson
 
+from sluice.dialects.bounds import (
+    DEFAULT_BOUNDS,
+    Bounds,
+    check_count,
+    check_depth,
+    no_line_break,
+)
 from sluice.errors import RequestError
 from sluice.events import (
     ChatRequest,
@@ -79,7 +86,7 @@ def fail(param: str, message: str) -> RequestError:
     return RequestError(f"{param}: {message}", param=param)
 
 
-def parse_object(body: bytes) -> dict[str, Any]:
+def parse_object(body: bytes, bounds: Bounds = DEFAULT_BOUNDS) -> dict[str, Any]:
     if not body.strip():
         raise RequestError("the request body is empty; expected a JSON object")
     try:
@@ -88,6 +95,7 @@ def parse_object(body: bytes) -> dict[str, Any]:
         raise RequestError(f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise RequestError("the request body must be a JSON object")
+    check_depth(data, bounds.json_depth)
     return data
 
 
@@ -353,7 +361,7 @@ def _thinking(
         if max_tokens is not None and budget >= max_tokens:
             raise fail("thinking.budget_tokens", "must be less than max_tokens")
         return Reasoning(effort=effort, budget_tokens=budget), whole
-    if kind in _THINKING_UNSIZED:
+    if isinstance(kind, str) and kind in _THINKING_UNSIZED:
         return Reasoning(effort=effort), whole and kind == "adaptive"
     _string(kind, "thinking.type")
     return None, False
@@ -366,7 +374,7 @@ def _output_config(value: Any) -> tuple[str | None, ResponseFormat | None, bool]
         return None, None, True
     config = _object(value, "output_config")
     effort = config.get("effort")
-    if effort is not None and effort not in _EFFORTS:
+    if effort is not None and (not isinstance(effort, str) or effort not in _EFFORTS):
         raise fail("output_config.effort", f"Input should be one of {', '.join(sorted(_EFFORTS))}")
     fmt: ResponseFormat | None = None
     spec = config.get("format")
@@ -404,16 +412,22 @@ def _stop(value: Any) -> list[str]:
 
 
 def decode_messages(
-    body: bytes, headers: Mapping[str, str], *, count_only: bool = False
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    count_only: bool = False,
+    bounds: Bounds = DEFAULT_BOUNDS,
 ) -> ChatRequest:
     """A ``/v1/messages`` body (``count_only``: a ``count_tokens`` body, which has no
     ``max_tokens``) as a canonical request."""
-    data = parse_object(body)
+    data = parse_object(body, bounds)
+    check_count(data.get("messages"), bounds.messages, "messages")
     model = data.get("model")
     if model is None:
         raise fail("model", "Field required")
     if not isinstance(model, str) or not model.strip():
         raise fail("model", "Input should be a non-empty string")
+    no_line_break(model, "model")
     if "n" in data:
         # One answer per request in this API: a client cannot ask for more choices.
         raise fail("n", "Extra inputs are not permitted")
@@ -440,7 +454,7 @@ def decode_messages(
         metadata = _object(data["metadata"], "metadata")
         user_id = metadata.get("user_id")
         if user_id is not None:
-            _string(user_id, "metadata.user_id")
+            no_line_break(_string(user_id, "metadata.user_id"), "metadata.user_id")
     if data.get("service_tier") is not None:
         _string(data["service_tier"], "service_tier")
     if data.get("cache_control") is not None:

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from sluice.dialects import Headers, error_headers
+from sluice.dialects.bounds import DEFAULT_BOUNDS, Bounds
 from sluice.dialects.openai_request import decode_chat
 from sluice.errors import SluiceError, UpstreamError
 from sluice.events import (
@@ -76,10 +77,10 @@ class _Identity:
 
     __slots__ = ("created", "extra", "id", "model")
 
-    def __init__(self, request: ChatRequest, response_id: str) -> None:
+    def __init__(self, request: ChatRequest, response_id: str, created: int | None = None) -> None:
         self.id = response_id
         self.model = request.model
-        self.created = int(time.time())
+        self.created = int(time.time()) if created is None else created
         self.extra: dict[str, Any] = {}
 
     def start(self, event: Start) -> None:
@@ -118,9 +119,10 @@ class StreamEncoder:
     keepalive: bytes | None = b": keep-alive\n\n"
     verbatim: WireFormat | None = "openai_chat"
 
-    def __init__(self, request: ChatRequest, response_id: str) -> None:
+    def __init__(self, request: ChatRequest, response_id: str, created: int | None = None) -> None:
         self._include_usage = request.include_usage
-        self._identity = _Identity(request, response_id)
+        #: ``created`` given: the same stream again (a resumed one), not a new one.
+        self._identity = _Identity(request, response_id, created)
         self._head = b""
         self._roles: set[int] = set()
         self._tools = _ToolIndex()
@@ -375,10 +377,13 @@ class OpenAIChatDialect:
     name = "openai_chat"
     id_prefix = "chatcmpl-"
 
+    def __init__(self, bounds: Bounds = DEFAULT_BOUNDS) -> None:
+        self.bounds = bounds
+
     def decode(
         self, body: bytes, query: Mapping[str, str], headers: Mapping[str, str], default_model: str
     ) -> ChatRequest:
-        return decode_chat(body)
+        return decode_chat(body, self.bounds)
 
     def error_response(self, exc: SluiceError) -> tuple[int, Headers, bytes]:
         return exc.status, error_headers(b"application/json", exc), error_body(exc)

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from sluice.dialects import Headers, error_headers
+from sluice.dialects.bounds import DEFAULT_BOUNDS, Bounds, no_line_break
 from sluice.dialects.openai_chat import error_body
 from sluice.dialects.openai_request import fail, parse_object
 from sluice.errors import SluiceError
@@ -48,11 +49,12 @@ def _input(value: Any) -> list[str | list[int]]:
     return items
 
 
-def decode(body: bytes) -> ChatRequest:
-    data = parse_object(body)
+def decode(body: bytes, bounds: Bounds = DEFAULT_BOUNDS) -> ChatRequest:
+    data = parse_object(body, bounds)
     model = data.get("model")
     if not isinstance(model, str) or not model.strip():
         raise fail("'model' is required and must be a non-empty string", "model")
+    no_line_break(model, "model")
     items = _input(data.get("input"))
     extra: dict[str, Any] = {}
     encoding = data.get("encoding_format")
@@ -124,10 +126,13 @@ class OpenAIEmbeddingsDialect:
     name = "openai_embeddings"
     id_prefix = "emb-"
 
+    def __init__(self, bounds: Bounds = DEFAULT_BOUNDS) -> None:
+        self.bounds = bounds
+
     def decode(
         self, body: bytes, query: Mapping[str, str], headers: Mapping[str, str], default_model: str
     ) -> ChatRequest:
-        return decode(body)
+        return decode(body, self.bounds)
 
     def error_response(self, exc: SluiceError) -> tuple[int, Headers, bytes]:
         return exc.status, error_headers(b"application/json", exc), error_body(exc)

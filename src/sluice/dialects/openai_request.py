@@ -12,6 +12,14 @@ from typing import Any
 import orjson
 
 from sluice import schemas
+from sluice.dialects.bounds import (
+    DEFAULT_BOUNDS,
+    Bounds,
+    check_count,
+    check_depth,
+    check_metadata,
+    no_line_break,
+)
 from sluice.errors import RequestError
 from sluice.events import (
     ChatRequest,
@@ -67,7 +75,7 @@ def fail(message: str, param: str | None = None) -> RequestError:
     return RequestError(message, param=param)
 
 
-def parse_object(body: bytes) -> dict[str, Any]:
+def parse_object(body: bytes, bounds: Bounds = DEFAULT_BOUNDS) -> dict[str, Any]:
     if not body.strip():
         raise fail("the request body is empty; expected a JSON object")
     try:
@@ -76,6 +84,7 @@ def parse_object(body: bytes) -> dict[str, Any]:
         raise fail(f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise fail("the request body must be a JSON object")
+    check_depth(data, bounds.json_depth)
     return data
 
 
@@ -284,12 +293,14 @@ def check_numbers(data: dict[str, Any]) -> None:
             raise fail(f"'{name}' must be a positive integer", name)
 
 
-def decode_chat(body: bytes) -> ChatRequest:
-    data = parse_object(body)
+def decode_chat(body: bytes, bounds: Bounds = DEFAULT_BOUNDS) -> ChatRequest:
+    data = parse_object(body, bounds)
+    check_count(data.get("messages"), bounds.messages, "messages")
     schemas.validate("openai_chat_request", data)
     model = data.get("model")
     if not isinstance(model, str) or not model.strip():
         raise fail("'model' is required and must be a non-empty string", "model")
+    no_line_break(model, "model")
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise fail("'messages' must be a non-empty array", "messages")
@@ -312,8 +323,11 @@ def decode_chat(body: bytes) -> ChatRequest:
             )
     check_numbers(data)
     user = data.get("user")
-    if user is not None and not isinstance(user, str):
-        raise fail("'user' must be a string", "user")
+    if user is not None:
+        if not isinstance(user, str):
+            raise fail("'user' must be a string", "user")
+        no_line_break(user, "user")
+    check_metadata(data.get("metadata"))
     seed = data.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise fail("'seed' must be an integer", "seed")

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from sluice.dialects import Headers, error_headers
+from sluice.dialects.bounds import DEFAULT_BOUNDS, Bounds
 from sluice.dialects.responses_request import ResponsesRequest, decode_responses
 from sluice.dialects.responses_stream import ID_PREFIX, ResponseBuilder
 from sluice.errors import SluiceError
@@ -134,10 +135,13 @@ class OpenAIResponsesDialect:
     name = "openai_responses"
     id_prefix = ID_PREFIX
 
+    def __init__(self, bounds: Bounds = DEFAULT_BOUNDS) -> None:
+        self.bounds = bounds
+
     def decode(
         self, body: bytes, query: Mapping[str, str], headers: Mapping[str, str], default_model: str
     ) -> ChatRequest:
-        return decode_responses(body).request
+        return decode_responses(body, self.bounds).request
 
     def error_response(self, exc: SluiceError) -> tuple[int, Headers, bytes]:
         return exc.status, error_headers(b"application/json", exc), error_body(exc)

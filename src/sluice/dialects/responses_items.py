@@ -121,7 +121,7 @@ def _content_part(value: Any, where: str, assistant: bool) -> dict[str, Any]:
 
 def _message(item: dict[str, Any], where: str) -> dict[str, Any]:
     role = item.get("role")
-    if role not in _INPUT_ROLES:
+    if not isinstance(role, str) or role not in _INPUT_ROLES:
         raise fail(
             f"'{where}.role' must be one of assistant, developer, system, user; got {role!r}",
             f"{where}.role",
@@ -227,7 +227,7 @@ def normalise_items(value: Any) -> list[dict[str, Any]]:
             items.append(_function_output(item, where))
         elif kind == "reasoning":
             items.append(_reasoning(item, where))
-        elif kind in BUILTIN_CALL_ITEMS or kind in BUILTIN_OUTPUT_ITEMS:
+        elif isinstance(kind, str) and (kind in BUILTIN_CALL_ITEMS or kind in BUILTIN_OUTPUT_ITEMS):
             items.append(item)
         elif kind == "item_reference":
             raise fail(

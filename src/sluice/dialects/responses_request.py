@@ -13,6 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sluice.dialects.bounds import (
+    DEFAULT_BOUNDS,
+    Bounds,
+    check_count,
+    check_metadata,
+    no_line_break,
+)
 from sluice.dialects.openai_request import fail, parse_object
 from sluice.dialects.responses_items import (
     FORMAT,
@@ -79,6 +86,8 @@ class ResponsesRequest:
     items: list[dict[str, Any]]
     store: bool = True
     previous_response_id: str | None = None
+    #: Run to its end whatever the client does; read back by id (``background``).
+    background: bool = False
     #: Reasoning is streamed as summary text (``reasoning.summary`` was given).
     summaries: bool = False
     #: The request's fields as the Response object repeats them.
@@ -189,7 +198,7 @@ def _reasoning_options(value: Any, extra: dict[str, Any]) -> tuple[Reasoning | N
     options = need_object(value, "reasoning")
     effort = optional_string(options, "effort", "reasoning")
     summary = options.get("summary") or options.get("generate_summary")
-    if summary is not None and summary not in _SUMMARY_MODES:
+    if summary is not None and (not isinstance(summary, str) or summary not in _SUMMARY_MODES):
         raise fail(
             "'reasoning.summary' must be 'auto', 'concise' or 'detailed'", "reasoning.summary"
         )
@@ -233,6 +242,7 @@ def _metadata(value: Any) -> dict[str, str]:
             raise fail(f"'metadata' key {key[:16]!r}… is longer than 64 characters", "metadata")
         if not isinstance(item, str) or len(item) > 512:
             raise fail(f"'metadata.{key}' must be a string of at most 512 characters", "metadata")
+    check_metadata(metadata)
     return metadata
 
 
@@ -246,15 +256,18 @@ def _include(value: Any, extra: dict[str, Any]) -> None:
         extra["include"] = rest
 
 
-def decode_responses(body: bytes) -> ResponsesRequest:
-    data = parse_object(body)
+def decode_responses(body: bytes, bounds: Bounds = DEFAULT_BOUNDS) -> ResponsesRequest:
+    data = parse_object(body, bounds)
+    check_count(data.get("input"), bounds.messages, "input")
     model = data.get("model")
     if not isinstance(model, str) or not model.strip():
         raise fail("'model' is required and must be a non-empty string", "model")
-    if data.get("background") not in (None, False):
+    no_line_break(model, "model")
+    background = bool(_flag(data, "background", False))
+    if background and data.get("store") is False:
         raise fail(
-            "background mode is not available on this gateway: send the request without"
-            " 'background' (streamed or not)",
+            "background mode requires 'store': a background response is read back from the"
+            " store; send it without 'store': false",
             "background",
         )
     if data.get("conversation") is not None:
@@ -285,6 +298,7 @@ def decode_responses(body: bytes) -> ResponsesRequest:
     user = data.get("user")
     if user is not None:
         user = need_string(user, "user")
+        no_line_break(user, "user")
     metadata = _metadata(data.get("metadata"))
 
     extra = {k: v for k, v in data.items() if k not in _READ and v is not None}
@@ -324,6 +338,7 @@ def decode_responses(body: bytes) -> ResponsesRequest:
         "previous_response_id": previous,
         "reasoning": reasoning_echo,
         "store": store,
+        "background": background,
         "temperature": temperature,
         "text": text_echo,
         "tool_choice": data.get("tool_choice") or "auto",
@@ -334,4 +349,4 @@ def decode_responses(body: bytes) -> ResponsesRequest:
     if user is not None:  # a string or absent, never null
         echo["user"] = user
     echo.update((k, data.get(k)) for k in _ECHOED)
-    return ResponsesRequest(request, items, bool(store), previous, summaries, echo)
+    return ResponsesRequest(request, items, bool(store), previous, background, summaries, echo)

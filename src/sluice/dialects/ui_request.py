@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from sluice.dialects.bounds import DEFAULT_BOUNDS, Bounds, check_count, no_line_break
 from sluice.dialects.openai_request import parse_object
 from sluice.errors import RequestError
 from sluice.events import (
@@ -219,7 +220,7 @@ def _messages(value: Any) -> tuple[list[Message], str | None]:
         where = f"messages[{i}]"
         message = _object(item, where)
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise fail(f"{where}.role", f"must be system, user or assistant; got {role!r}")
         message_id = _optional_string(message, "id", f"{where}.id")
         continues = message_id if role == "assistant" and message_id else None
@@ -273,11 +274,14 @@ def _tool_choice(value: Any, tools: list[Tool]) -> ToolChoice | None:
     )
 
 
-def decode_ui_chat(body: bytes, default_model: str) -> UIChatRequest:
-    data = parse_object(body)
+def decode_ui_chat(
+    body: bytes, default_model: str, bounds: Bounds = DEFAULT_BOUNDS
+) -> UIChatRequest:
+    data = parse_object(body, bounds)
+    check_count(data.get("messages"), bounds.messages, "messages")
     chat_id = _optional_string(data, "id", "id")
     trigger = data.get("trigger", "submit-message")
-    if trigger not in TRIGGERS:
+    if not isinstance(trigger, str) or trigger not in TRIGGERS:
         raise fail("trigger", f"must be submit-message or regenerate-message; got {trigger!r}")
     _optional_string(data, "messageId", "messageId")
     model = data.get("model")
@@ -285,6 +289,7 @@ def decode_ui_chat(body: bytes, default_model: str) -> UIChatRequest:
         model = default_model
     elif not isinstance(model, str) or not model.strip():
         raise fail("model", "must be a non-empty string")
+    no_line_break(model, "model")
     messages, continues = _messages(data.get("messages"))
     system = _optional_string(data, "system", "system")
     tools = _tools(data.get("tools"))

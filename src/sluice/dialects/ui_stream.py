@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 
 from sluice.dialects import Headers, error_headers
+from sluice.dialects.bounds import DEFAULT_BOUNDS, Bounds
 from sluice.dialects.openai_chat import error_body
 from sluice.dialects.ui_request import UIChatRequest, decode_ui_chat
 from sluice.errors import SluiceError
@@ -362,13 +363,16 @@ class UIStreamDialect:
     name = "ui_stream"
     id_prefix = "msg-"
 
+    def __init__(self, bounds: Bounds = DEFAULT_BOUNDS) -> None:
+        self.bounds = bounds
+
     def decode(
         self, body: bytes, query: Mapping[str, str], headers: Mapping[str, str], default_model: str
     ) -> ChatRequest:
-        return decode_ui_chat(body, default_model).request
+        return decode_ui_chat(body, default_model, self.bounds).request
 
     def decode_chat(self, body: bytes, default_model: str) -> UIChatRequest:
-        return decode_ui_chat(body, default_model)
+        return decode_ui_chat(body, default_model, self.bounds)
 
     def error_response(self, exc: SluiceError) -> tuple[int, Headers, bytes]:
         # DefaultChatTransport shows the body's text as the error.

@@ -55,6 +55,13 @@ class WriterGone(UpstreamError):
     code = "generation_lost"
 
 
+class Cancelled(SluiceError):
+    """The generation was cancelled on request (``POST .../cancel``, a stop)."""
+
+    status = 409
+    code = "cancelled"
+
+
 class Recording(Protocol):
     """A finished generation: its batches and when each arrived (seconds from start)."""
 
@@ -235,12 +242,19 @@ class Journals(Protocol):
         ...
 
 
-def journals_for(state: SharedState, max_entries: int, max_bytes: int) -> Journals:
+def journals_for(
+    state: SharedState, max_entries: int, max_bytes: int, tail_ttl: float | None = None
+) -> Journals:
     """The journal backend that goes with the shared state: Redis Streams next to a
-    Redis state, process memory otherwise."""
+    Redis state, process memory otherwise. ``tail_ttl``: seconds an ended journal's
+    stream stays in Redis for late readers (the backend's default when None)."""
     if state.name == "redis":
         from sluice.journal.redis import RedisJournals
 
+        if tail_ttl is not None:
+            return RedisJournals(
+                state, max_entries=max_entries, max_bytes=max_bytes, tail_ttl=tail_ttl
+            )
         return RedisJournals(state, max_entries=max_entries, max_bytes=max_bytes)
     from sluice.journal.memory import MemoryJournals
 

@@ -1,7 +1,9 @@
 """Journals on Redis (or Valkey): live journals mirrored to Redis Streams, kept entries
 shared by every gateway instance.
 
-Keys (``prefix`` is ``sluice:``):
+Keys (``prefix`` is ``sluice:{cache}:``; its hash tag puts every key below in one Redis
+Cluster slot, since the scripts that keep the bounds touch many of them at once and
+build some names from values they read):
 
 - ``journal:{id}`` — a stream of entries each holding consecutive batches (field ``o``:
   the first one's offset, ``b``: the batches), with the explicit id ``0-{n}`` where
@@ -14,8 +16,8 @@ Keys (``prefix`` is ``sluice:``):
 - ``cache:{name}`` — the id of the journal kept as entry ``name``, with the entry's TTL.
 - ``cache:lru`` / ``cache:expiry`` (sorted sets), ``cache:sizes`` (hash), ``cache:bytes``
   — the bookkeeping that keeps entries within ``max_entries`` and ``max_bytes``, done
-  inside one script per change. The scripts build key names, so this backend wants a
-  single Redis (or a primary with replicas), not Redis Cluster.
+  inside one script per change. Each script names ``cache:lru`` as its key, so that a
+  cluster client sends it to the node holding the slot.
 
 The writer never waits for Redis: a batch costs it a list append. One flusher task per
 process writes, every ``tick`` (50 ms), in one pipeline: the journals that readers
@@ -209,7 +211,7 @@ class RedisJournals:
         state: SharedState,
         max_entries: int,
         max_bytes: int,
-        prefix: str = "sluice:",
+        prefix: str = "sluice:{cache}:",
         live_ttl: float = 900.0,
         tail_ttl: float = 60.0,
         block: float = 0.5,
@@ -233,6 +235,8 @@ class RedisJournals:
         self._keep = client.register_script(_KEEP)
         self._lookup = client.register_script(_LOOKUP)
         self._forget = client.register_script(_FORGET_ONE)
+        #: The key every script names: it routes the script to the slot of the prefix.
+        self._slot_key = [f"{prefix}cache:lru"]
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -400,11 +404,11 @@ class RedisJournals:
             self.max_entries,
             self.max_bytes,
         ]
-        kept = await self.run(lambda: self._keep(keys=[], args=args))
+        kept = await self.run(lambda: self._keep(keys=self._slot_key, args=args))
         return bool(kept)
 
     async def lookup(self, name: str) -> Recording | None:
-        found = await self.run(lambda: self._lookup(keys=[], args=[self.prefix, name]))
+        found = await self.run(lambda: self._lookup(keys=self._slot_key, args=[self.prefix, name]))
         if not found:
             return None
         replay = Replay()
@@ -429,4 +433,4 @@ class RedisJournals:
         return replay
 
     async def forget(self, name: str) -> None:
-        await self.run(lambda: self._forget(keys=[], args=[self.prefix, name]))
+        await self.run(lambda: self._forget(keys=self._slot_key, args=[self.prefix, name]))

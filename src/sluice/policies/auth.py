@@ -28,6 +28,7 @@ from sluice.config import Settings
 from sluice.errors import AuthenticationError, PermissionDenied
 from sluice.events import Batch, ChatRequest
 from sluice.policies import Call, Handler
+from sluice.policies.lockout import Lockout
 from sluice.store import Record, VirtualKey
 from sluice.store.keys import KEY_PREFIX, KeyStore
 
@@ -46,6 +47,9 @@ class Access:
 
     key: VirtualKey | None = None
     public: bool = False
+
+
+ANYBODY = Access()
 
 
 def bearer(headers: Mapping[str, str]) -> str | None:
@@ -73,17 +77,44 @@ class Authenticator:
         self._master = _digest(settings.master_key.get()) if settings.master_key else None
         self._public_seed = settings.public_seed
         self._open = OPEN_ROUTES | ({METRICS_ROUTE} if settings.metrics.public else set())
+        self._insecure = settings.insecure
+        #: Failed authentication per client address (set once the shared state is open).
+        self.lockout: Lockout | None = None
 
     async def enabled(self) -> bool:
         return self._master is not None or await self._keys.any_keys()
 
     async def check(
-        self, method: str, path: str, headers: Mapping[str, str], record: Record
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        record: Record,
+        server: str | None = None,
     ) -> Access:
         """Who the request is from; raises ``AuthenticationError`` (401) if it may not
-        be served. The key's id goes on the record, refused or not."""
+        be served, ``RateLimited`` (429) while its address failed too often. The key's
+        id goes on the record, refused or not. ``server``: the address the request
+        arrived on, which must be loopback while authentication is off."""
         if path in self._open:
             return Access()
+        lockout, client = self.lockout, record.client
+        if lockout is None or client is None:
+            access = await self._check(method, path, headers, record)
+        else:
+            await lockout.check(client)
+            try:
+                access = await self._check(method, path, headers, record)
+            except AuthenticationError:
+                await lockout.failed(client)
+                raise
+        if access == ANYBODY and server is not None and not self._insecure:
+            _refuse_exposed(server)
+        return access
+
+    async def _check(
+        self, method: str, path: str, headers: Mapping[str, str], record: Record
+    ) -> Access:
         token = bearer(headers)
         if token is None:
             if self._public_seed and path == SEED_ROUTE and method == "GET":
@@ -182,6 +213,23 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(
         ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]).is_loopback for info in infos
     )
+
+
+def _refuse_exposed(server: str) -> None:
+    """The start-up check (``exposure_problem``) saw the configured host; an ASGI server
+    may have been told another one. A request that arrived on a non-loopback address
+    while no key exists is refused, whatever the configuration said."""
+    try:
+        loopback = ipaddress.ip_address(server.split("%", 1)[0]).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise PermissionDenied(
+            f"this gateway has no API key and no master key, so it serves only on"
+            f" loopback; this request arrived on {server}. Create a key (sluice keys"
+            " create), set SLUICE_MASTER_KEY, or set insecure: true to serve anyway.",
+            code="no_authentication",
+        )
 
 
 async def exposure_problem(settings: Settings, keys: KeyStore) -> str | None:

@@ -11,8 +11,16 @@ simulator's answer, unless ``pricing:`` names its model.
 
 ``Budgets.policy`` refuses a key whose running spend reached its budget, before the
 upstream is called: 429 ``insufficient_quota``, as OpenAI answers an exhausted quota.
-Requests already in flight when the budget is crossed finish, so the spend may pass
-the budget by what those cost.
+Requests in flight count too: each admitted request *holds* what it may cost — its
+prompt's estimate plus the output it allows (``max_tokens`` times ``n``, else
+``limits.output_estimate``), priced — and a request is admitted only if the spend, the
+holds of the requests in flight and its own estimate stay within the budget (one atomic
+step in the shared state, so concurrent requests racing for the last of a budget are
+refused up front). The hold is dropped when the request is settled, in the same step
+that adds its real cost. A hold left by an instance that died lapses after
+``HOLD_TTL``. The spend can still pass the budget by what an estimate missed: an answer
+longer than its estimate, when the request set no ``max_tokens``. A model without a
+price holds nothing (its cost is unknown, as on its record).
 
 The records are the durable truth. The running spend is seeded from them
 (SUM(cost_usd) of the key's records) when the shared state has none — after a restart
@@ -32,10 +40,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
+from sluice.config import Deployment
 from sluice.errors import BudgetExceeded
-from sluice.events import Batch, ChatRequest
+from sluice.events import Batch, ChatRequest, estimate_input_tokens
 from sluice.policies import Call, Handler
 from sluice.pricing import FREE, Price, PriceTable
 from sluice.state import SharedState, StateUnavailable
@@ -46,12 +55,19 @@ log = logging.getLogger("sluice.budget")
 
 #: Seconds between re-reads of a key's running spend from the records.
 RESEED_INTERVAL = 600.0
+#: Seconds a request's hold on its key's budget lasts unless settled first.
+HOLD_TTL = 900.0
 #: Record.cache values that mean this request called no upstream.
 _FREE = frozenset({"hit", "coalesced"})
 
 
 def _spend_key(key_id: str) -> str:
-    return f"spend:{key_id}"
+    # The hash tag puts a key's spend and its holds in one Redis Cluster slot.
+    return f"spend:{{{key_id}}}"
+
+
+def _holds_key(key_id: str) -> str:
+    return f"spend-holds:{{{key_id}}}"
 
 
 class Budgets:
@@ -61,8 +77,13 @@ class Budgets:
         state: SharedState,
         keys: KeyStore,
         reseed_interval: float | None = None,
+        *,
+        output_estimate: int = 256,
+        resolve: Callable[[str], Deployment | None] | None = None,
     ) -> None:
         self._prices = prices
+        self._output_estimate = output_estimate
+        self._resolve = resolve
         self._state = state
         self._keys = keys
         self._reseed = RESEED_INTERVAL if reseed_interval is None else reseed_interval
@@ -89,17 +110,68 @@ class Budgets:
     ) -> AsyncGenerator[Batch, None]:
         spent = await self.spent(key)
         if spent >= budget:
-            raise BudgetExceeded(
-                f"You exceeded your current quota: the API key {key.id} ({key.name}) has"
-                f" spent ${spent:.4f} of its ${budget:.2f} budget."
+            raise self._refusal(key, budget, spent)
+        estimate = self.estimate(request)
+        try:
+            held, spent, holding = await self._state.reserve(
+                _spend_key(key.id), _holds_key(key.id), call.record.id, estimate, budget, HOLD_TTL
             )
-        stream = handler(request, call)
-        async with contextlib.aclosing(stream):
-            async for batch in stream:
-                yield batch
-        # A complete stream: count it before the client sees the end, so that the
-        # client's next request is checked against it. Other ends are settled by the app.
-        await self.settle(request, call)
+        except StateUnavailable:
+            # Degraded (logged by ``spent``): no holds, but not past the budget alone.
+            held, holding = spent + estimate <= budget, 0.0
+        if not held:
+            raise self._refusal(key, budget, spent, holding, estimate)
+        try:
+            stream = handler(request, call)
+            async with contextlib.aclosing(stream):
+                async for batch in stream:
+                    yield batch
+            # A complete stream: count it before the client sees the end, so that the
+            # client's next request is checked against it. Other ends are settled by
+            # the app; the hold goes then, or here at the latest.
+            await self.settle(request, call)
+        finally:
+            if call.record.cost_usd is None:
+                with contextlib.suppress(StateUnavailable):
+                    await self._state.unreserve(
+                        _spend_key(key.id), _holds_key(key.id), call.record.id, 0.0
+                    )
+
+    @staticmethod
+    def _refusal(
+        key: VirtualKey, budget: float, spent: float, holding: float = 0.0, estimate: float = 0.0
+    ) -> BudgetExceeded:
+        message = (
+            f"You exceeded your current quota: the API key {key.id} ({key.name}) has"
+            f" spent ${spent:.4f} of its ${budget:.2f} budget"
+        )
+        if holding or estimate:
+            message += (
+                f", ${holding:.4f} is held by its requests in flight, and this request"
+                f" may cost up to ${estimate:.4f}"
+            )
+        return BudgetExceeded(message + ".")
+
+    def _price(self, request: ChatRequest, call: Call | None = None) -> Price | None:
+        deployment = call.deployment if call is not None else None
+        if deployment is None and self._resolve is not None:
+            deployment = self._resolve(request.model)
+        upstream = deployment.upstream_model(request.model) if deployment else None
+        if deployment is not None and deployment.provider == "simulator":
+            # Generated here: no upstream was paid, whatever the list price of the name.
+            return self._prices.price(request.model, upstream, listed=False) or FREE
+        return self._prices.price(request.model, upstream)
+
+    def estimate(self, request: ChatRequest) -> float:
+        """What the request may cost: its prompt's estimate and the output it allows."""
+        output = 0
+        if request.operation != "embeddings":
+            allowed = request.max_tokens
+            if not isinstance(allowed, int) or allowed < 1:
+                allowed = self._output_estimate
+            output = allowed * max(1, request.n)
+        cost = self._prices.cost(self._price(request), estimate_input_tokens(request), output)
+        return cost or 0.0
 
     # -- the running spend ------------------------------------------------------------------
 
@@ -158,21 +230,21 @@ class Budgets:
             return
         if record.cache in _FREE:
             record.cost_usd = 0.0
+            await self._count(call, 0.0)
             return
-        deployment = call.deployment
-        upstream = deployment.upstream_model(request.model) if deployment else None
-        price: Price | None
-        if deployment is not None and deployment.provider == "simulator":
-            # Generated here: no upstream was paid, whatever the list price of the name.
-            price = self._prices.price(request.model, upstream, listed=False) or FREE
-        else:
-            price = self._prices.price(request.model, upstream)
+        price = self._price(request, call)
         record.cost_usd = self._prices.cost(price, record.input_tokens, record.output_tokens)
+        await self._count(call, record.cost_usd)
+
+    async def _count(self, call: Call, cost: float | None) -> None:
+        """Add a settled request's cost to its key's spend and drop its hold."""
         key = call.key
-        if not record.cost_usd or key is None or key.budget_usd is None:
+        if key is None or key.budget_usd is None:
             return
         try:
-            await self._state.incr(_spend_key(key.id), record.cost_usd)
+            await self._state.unreserve(
+                _spend_key(key.id), _holds_key(key.id), call.record.id, cost or 0.0
+            )
         except StateUnavailable:
             self._unsynced.add(key.id)
             self._lost()

@@ -8,7 +8,9 @@ and non-streamed requests share entries (both are stored as events).
 
 A cacheable request is, in this order: joined to an identical generation in flight
 (``coalesced``), replayed from a kept entry (``hit``), or generated upstream and kept
-once it completed (``miss``). ``x-sluice-cache: refresh`` skips the entry, ``off`` skips
+once it completed (``miss``). Entries and generations are shared within a scope
+(``cache.scope``): each virtual key's own by default, or every caller's (``global``);
+the scope is part of the key. ``x-sluice-cache: refresh`` skips the entry, ``off`` skips
 the whole policy. A hit is replayed batch by batch through the client's dialect, like
 any other stream (optionally at the original pace), usage included. Only complete
 generations are kept: ended by the upstream with a ``Finish`` and no error.
@@ -40,6 +42,8 @@ from sluice.state import SharedState, StateUnavailable
 HEADER = "x-sluice-cache"
 _HEADER_BYTES = HEADER.encode()
 MODES = ("on", "off", "refresh")
+#: ``Record.cache`` values of an answer no upstream produced for this request.
+FREE = frozenset({"hit", "coalesced"})
 #: Request fields that do not change what the model writes.
 NOT_IN_KEY = frozenset(
     {
@@ -55,7 +59,7 @@ NOT_IN_KEY = frozenset(
     }
 )
 #: Bumped when the key's recipe or the stored format changes.
-KEY_VERSION = 2
+KEY_VERSION = 3
 #: Canonical fields that do not change what the model writes.
 _NOT_ANSWER = frozenset({"stream", "include_usage", "user", "source", "extra"})
 _INT64 = 1 << 63
@@ -101,9 +105,21 @@ def normalise(request: ChatRequest) -> dict[str, Any]:
     return {"v": KEY_VERSION, **_canonical(fields)}
 
 
-def cache_key(request: ChatRequest) -> str:
-    body = orjson.dumps(normalise(request), option=orjson.OPT_SORT_KEYS)
+def cache_key(request: ChatRequest, scope: str = "") -> str:
+    """The entry's name: the normalised request, within ``scope`` (who may share it)."""
+    body = orjson.dumps({"scope": scope, **normalise(request)}, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(body).hexdigest()
+
+
+def scope_of(call: Call, scope: str) -> str:
+    """Whose entries a request reads and writes. ``key``: the virtual key's id (the
+    master key's own; ``public`` for callers without a key on the public route;
+    ``open`` when the gateway has no keys at all: everyone is the same caller)."""
+    if scope == "global":
+        return "global"
+    if call.key is not None:
+        return f"key:{call.key.id}"
+    return "public" if call.public else "open"
 
 
 def deterministic(request: ChatRequest) -> bool:
@@ -177,6 +193,20 @@ class Cache:
             return asked
         return "on" if deterministic(request) else None
 
+    async def answered(self, request: ChatRequest, call: Call) -> bool:
+        """Whether the request would be answered without an upstream now: its entry is
+        kept, or a generation it would join runs here. A lookup of its own, so asked
+        only where it changes a decision (a request short of tokens)."""
+        if self.flights.closed or self.mode(request, call) != "on":
+            return False
+        key = cache_key(request, scope_of(call, self.settings.scope))
+        if self.flights.get(key) is not None:
+            return True
+        try:
+            return await self.journals.lookup(key) is not None
+        except StateUnavailable:
+            return False
+
     @staticmethod
     def _say(call: Call, status: str) -> None:
         call.record.cache = status
@@ -190,7 +220,7 @@ class Cache:
         self, inner: Handler, request: ChatRequest, call: Call, mode: str
     ) -> AsyncGenerator[Batch, None]:
         call.verbatim = None  # journals keep events
-        key = cache_key(request)
+        key = cache_key(request, scope_of(call, self.settings.scope))
         for _ in range(3):
             try:
                 source = await self._source(inner, request, call, key, mode)

@@ -9,7 +9,8 @@ the upstream request with it), unless ``cache.finish_abandoned`` asks to let it 
 and be stored.
 
 Across instances the leader holds a lock in the shared state (``SET NX`` with a TTL,
-renewed every third of ``cache.lease`` while it runs) whose value is the journal id;
+renewed every third of ``cache.lease`` while it runs, by compare-and-set: only while
+it still holds this leader's journal id) whose value is the journal id;
 other instances follow that journal through the Redis Streams mirror. A leader that
 died stops renewing: its followers see the lock lapse and start over.
 """
@@ -174,20 +175,30 @@ class Flights:
                 await self._journals.keep(key, journal, ttl)
 
     async def _renew(self, flight: Flight) -> None:
+        """Renew the lock while it is ours. A leader paused past its lease (a long GC,
+        a stopped process, a partition) may find that another instance took the lock
+        over and leads its own generation: then it stops renewing, and never writes
+        over the other's lock; its own readers here still get its generation."""
         assert flight.lock is not None
         lease = self._settings.lease
         value = flight.journal.id.encode()
         while True:
             await asyncio.sleep(lease / 3)
-            with contextlib.suppress(StateUnavailable):
-                await self._state.set(flight.lock, value, ttl=lease)
+            try:
+                held = await self._state.renew(flight.lock, value, ttl=lease)
+            except StateUnavailable:
+                continue
+            if not held:
+                log.warning(
+                    "generation %s lost its coalescing lease to another instance", value.decode()
+                )
+                return
 
     async def _unlock(self, journal: Journal, lock: str) -> None:
         # Followers elsewhere read the end before they see the lock gone.
         await self._journals.seal(journal)
         with contextlib.suppress(StateUnavailable):
-            if await self._state.get(lock) == journal.id.encode():
-                await self._state.delete(lock)
+            await self._state.release(lock, journal.id.encode())
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work)

@@ -34,6 +34,11 @@ excess stays charged and slides out of the window within a minute, as with OpenA
 whose limits count ``max_tokens`` too. A stream that ends early (client gone, error)
 keeps its estimate.
 
+A request the cache answers (a hit, or one that joined another's generation) called no
+upstream: its tokens are given back (a negative charge) once the first batch shows it,
+and a request short of tokens is first asked about (``free``: a cache lookup, only on
+that path) and served if the cache can answer it. It still counts as a request.
+
 Before charging, every applicable limit is read; if one is short, the request is
 refused without charging any. Otherwise each is hit; a limit that another request
 exhausted in between refuses atomically (a request counted by the other limits is then
@@ -55,7 +60,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -73,11 +78,13 @@ from sluice.config import LimitSettings
 from sluice.errors import RateLimited, ServiceUnavailable
 from sluice.events import Batch, ChatRequest, estimate_input_tokens
 from sluice.policies import Call, Handler
+from sluice.policies.cache import FREE
 from sluice.state import SharedState, StateUnavailable
 
 log = logging.getLogger("sluice.ratelimit")
 
 Unit = Literal["requests", "tokens"]
+Free = Callable[[ChatRequest, Call], Awaitable[bool]]
 #: A corrective token charge is never refused: what was used, was used.
 _NO_CEILING = 2**62
 
@@ -129,9 +136,14 @@ async def _all(operations: Sequence[Awaitable[Any]]) -> list[Any]:
 class RateLimits:
     """The policy: ``RateLimits(settings.limits, state)(handler)`` is the limited handler."""
 
-    def __init__(self, settings: LimitSettings, state: SharedState) -> None:
+    def __init__(
+        self, settings: LimitSettings, state: SharedState, free: Free | None = None
+    ) -> None:
         self._settings = settings
         self._state = state
+        #: Whether a request would be answered without an upstream (a cache hit):
+        #: asked only before refusing one for want of tokens.
+        self._free = free
         storage = storage_from_string(state.limits_uri, **state.limits_options)
         self._storage = cast(SlidingWindowCounterSupport, storage)
         self._limiters: dict[Unit, RateLimiter] = {
@@ -187,8 +199,16 @@ class RateLimits:
         self, handler: Handler, request: ChatRequest, call: Call, limits: list[Limit]
     ) -> AsyncGenerator[Batch, None]:
         costs = await self._admit(request, call, limits)
+        first = True
         async with contextlib.aclosing(handler(request, call)) as stream:
             async for batch in stream:
+                if first:
+                    first = False
+                    # The cache has decided by now: an answer no upstream produces
+                    # for this request gives its tokens back.
+                    if costs is not None and call.record.cache in FREE:
+                        await self._refund(limits, costs)
+                        costs = None
                 yield batch
         if costs is not None:
             await self._settle(call, limits, costs)
@@ -207,17 +227,29 @@ class RateLimits:
             stats: list[WindowStats] = await self._state.run(
                 lambda: _all([self._stats(limit) for limit in limits])
             )
-            for limit, stat, cost in zip(limits, stats, costs, strict=True):
-                if stat.remaining < cost:
-                    raise self._refusal(limit, stat, cost, limits, stats)
-            hits: list[bool] = await self._state.run(
+            short = [
+                (limit, stat, cost)
+                for limit, stat, cost in zip(limits, stats, costs, strict=True)
+                if stat.remaining < cost
+            ]
+            tokens_only = all(limit.unit == "tokens" for limit, _, _ in short)
+            if short and tokens_only and self._free and await self._free(request, call):
+                # Out of tokens, but answered from the cache: it counts as a request only.
+                costs = [0 if limit.unit == "tokens" else 1 for limit in limits]
+                short = []
+            if short:
+                raise self._refusal(*short[0], limits, stats)
+            charged = [(limit, cost) for limit, cost in zip(limits, costs, strict=True) if cost]
+            hit_charged: list[bool] = await self._state.run(
                 lambda: _all(
                     [
                         self._limiters[limit.unit].hit(limit.item, *limit.who, cost=cost)
-                        for limit, cost in zip(limits, costs, strict=True)
+                        for limit, cost in charged
                     ]
                 )
             )
+            hit_by = dict(zip((id(limit) for limit, _ in charged), hit_charged, strict=True))
+            hits = [hit_by.get(id(limit), True) for limit in limits]
         except StateUnavailable as exc:
             self._unenforced(exc)
             return None
@@ -295,18 +327,19 @@ class RateLimits:
 
     # -- the end of a stream -------------------------------------------------------
 
-    async def _settle(self, call: Call, limits: list[Limit], costs: list[int]) -> None:
-        """Charge what the estimate missed, from the usage the stream reported."""
-        record = call.record
-        if record.input_tokens is None or record.output_tokens is None:
-            return
-        used = record.input_tokens + record.output_tokens
-        extra = [
-            (limit, used - cost)
-            for limit, cost in zip(limits, costs, strict=True)
-            if limit.unit == "tokens" and used > cost
-        ]
-        if not extra:
+    async def _refund(self, limits: list[Limit], costs: list[int]) -> None:
+        """Give back the tokens charged up front (a negative charge, never refused)."""
+        await self._charge(
+            [
+                (limit, -cost)
+                for limit, cost in zip(limits, costs, strict=True)
+                if limit.unit == "tokens" and cost
+            ]
+        )
+
+    async def _charge(self, amounts: list[tuple[Limit, int]]) -> None:
+        """Add to token counters without the ceiling ``hit`` applies."""
+        if not amounts:
             return
         storage = self._storage
         with contextlib.suppress(StateUnavailable):  # logged by the state
@@ -319,10 +352,23 @@ class RateLimits:
                             limit.item.get_expiry(),
                             amount,
                         )
-                        for limit, amount in extra
+                        for limit, amount in amounts
                     ]
                 )
             )
+
+    async def _settle(self, call: Call, limits: list[Limit], costs: list[int]) -> None:
+        """Charge what the estimate missed, from the usage the stream reported."""
+        record = call.record
+        if record.input_tokens is None or record.output_tokens is None:
+            return
+        used = record.input_tokens + record.output_tokens
+        extra = [
+            (limit, used - cost)
+            for limit, cost in zip(limits, costs, strict=True)
+            if limit.unit == "tokens" and used > cost
+        ]
+        await self._charge(extra)
 
 
 def _headers(left: list[tuple[Limit, int, float]]) -> dict[str, str]:

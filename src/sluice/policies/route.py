@@ -3,7 +3,8 @@
 For one request:
 
 - the model's deployments are tried first, then its fallbacks in order (each model at
-  most once; a fallback's own fallbacks are not followed);
+  most once; a fallback's own fallbacks are not followed; a key restricted to some
+  models skips the fallbacks it may not use);
 - within a model, up to ``1 + retries`` attempts; each picks a deployment that is not
   cooling down (``breaker``) and not tried yet if there is one, by the model's strategy
   (``balance``); trying the same deployment again waits an exponential back-off with
@@ -49,6 +50,7 @@ from sluice.errors import (
 )
 from sluice.events import Batch, ChatRequest
 from sluice.policies import Call
+from sluice.policies.auth import may_use
 from sluice.policies.balance import Balancer
 from sluice.policies.breaker import Breaker
 from sluice.providers.registry import Providers
@@ -186,7 +188,11 @@ class Router:
                 return outcome
             context = isinstance(outcome, ContextWindowExceeded)
             names = route.context_window_fallbacks if context else route.fallbacks
-            following = next((name for name in names if name not in visited), None)
+            # A key limited to some models falls back only to those it may use.
+            following = next(
+                (name for name in names if name not in visited and may_use(call.key, name)),
+                None,
+            )
             found = self._settings.route(following) if following is not None else None
             if following is None or found is None:
                 raise outcome

@@ -17,6 +17,7 @@ from dataclasses import replace
 
 from sluice.config import Deployment
 from sluice.errors import (
+    RequestError,
     SluiceError,
     Unsupported,
     UpstreamConnectError,
@@ -129,7 +130,10 @@ def _header_lines(headers: dict[str, str]) -> bytes:
     lines = []
     for name, value in headers.items():
         if any(c in name or c in value for c in "\r\n\0") or not name.strip():
-            raise ValueError(f"upstream header {name!r} has a line break or is empty")
+            # Never the value in the message: it may be a credential.
+            raise RequestError(
+                f"the upstream header {name!r} holds a line break or is empty", param=name
+            )
         lines.append(f"{name}: {value}\r\n")
     return "".join(lines).encode("latin-1")
 
@@ -170,6 +174,7 @@ class HTTPProvider:
         }
         headers.update(wire.fixed_headers)
         key = deployment.api_key.get() if deployment.api_key else ""
+        self._key = key
         if key:
             headers.update(wire.auth_headers(key, deployment.base_url))
         headers.update(deployment.headers)
@@ -258,6 +263,9 @@ class HTTPProvider:
                     if decoder.error is not None:
                         raise decoder.error
                     return
+        except SluiceError as exc:
+            self._hide_key(exc)
+            raise
         finally:
             if watchdog is not None:
                 watchdog.cancel()
@@ -272,7 +280,16 @@ class HTTPProvider:
             body = await response.read_all(_MAX_ERROR_BODY)
         with contextlib.suppress(UpstreamProtocolError):
             body = _inflated(body, response.headers, _MAX_ERROR_BODY)
-        return self._wire.error(response.status, body, response.headers)
+        return self._hide_key(self._wire.error(response.status, body, response.headers))
+
+    def _hide_key(self, exc: SluiceError) -> SluiceError:
+        """An upstream may quote the key it refused (``Incorrect API key provided:
+        sk-…``): never pass it on to a client, a log or a record."""
+        key = self._key
+        if key and key in exc.message:
+            exc.message = exc.message.replace(key, "[the upstream key]")
+            exc.args = (exc.message,)
+        return exc
 
     async def call(self, path: str, body: bytes, request: ChatRequest) -> bytes:
         """One JSON exchange with ``path`` beside the wire's own endpoint (Anthropic's

@@ -54,6 +54,28 @@ class SharedState(Protocol):
 
     async def delete(self, key: str) -> None: ...
 
+    async def renew(self, key: str, value: bytes, ttl: float) -> bool:
+        """Give ``key`` a new ``ttl`` only if it still holds ``value`` (compare and set,
+        one atomic step); False, changing nothing, if it lapsed or holds another value."""
+        ...
+
+    async def release(self, key: str, value: bytes) -> bool:
+        """Delete ``key`` only if it still holds ``value``; True if this call deleted it."""
+        ...
+
+    async def reserve(
+        self, total: str, holds: str, id: str, amount: float, ceiling: float, ttl: float
+    ) -> tuple[bool, float, float]:
+        """Hold ``amount`` under ``id`` in ``holds`` if the counter ``total`` plus every
+        live hold plus ``amount`` stays within ``ceiling`` (one atomic step, so requests
+        racing for the last of a budget cannot all pass). A hold lapses after ``ttl``
+        seconds unless released. Returns (held, the counter, the sum of the holds)."""
+        ...
+
+    async def unreserve(self, total: str, holds: str, id: str, amount: float) -> None:
+        """Drop hold ``id`` and add ``amount`` (the real cost) to ``total``, in one step."""
+        ...
+
     async def incr(self, key: str, amount: float, ttl: float | None = None) -> float:
         """Add ``amount`` to a float counter and return the new value. ``ttl`` is set
         when the counter is created; later increments keep its expiry."""
@@ -73,7 +95,8 @@ class SharedState(Protocol):
 
 def open_state(url: str | None) -> SharedState:
     """The memory backend without a URL; Redis for ``redis://``, ``rediss://`` and
-    ``unix://`` URLs. Nothing connects until ``start()``."""
+    ``unix://`` URLs, a Redis Cluster for ``redis+cluster://host:port[,host:port…]``
+    (``rediss+cluster://`` with TLS). Nothing connects until ``start()``."""
     if not url:
         from sluice.state.memory import MemoryState
 

@@ -27,12 +27,15 @@ class MemoryState:
         self._max_entries = max_entries
         #: key → (value, expiry on the monotonic clock or None), least recent first.
         self._entries: OrderedDict[str, tuple[bytes, float | None]] = OrderedDict()
+        #: holds key → {id: (amount, expiry on the monotonic clock)}.
+        self._holds: dict[str, dict[str, tuple[float, float]]] = {}
 
     async def start(self) -> None:
         pass
 
     async def close(self) -> None:
         self._entries.clear()
+        self._holds.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -73,6 +76,46 @@ class MemoryState:
 
     async def delete(self, key: str) -> None:
         self._entries.pop(key, None)
+
+    async def renew(self, key: str, value: bytes, ttl: float) -> bool:
+        entry = self._live(key)
+        if entry is None or entry[0] != value:
+            return False
+        self._put(key, value, self._expiry(ttl))
+        return True
+
+    async def release(self, key: str, value: bytes) -> bool:
+        entry = self._live(key)
+        if entry is None or entry[0] != value:
+            return False
+        del self._entries[key]
+        return True
+
+    async def reserve(
+        self, total: str, holds: str, id: str, amount: float, ceiling: float, ttl: float
+    ) -> tuple[bool, float, float]:
+        now = time.monotonic()
+        live = {k: v for k, v in self._holds.get(holds, {}).items() if v[1] > now}
+        entry = self._live(total)
+        counted = float(entry[0]) if entry is not None else 0.0
+        held = sum(amount for amount, _ in live.values())
+        done = counted + held + amount <= ceiling
+        if done:
+            live[id] = (amount, now + ttl)
+        if live:
+            self._holds[holds] = live
+        else:
+            self._holds.pop(holds, None)
+        return done, counted, held
+
+    async def unreserve(self, total: str, holds: str, id: str, amount: float) -> None:
+        mine = self._holds.get(holds)
+        if mine is not None:
+            mine.pop(id, None)
+            if not mine:
+                del self._holds[holds]
+        if amount:
+            await self.incr(total, amount)
 
     async def incr(self, key: str, amount: float, ttl: float | None = None) -> float:
         entry = self._live(key)

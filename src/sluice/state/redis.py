@@ -1,4 +1,5 @@
-"""The shared backend: Redis or Valkey through ``redis.asyncio``.
+"""The shared backend: Redis or Valkey through ``redis.asyncio``, a single server (or a
+primary) or a Redis Cluster (``redis+cluster://host:port[,host:port…]``).
 
 One connection pool per process, short socket timeouts, one immediate retry on a
 broken connection (what a Redis restart leaves in the pool) and none on a timeout.
@@ -15,9 +16,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -28,7 +30,7 @@ from sluice.state import StateUnavailable
 T = TypeVar("T")
 log = logging.getLogger("sluice.state")
 
-SCHEMES = ("redis", "rediss", "unix")
+SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 
 # INCRBYFLOAT, and an expiry only on a counter that has none yet: one atomic step,
 # on any Redis or Valkey version (``EXPIRE … NX`` needs Redis 7).
@@ -40,9 +42,75 @@ end
 return value
 """
 
+# A lease renewed or released only by its holder: GET and compare, then act, atomically,
+# so that a lease another instance took over after ours lapsed is never touched.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# A budget's holds: a sorted set of "id amount" members scored by their expiry (server
+# time, ms), next to the spend counter. Both keys carry one hash tag (one slot).
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local held = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    held = held + tonumber(string.match(member, ' (.+)$'))
+end
+local counted = tonumber(redis.call('GET', KEYS[1]) or '0')
+local amount = tonumber(ARGV[2])
+if counted + held + amount > tonumber(ARGV[3]) then
+    return {0, tostring(counted), tostring(held)}
+end
+local expires = now + tonumber(ARGV[4])
+redis.call('ZADD', KEYS[2], expires, ARGV[1] .. ' ' .. ARGV[2])
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[4]) then
+    redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+return {1, tostring(counted), tostring(held)}
+"""
+_UNRESERVE = """
+for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    if string.sub(member, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. ' ' then
+        redis.call('ZREM', KEYS[2], member)
+    end
+end
+if tonumber(ARGV[2]) ~= 0 then
+    redis.call('INCRBYFLOAT', KEYS[1], ARGV[2])
+end
+return 1
+"""
+
 
 def is_redis_url(url: str) -> bool:
     return urlsplit(url).scheme in SCHEMES
+
+
+def is_cluster_url(url: str) -> bool:
+    return urlsplit(url).scheme.endswith("+cluster")
+
+
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """``redis+cluster://[user:password@]host:port[,host:port…]`` → the nodes to start
+    from (the client discovers the others)."""
+    netloc = urlsplit(url).netloc.rsplit("@", 1)[-1]
+    nodes = []
+    for node in netloc.split(","):
+        host, _, port = node.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"a cluster node must be host:port, got {node!r}")
+        nodes.append((host.strip("[]"), int(port)))
+    return nodes
 
 
 def redacted(url: str) -> str:
@@ -62,6 +130,8 @@ def redacted(url: str) -> str:
 
 def limits_uri(url: str) -> str:
     scheme, rest = url.split("://", 1)
+    if scheme.endswith("+cluster"):
+        return f"async+redis+cluster://{rest}"  # TLS: limits takes ``ssl`` as an option
     return f"async+{'redis+unix' if scheme == 'unix' else scheme}://{rest}"
 
 
@@ -88,21 +158,45 @@ class RedisState:
     ) -> None:
         self.where = redacted(url)
         self.limits_uri = limits_uri(url)
-        # Nothing connects here: the pool opens connections on first use.
-        self._pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout,
-            max_connections=max_connections,
-            timeout=socket_timeout,  # waiting for a free connection
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        )
-        self._client = aioredis.Redis(connection_pool=self._pool)
+        self.cluster = is_cluster_url(url)
+        self._pool: aioredis.BlockingConnectionPool | None = None
+        self._client: Any
+        if self.cluster:
+            # Every multi-key script and command names keys of one hash tag (one slot).
+            parts = urlsplit(url)
+            tls = parts.scheme.startswith("rediss")
+            self._client = RedisCluster(
+                startup_nodes=[ClusterNode(host, port) for host, port in cluster_nodes(url)],
+                username=unquote(parts.username) if parts.username else None,
+                password=unquote(parts.password) if parts.password else None,
+                ssl=tls,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=connect_timeout,
+                max_connections=max_connections,
+            )
+            self.limits_options: Mapping[str, Any] = {
+                "implementation": "redispy",
+                "socket_timeout": socket_timeout,
+                "socket_connect_timeout": connect_timeout,
+                **({"ssl": True} if tls else {}),
+            }
+        else:
+            # Nothing connects here: the pool opens connections on first use.
+            self._pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=connect_timeout,
+                max_connections=max_connections,
+                timeout=socket_timeout,  # waiting for a free connection
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            )
+            self._client = aioredis.Redis(connection_pool=self._pool)
+            self.limits_options = {"implementation": "redispy", "connection_pool": self._pool}
         self._incr = self._client.register_script(_INCR)
-        self.limits_options: Mapping[str, Any] = {
-            "implementation": "redispy",
-            "connection_pool": self._pool,
-        }
+        self._renew = self._client.register_script(_RENEW)
+        self._release = self._client.register_script(_RELEASE)
+        self._reserve = self._client.register_script(_RESERVE)
+        self._unreserve = self._client.register_script(_UNRESERVE)
         self._min_backoff = min_backoff
         self._max_backoff = max_backoff
         self._backoff = min_backoff
@@ -124,7 +218,8 @@ class RedisState:
 
     async def close(self) -> None:
         await self._client.aclose()
-        await self._pool.disconnect()
+        if self._pool is not None:
+            await self._pool.disconnect()
 
     async def run(self, operation: Callable[[], Awaitable[T]]) -> T:
         if self._down_since is not None:
@@ -177,6 +272,25 @@ class RedisState:
 
     async def delete(self, key: str) -> None:
         await self.run(lambda: self._client.delete(key))
+
+    async def renew(self, key: str, value: bytes, ttl: float) -> bool:
+        done = await self.run(lambda: self._renew(keys=[key], args=[value, _ms(ttl)]))
+        return bool(done)
+
+    async def release(self, key: str, value: bytes) -> bool:
+        done = await self.run(lambda: self._release(keys=[key], args=[value]))
+        return bool(done)
+
+    async def reserve(
+        self, total: str, holds: str, id: str, amount: float, ceiling: float, ttl: float
+    ) -> tuple[bool, float, float]:
+        args: list[str | int] = [id, repr(float(amount)), repr(float(ceiling)), _ms(ttl)]
+        done, counted, held = await self.run(lambda: self._reserve(keys=[total, holds], args=args))
+        return bool(done), float(counted), float(held)
+
+    async def unreserve(self, total: str, holds: str, id: str, amount: float) -> None:
+        args = [id, repr(float(amount))]
+        await self.run(lambda: self._unreserve(keys=[total, holds], args=args))
 
     async def incr(self, key: str, amount: float, ttl: float | None = None) -> float:
         px = "" if ttl is None else str(_ms(ttl))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-Outcome = Literal["ok", "error", "client_disconnected", "rejected", "shutdown"]
+Outcome = Literal["ok", "error", "client_disconnected", "rejected", "cancelled", "shutdown"]
 
 
 @dataclass(slots=True)
@@ -44,6 +44,7 @@ class Record:
     finish_reasons: str | None = None  # stop, length, ...: one per choice, comma-separated
     error_type: str | None = None  # the error's class (RateLimited, UpstreamTimeout, ...)
     fallbacks: int = 0  # times routing moved on to a fallback model
+    resumes: int = 0  # times a client resumed the generation's stream (while it ran)
 
 
 class RecordStore(Protocol):

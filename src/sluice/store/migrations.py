@@ -216,3 +216,10 @@ def m009_outcome_columns(db: sqlite3.Connection) -> None:
         "fallbacks INTEGER NOT NULL DEFAULT 0",
     ):
         db.execute(f"ALTER TABLE requests ADD COLUMN {column}")
+
+
+@migration
+def m010_resumes(db: sqlite3.Connection) -> None:
+    # How many times a client resumed a generation's stream (background responses,
+    # resumable chat, the UI stream's resume).
+    db.execute("ALTER TABLE requests ADD COLUMN resumes INTEGER NOT NULL DEFAULT 0")

@@ -133,6 +133,11 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
             "ALTER TABLE requests ADD COLUMN fallbacks INTEGER NOT NULL DEFAULT 0",
         ),
     ),
+    (
+        # How many times a client resumed a generation's stream (SQLite's m010).
+        "m003_resumes",
+        ("ALTER TABLE requests ADD COLUMN resumes INTEGER NOT NULL DEFAULT 0",),
+    ),
 ]
 
 

@@ -18,7 +18,7 @@ from sluice.store.keys import KeyRow, KeyStore, shown
 from sluice.store.queries import WINDOWS, Filters, RecordQueries
 from sluice.web.http import BodyError, json, query_of, read_body
 
-OUTCOMES = ("ok", "error", "rejected", "client_disconnected")
+OUTCOMES = ("ok", "error", "rejected", "client_disconnected", "cancelled")
 PAGE = 50
 MAX_PAGE = 500
 

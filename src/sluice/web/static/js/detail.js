@@ -25,6 +25,7 @@ const FIELDS = [
   ["cost_usd", "Cost", fmt.usd],
   ["cache", "Cache"],
   ["attempts", "Upstream attempts"],
+  ["resumes", "Resumed", (v) => fmt.num(v)],
   ["error", "Error"],
 ];
 
