@@ -3,9 +3,10 @@
     SIGTERM ─► draining: /readyz answers 503, new requests 503 (``shutting_down``)
                  │  streams in flight run on, for up to ``shutdown_grace`` seconds
                  ▼
-               the grace is over (or nothing is in flight any more)
+               the grace is over (or nothing runs any more: requests, and the
+                 │  generations that run without a client, ``busy``)
                  │  each stream still running is stopped: its API's in-band error,
-                 │  a record with outcome ``shutdown``
+                 │  a record with outcome ``shutdown``; generations fail
                  ▼
                the ASGI server's own shutdown: connections closed, lifespan shutdown
                (pending records written), the process exits
@@ -17,8 +18,8 @@ the signal arrived then. SIGINT (Ctrl+C) or a second SIGTERM skips the grace: th
 streams are stopped at once, the same way; a signal after that goes to the server.
 
 What is stopped at the deadline registers a stop with ``track``: every stream the
-gateway relays does, and so must any generation that runs without a client (background
-generations), so that it is marked failed rather than lost.
+gateway relays does, and so does the generations service (app.py), so that a generation
+still running is marked failed rather than lost.
 """
 
 from __future__ import annotations
