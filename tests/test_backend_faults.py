@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from tests.upstream.scenarios import expected_text
 
 KEY_ENV = {"TEST_UPSTREAM_KEY": "sk-test"}
 CHAT = BY_NAME["chat"]
-STREAM = "paced:n=40,interval=0.05"  # 2 s
+STREAM = "paced:n=80,interval=0.05"  # 4 s
 
 
 class Reader(threading.Thread):
@@ -104,8 +105,13 @@ def test_redis_lost_mid_stream(
     for reader in readers:
         assert reader.started.wait(10)
     (_kill if fault == "killed" else _pause)(redis)
+    back = False
     try:
         during = post(gateway, "normal:n=2")
+        # Back while the streams still flow: restarted (empty) or resumed.
+        (redis.start if fault == "killed" else partial(_resume, redis))()
+        back = True
+        assert all(reader.is_alive() for reader in readers)
         for reader in readers:
             reader.join(20)
             assert not reader.is_alive()
@@ -119,10 +125,8 @@ def test_redis_lost_mid_stream(
             assert during.status_code == 503
             assert during.json()["error"]["code"] == "service_unavailable"
     finally:
-        if fault == "killed":
-            redis.start()
-        else:
-            _resume(redis)
+        if not back:
+            (redis.start if fault == "killed" else partial(_resume, redis))()
     # Back without a restart of the gateway: requests probe Redis again after a short
     # back-off, and limits count in Redis again.
     deadline = time.monotonic() + 20
