@@ -109,8 +109,12 @@ def run_gateway(
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("OPENAI_", "ANTHROPIC_", "SLUICE_", "OTEL_", "PROMETHEUS_"))
+        # Upstreams are on loopback: a proxy of the machine's is never on the way.
+        and k.lower() not in ("http_proxy", "https_proxy", "no_proxy", "all_proxy")
     }
     full_env["SLUICE_DB"] = str(db_path)
+    # Streams a test leaves open get 5 s after SIGTERM at teardown, not the 30 s default.
+    full_env["SLUICE_SHUTDOWN_GRACE"] = "5"
     full_env.update(env or {})
     log_path = workdir / "gateway.log"
     with open(log_path, "wb") as log:

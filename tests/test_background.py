@@ -210,7 +210,7 @@ def test_shutdown_fails_running_background_responses(
             "SELECT outcome, error FROM requests WHERE route = '/v1/responses'"
         ).fetchone()
     assert status == "failed" and "shut down" in error
-    assert outcome == "error" and "shut down" in message
+    assert outcome == "shutdown" and "shut down" in message
 
 
 def test_the_sdk_stream_helper_resumes_by_id(gateway: RunningGateway) -> None:

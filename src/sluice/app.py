@@ -25,7 +25,15 @@ from sluice.dialects.bounds import Bounds
 from sluice.dialects.openai_chat import OpenAIChatDialect
 from sluice.dialects.openai_embeddings import OpenAIEmbeddingsDialect
 from sluice.dialects.text import TextDialect
-from sluice.errors import HeadersTooLarge, MethodNotAllowed, NotFound, RequestError, SluiceError
+from sluice.drain import Drain
+from sluice.errors import (
+    HeadersTooLarge,
+    MethodNotAllowed,
+    NotFound,
+    RequestError,
+    ShuttingDown,
+    SluiceError,
+)
 from sluice.events import Batch, ChatRequest, estimate_input_tokens, transcript
 from sluice.exchange import ClientGone, Exchange, Receive, Scope, Send
 from sluice.generations import Detached, Generation, Generations
@@ -68,6 +76,8 @@ log = logging.getLogger("sluice")
 
 Handler_ = Callable[[Exchange, Dialect], Awaitable[None]]
 JSON = [(b"content-type", b"application/json")]
+#: Served while draining: a probe, and the last scrapes.
+_DRAIN_OPEN = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +155,10 @@ def _tune_gc() -> None:
 #: Seconds between re-reads of a key's spend from records that other instances share
 #: when the running spend is kept in this process (no Redis).
 SHARED_RECORDS_RESEED = 2.0
+
+
+#: Seconds a stream stopped at shutdown gets to write its error to a slow client.
+STOP_WRITE = 2.0
 
 
 def check_head(headers: list[tuple[bytes, bytes]], limit: int) -> None:
@@ -273,6 +287,8 @@ class Gateway:
         self.metrics = Metrics(settings.metrics.multiprocess_dir, self.routes.label)
         self._cors = Cors(settings.cors)
         self._tracing: Tracing | None = None
+        #: SIGTERM drains: see drain.py.
+        self.drain = Drain(settings.shutdown_grace)
 
     def _error_dialect(self, path: str) -> Dialect:
         """The dialect that renders errors for a path no route matched."""
@@ -300,7 +316,7 @@ class Gateway:
 
             self._tracing = Tracing(self.settings.traces, self.routes.label)
         tracing = self._tracing
-        self._pool = Pool()
+        self._pool = Pool(proxies=self.settings.proxies)
         self._providers = Providers(
             self.settings, self._pool, tracing.headers if tracing is not None else None
         )
@@ -316,6 +332,7 @@ class Gateway:
             journals_for(self._state, 0, generations.max_total_bytes, generations.retention),
             count_resumes=self.store.resumed,
         )
+        self._watch_generations(self._generations)
         # Spend in a database that other instances write to, but counted in this
         # process's memory: re-read it from the shared records often, not every 10 min.
         reseed = SHARED_RECORDS_RESEED if self.database.shared and not redis_url else None
@@ -342,6 +359,8 @@ class Gateway:
         )
         await self.store.start()
         await self.responses.start()
+        if not self.drain.install(asyncio.get_running_loop()):
+            log.debug("SIGTERM is not drained here (not the main thread, or no server handler)")
         _tune_gc()
         for name, deployment in self.settings.models.items():
             if deployment.provider == "simulator":
@@ -353,7 +372,22 @@ class Gateway:
             else:
                 log.info("model %s → %s at %s", name, deployment.provider, deployment.base_url)
 
+    def _watch_generations(self, generations: Generations) -> None:
+        """While draining, generations running without a client (background responses)
+        run on as requests do; at the deadline they fail, which ends their readers with
+        the error and records them with outcome ``shutdown``."""
+        self.drain.busy = generations.__len__
+        failing: set[asyncio.Task[None]] = set()
+
+        def fail() -> None:
+            task = asyncio.get_running_loop().create_task(generations.shutdown())
+            failing.add(task)
+            task.add_done_callback(failing.discard)
+
+        self.drain.track(fail)
+
     async def shutdown(self) -> None:
+        self.drain.uninstall()
         if self._generations is not None:
             await self._generations.close()  # running generations end failed, recorded
         if self._cache is not None:
@@ -425,7 +459,12 @@ class Gateway:
         else:
             dialect = self._error_dialect(path)
         t0 = time.perf_counter()
+        drain = self.drain
+        drain.enter()
         try:
+            if drain.draining and path not in _DRAIN_OPEN:
+                record.outcome = "rejected"  # never served: another instance can be asked
+                raise ShuttingDown("the gateway is shutting down; retry on another instance")
             check_head(scope["headers"], self.settings.max_header_bytes)
             origin = exchange.headers.get("origin") if self._cors.enabled else None
             if origin is not None and self._cors.allows(origin):
@@ -465,6 +504,7 @@ class Gateway:
                 exchange, dialect, SluiceError(f"internal error: {type(exc).__name__}")
             )
         finally:
+            drain.leave()
             record.ended_at = time.time()
             record.duration_ms = (time.perf_counter() - t0) * 1000
             if record.status == 0:
@@ -540,6 +580,14 @@ class Gateway:
         task = asyncio.current_task()
         assert task is not None
         watcher = exchange.watch_disconnect(task)
+        stopped = False
+
+        def stop() -> None:  # the grace after SIGTERM is over
+            nonlocal stopped
+            stopped = True
+            task.cancel()
+
+        forget = self.drain.track(stop)
         self.metrics.stream_started(record)
         try:
             async with contextlib.aclosing(stream):
@@ -552,12 +600,16 @@ class Gateway:
                     call=call,
                 )
         except asyncio.CancelledError:
-            if not exchange.disconnected:
+            if stopped and not exchange.disconnected:
+                task.uncancel()
+                await self._stopped(exchange, encoder)
+            elif not exchange.disconnected:
                 raise
-            task.uncancel()
-            record.outcome = "client_disconnected"
-            if not exchange.started:
-                record.status = 499
+            else:
+                task.uncancel()
+                record.outcome = "client_disconnected"
+                if not exchange.started:
+                    record.status = 499
         except SluiceError as exc:
             if not exchange.started:
                 raise
@@ -568,12 +620,27 @@ class Gateway:
             with contextlib.suppress(OSError):
                 await exchange.write(encoder.error(exc), more=False)
         finally:
+            forget()
             watcher.cancel()
             self.metrics.stream_ended(record)
         if record.input_tokens is None:
             self._estimate_usage(request, record)
         assert self._budgets is not None
         await self._budgets.settle(request, call)
+
+    async def _stopped(self, exchange: Exchange, encoder: Encoder) -> None:
+        """A stream still running when the grace after SIGTERM ran out: its API's error
+        (in-band once the head is out; never a clean end), and outcome ``shutdown``."""
+        record = exchange.record
+        error = ShuttingDown("the gateway shut down before the answer was complete")
+        record.outcome = "shutdown"
+        record.error = error.message
+        record.error_type = type(error).__name__
+        if not exchange.started:
+            raise error  # an HTTP error in the API's shape (``_fail``)
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(STOP_WRITE):  # a client that no longer reads
+                await exchange.write(encoder.error(error), more=False)
 
     @property
     def generations(self) -> Generations:
@@ -623,12 +690,12 @@ class Gateway:
                 task = asyncio.current_task()
                 assert task is not None
                 task.uncancel()  # recorded below, then the generation ends
-                record.outcome = "cancelled" if generation.cancelled else "error"
-                record.error = (
-                    generation.reason
-                    if generation.cancelled
-                    else "the gateway shut down before the generation ended"
-                )
+                if generation.cancelled:
+                    record.outcome, record.error = "cancelled", generation.reason
+                else:
+                    record.outcome = "shutdown"
+                    record.error = "the gateway shut down before the generation ended"
+                    record.error_type = ShuttingDown.__name__
             except SluiceError as exc:
                 before = not sink.started and record.chunks == 0
                 record.outcome = "rejected" if exc.status < 500 and before else "error"
@@ -732,6 +799,9 @@ class Gateway:
         await exchange.respond(200, [(b"content-type", content_type.encode())], body)
 
     async def _ready(self, exchange: Exchange, dialect: Dialect) -> None:
+        if self.drain.draining:
+            await exchange.respond(503, JSON, b'{"status":"draining"}')
+            return
         if self._handler is None:
             await exchange.respond(503, JSON, b'{"status":"starting"}')
             return

@@ -15,10 +15,12 @@
     ├── RateLimited                  429
     │   └── BudgetExceeded           429  insufficient_quota (as OpenAI; not retryable)
     ├── ServiceUnavailable           503  service_unavailable (a shared dependency is down)
+    │   └── ShuttingDown             503  shutting_down (draining after SIGTERM)
     └── UpstreamError                502  upstream_error
         ├── UpstreamStatusError      the upstream answered with an error status
         ├── UpstreamConnectError     503
         ├── UpstreamTimeout          504
+        ├── UpstreamTLSError         the upstream's certificate did not verify
         └── UpstreamProtocolError    the upstream's stream broke or was malformed
 
 Foreign exceptions are mapped once, at the boundary (providers for upstream I/O,
@@ -138,6 +140,27 @@ class ServiceUnavailable(SluiceError):
     code = "service_unavailable"
 
 
+class ShuttingDown(ServiceUnavailable):
+    """The gateway is draining after SIGTERM: it takes no new requests, and a stream
+    still running when the grace is over ends with this error. Another instance can
+    serve the retry (``Connection: close`` sends the client there)."""
+
+    code = "shutting_down"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if headers is None:
+            headers = {"Connection": "close"}
+        super().__init__(message, param=param, code=code, status=status, headers=headers)
+
+
 class UpstreamError(SluiceError):
     status = 502
     type = "upstream_error"
@@ -155,6 +178,13 @@ class UpstreamStatusError(UpstreamError):
 class UpstreamConnectError(UpstreamError):
     status = 503
     code = "upstream_unavailable"
+
+
+class UpstreamTLSError(UpstreamError):
+    """TLS to the upstream failed (its certificate did not verify): a 502 naming the
+    reason, not a 503, since trying again will not change the certificate."""
+
+    code = "upstream_tls_error"
 
 
 class UpstreamTimeout(UpstreamError):

@@ -33,7 +33,7 @@ T = TypeVar("T")
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-OUTCOMES = ("ok", "error", "rejected", "client_disconnected", "cancelled")
+OUTCOMES = ("ok", "error", "rejected", "client_disconnected", "cancelled", "shutdown")
 GROUPS: dict[str, Grouping] = {"model": "model", "key": "key_id"}
 
 

@@ -16,6 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+#: The most bytes of one unfinished event a decoder holds (``max_event``): a peer that
+#: sends a longer line or event gets ``EventTooLarge`` instead of our memory.
+MAX_EVENT = 4 * 1024 * 1024
+
 _LF = 0x0A
 _CR = 0x0D
 _BOM = b"\xef\xbb\xbf"
@@ -29,12 +33,29 @@ class ServerSentEvent:
     retry: int | None = None
 
 
+class EventTooLarge(ValueError):
+    """An event (or one line of it) is longer than the decoder's ``max_event``."""
+
+
 class SSEDecoder:
-    """Incremental decoder. Feed it reads of any size; it returns complete events."""
+    """Incremental decoder. Feed it reads of any size; it returns complete events. It
+    holds at most ``max_event`` bytes of an unfinished event (``EventTooLarge`` past it)."""
 
-    __slots__ = ("_buffer", "_data", "_event", "_id", "_pending_cr", "_retry", "_started")
+    __slots__ = (
+        "_buffer",
+        "_data",
+        "_data_size",
+        "_event",
+        "_id",
+        "_max",
+        "_pending_cr",
+        "_retry",
+        "_started",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, max_event: int = MAX_EVENT) -> None:
+        self._max = max_event
+        self._data_size = 0
         self._buffer = b""
         self._pending_cr = False
         self._started = False
@@ -125,6 +146,8 @@ class SSEDecoder:
             self._line(buffer[start:stop], events)
             start = nxt
         self._buffer = buffer[start:] if start < end else b""
+        if len(self._buffer) > self._max:
+            raise EventTooLarge(f"an event line longer than {self._max} bytes")
         if events:
             out.extend([e.data for e in events] if data_only else events)
 
@@ -132,6 +155,7 @@ class SSEDecoder:
         """End of stream. Per the spec an unterminated event is discarded."""
         self._buffer = b""
         self._data = []
+        self._data_size = 0
         self._event = None
         self._pending_cr = False
         self._started = False
@@ -145,11 +169,12 @@ class SSEDecoder:
                     ServerSentEvent(data, self._event or "message", self._id, self._retry)
                 )
             self._data = []
+            self._data_size = 0
             self._event = None
             self._retry = None
             return
         if line[:6] == b"data: ":
-            self._data.append(line[6:])
+            self._add_data(line[6:])
             return
         if line[0] == 0x3A:  # ":" comment
             return
@@ -161,7 +186,7 @@ class SSEDecoder:
             if value[:1] == b" ":
                 value = value[1:]
         if name == b"data":
-            self._data.append(value)
+            self._add_data(value)
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")
         elif name == b"id":
@@ -169,6 +194,12 @@ class SSEDecoder:
                 self._id = value.decode("utf-8", "replace")
         elif name == b"retry" and value.isdigit():
             self._retry = int(value)
+
+    def _add_data(self, value: bytes) -> None:
+        self._data_size += len(value) + 1
+        if self._data_size > self._max:
+            raise EventTooLarge(f"an event longer than {self._max} bytes")
+        self._data.append(value)
 
 
 def encode_data(payload: bytes) -> bytes:

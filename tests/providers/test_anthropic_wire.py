@@ -520,8 +520,19 @@ def test_the_end_of_the_body_before_message_stop_is_an_error() -> None:
 def test_a_stream_that_does_not_start_with_message_start_is_refused() -> None:
     with pytest.raises(UpstreamProtocolError, match="message_start"):
         decode(b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n')
-    with pytest.raises(UpstreamProtocolError):
-        decode(b"event: message_start\ndata: {not json\n\n")
+    # An event that is not JSON ends the stream with an error after what came before it.
+    batches, decoder = decode(b"event: message_start\ndata: {not json\n\n")
+    assert batches == [] and decoder.done
+    assert isinstance(decoder.error, UpstreamProtocolError)
+
+
+def test_an_event_that_is_not_json_ends_the_stream_after_the_events_before_it() -> None:
+    good = stream("normal:n=3").split(b"event: content_block_stop")[0]
+    batches, decoder = decode(good + b'event: content_block_delta\ndata: {"ty\xff\n\n')
+    assert decoder.done and isinstance(decoder.error, UpstreamProtocolError)
+    assert "not a Messages stream event" in decoder.error.message
+    texts = [e.text for batch in batches for e in batch if isinstance(e, TextDelta)]
+    assert "".join(texts) == am.expected_text("normal:n=3")
 
 
 def test_crlf_and_comments_decode_the_same() -> None:

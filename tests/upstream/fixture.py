@@ -120,9 +120,13 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def start_upstream(host: str = "127.0.0.1", timeout: float = 10.0) -> Iterator[Upstream]:
-    """Run ``python -m tests.upstream.server`` on a free port until the block exits."""
+def start_upstream(
+    host: str = "127.0.0.1", timeout: float = 10.0, args: tuple[str, ...] = ()
+) -> Iterator[Upstream]:
+    """Run ``python -m tests.upstream.server`` on a free port until the block exits
+    (``args``: more of its options, ``--certfile``/``--keyfile`` for HTTPS)."""
     command = [sys.executable, "-m", "tests.upstream.server", "--host", host, "--port", "0"]
+    command += args
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         line = read_ready_line(process, timeout)

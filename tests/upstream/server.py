@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -841,17 +842,19 @@ def write_port_file(path: str, port: int) -> None:
     os.replace(tmp, path)
 
 
-async def serve(host: str, port: int, port_file: str | None, log_limit: int) -> None:
+async def serve(
+    host: str, port: int, port_file: str | None, log_limit: int, tls: ssl.SSLContext | None = None
+) -> None:
     loop = asyncio.get_running_loop()
     app = App(log_limit)
-    server = await loop.create_server(lambda: Connection(app), host, port, backlog=1024)
+    server = await loop.create_server(lambda: Connection(app), host, port, backlog=1024, ssl=tls)
     bound = server.sockets[0].getsockname()[1]
     if port_file:
         write_port_file(port_file, bound)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    print(f"listening on http://{host}:{bound}", flush=True)
+    print(f"listening on {'https' if tls else 'http'}://{host}:{bound}", flush=True)
     await stop.wait()
     server.close()
     for conn in list(app.open):
@@ -868,14 +871,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--log-limit", type=int, default=10_000, help="requests and connections kept in /_log"
     )
+    parser.add_argument("--certfile", help="serve HTTPS with this certificate chain (PEM)")
+    parser.add_argument("--keyfile", help="the certificate's private key (PEM)")
     args = parser.parse_args(argv)
+    tls = None
+    if args.certfile:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.certfile, args.keyfile)
+    main_task = serve(args.host, args.port, args.port_file, args.log_limit, tls)
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(args.host, args.port, args.port_file, args.log_limit))
+        asyncio.run(main_task)
     else:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(serve(args.host, args.port, args.port_file, args.log_limit))
+            runner.run(main_task)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import replace
@@ -12,6 +13,7 @@ import yaml
 
 from sluice.config.errors import ConfigError, line_of
 from sluice.config.litellm import parse_litellm
+from sluice.config.proxies import proxies_from
 from sluice.config.settings import Settings, build
 from sluice.config.values import integer
 
@@ -113,4 +115,18 @@ def load(
             flags[key] = integer({name: number}, name, (), 0, minimum, maximum)
         elif key in flags:
             flags[key] = integer(flags, key, (), 0, minimum, maximum)
+    grace = env.get("SLUICE_SHUTDOWN_GRACE")
+    if grace is not None:
+        try:
+            seconds = float(grace)
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds < math.inf:
+            raise ConfigError(
+                f"SLUICE_SHUTDOWN_GRACE: expected a non-negative number, got {grace!r}"
+            )
+        flags["shutdown_grace"] = seconds
+    proxies = proxies_from(env)
+    if proxies != settings.proxies:
+        flags["proxies"] = proxies
     return replace(settings, **flags) if flags else settings

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +65,9 @@ class Deployment:
     index: int = 0
     #: ``max_tokens`` for a request without one, where the upstream requires it (Anthropic).
     max_tokens_default: int = 4096
+    #: CA certificates (PEM) trusted for this upstream besides the system's
+    #: (``SSL_CERT_FILE``, ``SSL_CERT_DIR`` and the default store).
+    ca_file: str | None = None
 
     def upstream_model(self, public: str) -> str:
         return self.model or public
@@ -130,6 +135,7 @@ _DEPLOYMENT_KEYS = {
     "weight",
     "api_key",
     "max_tokens_default",
+    "ca_file",
 }
 #: Keys of a model entry about routing rather than about one deployment.
 _ROUTE_KEYS = {"strategy", "retries", "fallbacks", "context_window_fallbacks"}
@@ -216,7 +222,22 @@ def _deployment(
         weight=_weight(data, at),
         index=index,
         max_tokens_default=integer(data, "max_tokens_default", at, 4096, minimum=1),
+        ca_file=_ca_file(data, at),
     )
+
+
+def _ca_file(data: Mapping[str, Any], at: Keys) -> str | None:
+    """A readable PEM file of CA certificates, as an absolute path."""
+    path = string(data, "ca_file", at, None)
+    if path is None:
+        return None
+    try:
+        ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        message = f"cannot load CA certificates from {path}: {reason}"
+        raise error_at((*at, "ca_file"), message) from None
+    return os.path.abspath(path)
 
 
 def _weight(data: Mapping[str, Any], at: Keys) -> float:

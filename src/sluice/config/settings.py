@@ -20,6 +20,7 @@ from sluice.config.models import (
     routing_of,
     timeouts_of,
 )
+from sluice.config.proxies import Proxies
 from sluice.config.sections import CacheSettings, LimitSettings
 from sluice.config.telemetry import MetricsSettings, TraceSettings
 from sluice.config.values import Secret, check_keys, flag, integer, mapping, number, string
@@ -39,6 +40,9 @@ class Settings:
     #: Public model name → deployment. The key ``*`` catches every other name.
     models: Mapping[str, Deployment] = field(default_factory=dict)
     keepalive_interval: float = 15.0
+    #: Seconds streams in flight may run on after SIGTERM before they are stopped
+    #: (``shutdown_grace``, ``SLUICE_SHUTDOWN_GRACE``).
+    shutdown_grace: float = 30.0
     max_body_bytes: int = 4 * 1024 * 1024
     #: JSON nesting and messages one request body may hold (400 past either).
     max_json_depth: int = MAX_JSON_DEPTH
@@ -89,6 +93,8 @@ class Settings:
     #: Model name prefix → route, for names that are not in ``routes``; tried before
     #: ``*``. Only the defaults without a ``models`` section fill it.
     prefixes: Mapping[str, ModelRoute] = field(default_factory=dict)
+    #: Outbound proxies (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``).
+    proxies: Proxies = field(default_factory=Proxies)
     #: Problems that did not stop the start (e.g. LiteLLM keys Sluice ignores), logged once.
     warnings: tuple[str, ...] = ()
 
@@ -134,6 +140,7 @@ _TOP_KEYS = {
     "default_model",
     "models",
     "keepalive_interval",
+    "shutdown_grace",
     "max_body_bytes",
     "max_json_depth",
     "max_messages",
@@ -207,6 +214,7 @@ def build(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Settin
         routing=routing,
         prefixes=default_prefixes(raw, env, timeouts, routing),
         keepalive_interval=number(raw, "keepalive_interval", (), 15.0),
+        shutdown_grace=number(raw, "shutdown_grace", (), 30.0),
         max_body_bytes=integer(raw, "max_body_bytes", (), 4 * 1024 * 1024, minimum=1),
         max_json_depth=integer(raw, "max_json_depth", (), MAX_JSON_DEPTH, minimum=2),
         max_messages=integer(raw, "max_messages", (), MAX_MESSAGES, minimum=1),

@@ -46,6 +46,7 @@ from sluice.errors import (
     UpstreamError,
     UpstreamStatusError,
     UpstreamTimeout,
+    UpstreamTLSError,
 )
 from sluice.events import Batch, ChatRequest
 from sluice.policies import Call
@@ -86,7 +87,7 @@ def verdict(exc: SluiceError) -> Verdict:
         return Verdict.CONTEXT
     if isinstance(exc, RequestError) or not isinstance(exc, UpstreamError):
         return Verdict.FATAL
-    if isinstance(exc, UpstreamTimeout):
+    if isinstance(exc, UpstreamTimeout | UpstreamTLSError):
         return Verdict.MOVE
     if isinstance(exc, UpstreamStatusError):
         # The client's own 4xx faults are RequestError already: what is left here is

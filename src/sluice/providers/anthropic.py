@@ -662,9 +662,13 @@ class MessagesDecoder:
         try:
             event = decode_event(payload)
         except (DecodeError, UnicodeDecodeError) as exc:
-            raise UpstreamProtocolError(
+            # What came before it in this read still reaches the client, then the error.
+            self.error = UpstreamProtocolError(
                 f"the upstream sent an event that is not a Messages stream event: {exc}"
-            ) from exc
+            )
+            self.error.__cause__ = exc
+            self.done = True
+            return True
         kind = event.type
         if kind == "error" or (not kind and event.error is not None):
             # Some proxies write a late failure as ``data: {"error": {...}}`` alone.

@@ -15,6 +15,7 @@ closes it, which an upstream sees at once.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -23,10 +24,18 @@ from urllib.parse import urlsplit
 
 import httptools
 
-_HIGH_WATER = 1 << 20
+from sluice.config.proxies import Proxies, Proxy
+
+#: Unread bytes per connection past which the socket is not read until the reader
+#: catches up. A thousand clients reading a byte a second hold 64 KiB each here at most
+#: (the rest waits in the kernel and then in the upstream), which is more than any
+#: token stream carries between two reads of a client that keeps up.
+_HIGH_WATER = 1 << 16
 #: Idle connections kept per origin, and for how long.
 _MAX_IDLE = 1024
 _IDLE_SECONDS = 15.0
+#: How long a connection released before its body ended waits for that end.
+_FINISH_WAIT = 2.0
 
 
 class HTTPError(Exception):
@@ -37,6 +46,10 @@ class ConnectError(HTTPError):
     """No connection: the name did not resolve, the port refused, TLS failed."""
 
 
+class TLSError(ConnectError):
+    """The upstream's certificate did not verify (or TLS failed otherwise)."""
+
+
 class ConnectTimeout(HTTPError):
     """The connection was not established in time."""
 
@@ -45,11 +58,18 @@ class ProtocolError(HTTPError):
     """The connection broke or the upstream sent something that is not HTTP/1.1."""
 
 
+class InvalidHTTP(ProtocolError):
+    """The upstream sent something that is not HTTP/1.1."""
+
+
 @dataclass(frozen=True, slots=True)
 class Origin:
     scheme: str
     host: str
     port: int
+    #: CA certificates trusted besides the system's (a deployment's ``ca_file``):
+    #: part of the key, so connections made with other trust are never shared.
+    ca_file: str | None = None
 
     @property
     def authority(self) -> str:
@@ -71,11 +91,19 @@ def split_url(url: str) -> tuple[Origin, str]:
     return Origin(scheme, parts.hostname, port), target
 
 
+def _forward(origin: Origin, proxy: Proxy) -> tuple[bytes, bytes]:
+    prefix = f"http://{origin.authority}".encode("latin-1")
+    if proxy.authorization is None:
+        return prefix, b""
+    return prefix, f"Proxy-Authorization: {proxy.authorization.get()}\r\n".encode("latin-1")
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; one response at a time."""
 
     __slots__ = (
         "_exc",
+        "_finishing",
         "_framed",
         "_head",
         "_paused",
@@ -85,6 +113,7 @@ class _Connection(asyncio.Protocol):
         "busy",
         "closed",
         "complete",
+        "forward",
         "headers",
         "idle_since",
         "keep_alive",
@@ -104,7 +133,12 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         #: A request was written and its response is not finished with.
         self.busy = False
+        #: Through an HTTP proxy to an ``http://`` origin: the request line's
+        #: absolute-form prefix and the ``Proxy-Authorization`` line.
+        self.forward: tuple[bytes, bytes] | None = None
         self.idle_since = 0.0
+        #: Released before the body's end arrived (see ``Response.release``).
+        self._finishing: asyncio.TimerHandle | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -136,7 +170,7 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(ProtocolError(f"the upstream sent invalid HTTP: {exc}"))
+            self._fail(InvalidHTTP(f"the upstream sent invalid HTTP: {exc}"))
             self.close()
             return
         if self._size > _HIGH_WATER and not self._paused and self.transport is not None:
@@ -148,6 +182,7 @@ class _Connection(asyncio.Protocol):
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_finishing()
         self.closed = True
         self.transport = None
         self.pool._forget(self)
@@ -183,12 +218,30 @@ class _Connection(asyncio.Protocol):
             head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        if self._finishing is not None:
+            return  # after the stream's own end: nobody reads it
         self._pieces.append(body)
         self._size += len(body)
 
     def on_message_complete(self) -> None:
         if self.status:
             self.complete = True
+            if self._finishing is not None and self.keep_alive:
+                self._stop_finishing()
+                self.pool._park(self)
+
+    # -- released early -----------------------------------------------------------
+
+    def finish_later(self) -> None:
+        """The reader is done (the stream said so: ``[DONE]``, ``message_stop``) but the
+        body's last chunk is still on its way: back to the pool when it arrives, closed
+        if it does not within ``_FINISH_WAIT``."""
+        self._finishing = self.pool.loop.call_later(_FINISH_WAIT, self.close)
+
+    def _stop_finishing(self) -> None:
+        if self._finishing is not None:
+            self._finishing.cancel()
+            self._finishing = None
 
     # -- the exchange -------------------------------------------------------------
 
@@ -212,6 +265,8 @@ class _Connection(asyncio.Protocol):
         loop = self.pool.loop
         self._head = head = loop.create_future()
         assert self.transport is not None
+        if self.forward is not None:
+            data = _absolute_form(data, *self.forward)
         self.transport.write(data)
         return head
 
@@ -250,9 +305,18 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def close(self) -> None:
+        self._stop_finishing()
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+
+def _absolute_form(data: bytes, prefix: bytes, authorization: bytes) -> bytes:
+    """``POST /v1/x HTTP/1.1`` → ``POST http://host:port/v1/x HTTP/1.1`` (what a proxy
+    is sent), with the proxy's credentials after the request line."""
+    method, _, rest = data.partition(b" ")
+    end = rest.index(b"\r\n") + 2
+    return b"".join((method, b" ", prefix, rest[:end], authorization, rest[end:]))
 
 
 class Response:
@@ -286,14 +350,22 @@ class Response:
         """Make the pending (or next) read raise ``exc`` (a timeout, say)."""
         self._conn.interrupt(exc)
 
-    def release(self) -> None:
-        """Done with the response: back to the pool if it ended cleanly, else closed."""
+    def release(self, ended: bool = False) -> None:
+        """Done with the response: back to the pool if it ended cleanly, else closed.
+        ``ended``: the reader saw the stream's own end (``[DONE]``, ``message_stop``),
+        although perhaps not yet the body's: then the body's end is waited for (an
+        abandoned stream is closed at once, which is how its upstream learns of it)."""
         if self._done:
             return
         self._done = True
         conn = self._conn
-        if conn.complete and conn.keep_alive and not conn.closed and conn._exc is None:
+        reusable = conn.keep_alive and not conn.closed and conn._exc is None
+        if reusable and conn.complete:
             conn.pool._park(conn)
+        elif ended and reusable and conn.status and not conn._pieces and not conn._paused:
+            # Everything that arrived was read: what is missing is most likely only the
+            # body's last chunk, which upstreams often send apart from their last event.
+            conn.finish_later()
         else:
             conn.close()
 
@@ -301,8 +373,12 @@ class Response:
 class Pool:
     """Keep-alive connections per origin, shared by every provider of a gateway."""
 
-    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, ssl_context: ssl.SSLContext | None = None, proxies: Proxies | None = None
+    ) -> None:
         self._ssl = ssl_context
+        self._contexts: dict[str, ssl.SSLContext] = {}
+        self._proxies = proxies or Proxies()
         self._idle: dict[Origin, dict[_Connection, None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -314,7 +390,15 @@ class Pool:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
-    def _context(self) -> ssl.SSLContext:
+    def _context(self, ca_file: str | None) -> ssl.SSLContext:
+        """The system's trust (``SSL_CERT_FILE``, ``SSL_CERT_DIR``, the default store),
+        plus ``ca_file``'s certificates when given."""
+        if ca_file is not None:
+            context = self._contexts.get(ca_file)
+            if context is None:
+                context = self._contexts[ca_file] = ssl.create_default_context()
+                context.load_verify_locations(cafile=ca_file)
+            return context
         if self._ssl is None:
             self._ssl = ssl.create_default_context()
         return self._ssl
@@ -351,21 +435,86 @@ class Pool:
             if not conn.closed and conn.transport is not None:
                 return conn, True
         loop = self.loop
-        context = self._context() if origin.scheme == "https" else None
+        context = self._context(origin.ca_file) if origin.scheme == "https" else None
+        proxy = self._proxies.for_origin(origin.scheme, origin.host, origin.port)
         try:
             async with asyncio.timeout(connect_timeout):
-                _, protocol = await loop.create_connection(
-                    lambda: _Connection(self, origin),
-                    origin.host,
-                    origin.port,
-                    ssl=context,
-                    server_hostname=origin.host if context is not None else None,
-                )
+                if proxy is not None and context is not None:
+                    protocol = await self._tunnel(origin, proxy, context)
+                else:
+                    host, port = (proxy.host, proxy.port) if proxy else (origin.host, origin.port)
+                    _, protocol = await loop.create_connection(
+                        lambda: _Connection(self, origin),
+                        host,
+                        port,
+                        ssl=context,
+                        server_hostname=origin.host if context is not None else None,
+                    )
+                    if proxy is not None:
+                        protocol.forward = _forward(origin, proxy)
         except TimeoutError as exc:
-            raise ConnectTimeout(f"timed out connecting to {origin.authority}") from exc
+            through = f" through the proxy {proxy.address}" if proxy else ""
+            raise ConnectTimeout(f"timed out connecting to {origin.authority}{through}") from exc
+        except ssl.SSLCertVerificationError as exc:
+            reason = exc.verify_message or exc.reason or "unknown reason"
+            raise TLSError(
+                f"TLS to {origin.authority}: certificate verify failed: {reason}"
+            ) from exc
+        except ssl.SSLError as exc:
+            raise TLSError(f"TLS to {origin.authority} failed: {exc.reason or exc}") from exc
         except OSError as exc:
-            raise ConnectError(exc.strerror or str(exc) or type(exc).__name__) from exc
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            if proxy is not None:
+                reason = f"the proxy {proxy.address}: {reason}"
+            raise ConnectError(reason) from exc
         return protocol, False
+
+    async def _tunnel(self, origin: Origin, proxy: Proxy, context: ssl.SSLContext) -> _Connection:
+        """TLS to ``origin`` inside a ``CONNECT`` tunnel through ``proxy``."""
+        loop = self.loop
+        infos = await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
+        sock: socket.socket | None = None
+        error: Exception = ConnectError(f"cannot resolve {proxy.host}")
+        for family, kind, proto, _, address in infos:
+            sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, address)
+                break
+            except OSError as exc:
+                sock.close()
+                sock, error = None, exc
+        if sock is None:
+            raise error
+        try:
+            host = f"[{origin.host}]" if ":" in origin.host else origin.host
+            target = f"{host}:{origin.port}"
+            lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
+            if proxy.authorization is not None:
+                lines.append(f"Proxy-Authorization: {proxy.authorization.get()}")
+            await loop.sock_sendall(sock, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                piece = await loop.sock_recv(sock, 4096)
+                if not piece or len(answer) > 65536:
+                    raise ConnectError(f"the proxy {proxy.address} closed the CONNECT tunnel")
+                answer += piece
+            status_line = answer.partition(b"\r\n")[0].decode("latin-1")
+            parts = status_line.split(" ", 2)
+            if len(parts) < 2 or not parts[1].startswith("2"):
+                raise ConnectError(
+                    f"the proxy {proxy.address} refused CONNECT {target}: {status_line}"
+                )
+            _, protocol = await loop.create_connection(
+                lambda: _Connection(self, origin),
+                sock=sock,
+                ssl=context,
+                server_hostname=origin.host,
+            )
+        except BaseException:
+            sock.close()
+            raise
+        return protocol
 
     def _park(self, conn: _Connection) -> None:
         idle = self._idle.setdefault(conn.origin, {})

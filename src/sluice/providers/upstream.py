@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Callable, Iterator
+import zlib
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import replace
 
 from sluice.config import Deployment
 from sluice.errors import (
@@ -21,19 +23,24 @@ from sluice.errors import (
     UpstreamConnectError,
     UpstreamProtocolError,
     UpstreamTimeout,
+    UpstreamTLSError,
 )
 from sluice.events import Batch, ChatRequest, WireFormat
-from sluice.providers import Wire
+from sluice.providers import Decoder, Wire
 from sluice.providers.http import (
     ConnectError,
     ConnectTimeout,
     HTTPError,
+    InvalidHTTP,
     Pool,
     Response,
+    TLSError,
     split_url,
 )
+from sluice.sse import EventTooLarge
 
 _MAX_ERROR_BODY = 64 * 1024
+_TOTAL = "the upstream timed out: the answer took longer than the total time limit"
 #: The most of a JSON answer ``HTTPProvider.call`` reads.
 _MAX_ANSWER = 1024 * 1024
 
@@ -106,7 +113,11 @@ class _Watchdog:
 
     def _expire(self, what: str) -> None:
         self.cancel()
-        self._response.interrupt(UpstreamTimeout(f"the upstream timed out waiting for the {what}"))
+        if what == "total time":
+            message = _TOTAL
+        else:
+            message = f"the upstream timed out waiting for the {what}"
+        self._response.interrupt(UpstreamTimeout(message))
 
     def cancel(self) -> None:
         for handle in (self._handle, self._total):
@@ -145,7 +156,10 @@ class HTTPProvider:
         self._pool = pool
         self._wire = wire
         self.format: WireFormat = wire.format
-        self._origin, target = split_url(endpoint(deployment.base_url, wire.path))
+        origin, target = split_url(endpoint(deployment.base_url, wire.path))
+        if origin.scheme == "https" and deployment.ca_file:
+            origin = replace(origin, ca_file=deployment.ca_file)
+        self._origin = origin
         self._embeddings_target: str | None = None
         if wire.embeddings_path is not None:
             embeddings_url = endpoint(deployment.base_url, wire.embeddings_path)
@@ -154,6 +168,9 @@ class HTTPProvider:
             "Host": self._origin.authority,
             "Content-Type": "application/json",
             "Accept": "text/event-stream",
+            # No Accept-Encoding would allow any coding (RFC 9110 §12.5.3); a stream is
+            # read as it comes. A server that compresses anyway is decoded (``_Inflate``).
+            "Accept-Encoding": "identity",
         }
         headers.update(wire.fixed_headers)
         key = deployment.api_key.get() if deployment.api_key else ""
@@ -200,6 +217,7 @@ class HTTPProvider:
         first_deadline = started + timeouts.first_token if timeouts.first_token else float("inf")
         response: Response | None = None
         watchdog: _Watchdog | None = None
+        decoder: Decoder | None = None
         try:
             # The request and its response head: nothing is yielded in here, so a
             # timeout context is safe (one that spans a yield would cancel whichever
@@ -215,6 +233,9 @@ class HTTPProvider:
             decoder = self._wire.decoder(request, verbatim)
             feed = decoder.feed
             read = response.read
+            coding = response.headers.get("content-encoding", "").strip().lower()
+            if coding not in ("", "identity"):
+                read = _Inflate(read, coding).read
             while True:
                 watchdog.wait_start = loop.time()
                 watchdog.waiting = True
@@ -230,7 +251,10 @@ class HTTPProvider:
                     if batch:
                         yield batch
                     return
-                batch = feed(data)
+                try:
+                    batch = feed(data)
+                except EventTooLarge as exc:
+                    raise UpstreamProtocolError(f"the upstream sent {exc}") from exc
                 if batch:
                     if watchdog.first:
                         watchdog.got_first()
@@ -246,13 +270,16 @@ class HTTPProvider:
             if watchdog is not None:
                 watchdog.cancel()
             if response is not None:
-                # Back to the pool only if the whole body was read; else closed.
-                response.release()
+                # Back to the pool only if the whole body was read (or all but its last
+                # chunk, after the stream's own end); else closed.
+                response.release(ended=decoder is not None and decoder.done)
 
     async def _error(self, response: Response) -> SluiceError:
         body = b""
         with contextlib.suppress(HTTPError):
             body = await response.read_all(_MAX_ERROR_BODY)
+        with contextlib.suppress(UpstreamProtocolError):
+            body = _inflated(body, response.headers, _MAX_ERROR_BODY)
         return self._hide_key(self._wire.error(response.status, body, response.headers))
 
     def _hide_key(self, exc: SluiceError) -> SluiceError:
@@ -286,13 +313,70 @@ class HTTPProvider:
                     response = await self._pool.request(self._origin, data, self._connect_timeout)
                     if response.status >= 400:
                         raise await self._error(response)
-                    return await response.read_all(_MAX_ANSWER)
+                    body = await response.read_all(_MAX_ANSWER)
+                    return _inflated(body, response.headers, _MAX_ANSWER)
         finally:
             if response is not None:
                 response.release()
 
     async def aclose(self) -> None:
         return None
+
+
+#: The most one compressed read may expand to: past it, the body is refused.
+_MAX_INFLATE = 16 * 1024 * 1024
+
+
+class _Inflate:
+    """Reads of a body a server compressed although asked for ``identity``: gzip or
+    deflate, decoded read by read; any other coding is refused."""
+
+    __slots__ = ("_coding", "_read", "_z")
+
+    def __init__(self, read: Callable[[], Awaitable[bytes]], coding: str) -> None:
+        if coding not in ("gzip", "x-gzip", "deflate"):
+            raise UpstreamProtocolError(
+                f"the upstream answered with Content-Encoding {coding!r} although asked"
+                " for identity; only gzip and deflate can be decoded"
+            )
+        self._read = read
+        self._coding = coding
+        self._z = zlib.decompressobj(47)  # 32 + 15: a gzip or a zlib header
+
+    async def read(self) -> bytes:
+        while True:
+            data = await self._read()
+            if not data:
+                if not self._z.eof:
+                    raise UpstreamProtocolError(f"the upstream's {self._coding} body ends early")
+                return b""
+            try:
+                out = self._z.decompress(data, _MAX_INFLATE)
+            except zlib.error as exc:
+                raise UpstreamProtocolError(
+                    f"the upstream's body is not valid {self._coding}: {exc}"
+                ) from exc
+            if self._z.unconsumed_tail:
+                raise UpstreamProtocolError(
+                    f"one read of the upstream's {self._coding} body expands past"
+                    f" {_MAX_INFLATE} bytes"
+                )
+            if out:
+                return out
+
+
+def _inflated(body: bytes, headers: Mapping[str, str], limit: int) -> bytes:
+    """A whole body decoded as its ``Content-Encoding`` says, at most ``limit`` bytes."""
+    coding = headers.get("content-encoding", "").strip().lower()
+    if coding in ("", "identity") or not body:
+        return body
+    if coding not in ("gzip", "x-gzip", "deflate"):
+        raise UpstreamProtocolError(f"the upstream answered with Content-Encoding {coding!r}")
+    z = zlib.decompressobj(47)
+    try:
+        return z.decompress(body, limit)
+    except zlib.error as exc:
+        raise UpstreamProtocolError(f"the upstream's body is not valid {coding}: {exc}") from exc
 
 
 @contextlib.contextmanager
@@ -304,10 +388,15 @@ def _mapped(
     try:
         yield
     except TimeoutError as exc:
-        what = "total time" if loop.time() >= deadline else awaited
-        raise UpstreamTimeout(f"the upstream timed out waiting for the {what}") from exc
+        if loop.time() >= deadline:
+            raise UpstreamTimeout(_TOTAL) from exc
+        raise UpstreamTimeout(f"the upstream timed out waiting for the {awaited}") from exc
     except ConnectTimeout as exc:
         raise UpstreamTimeout("timed out connecting to the upstream") from exc
+    except InvalidHTTP as exc:
+        raise UpstreamProtocolError(str(exc)) from exc
+    except TLSError as exc:
+        raise UpstreamTLSError(f"cannot connect to the upstream: {exc}") from exc
     except ConnectError as exc:
         raise UpstreamConnectError(f"cannot connect to the upstream: {exc}") from exc
     except HTTPError as exc:

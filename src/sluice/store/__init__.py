@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-Outcome = Literal["ok", "error", "client_disconnected", "rejected", "cancelled"]
+Outcome = Literal["ok", "error", "client_disconnected", "rejected", "cancelled", "shutdown"]
 
 
 @dataclass(slots=True)

@@ -101,6 +101,7 @@ def open_database(location: str, options: DatabaseOptions | None = None) -> Data
             batch_size=options.batch_size,
             flush_interval=options.flush_interval,
             max_pending=options.max_pending or SQLITE_MAX_PENDING,
+            spill_dir=options.spill_dir,
         ),
         keys=SQLiteKeyStore(location, cache_ttl=options.key_cache_ttl),
         responses=SQLiteResponseStore(location),

@@ -6,6 +6,10 @@ one thread uses at a time. When the database cannot be written (disk full, locke
 directory removed), the records stay in the buffer and the next round retries; the buffer
 is bounded, and past the bound the oldest records are dropped and counted. Failures are
 logged once per episode, without record contents, on the ``sluice.store`` logger.
+
+Records still unwritten when the store closes (the database is locked by another
+process, say) go to a spill file (store/spill.py) when a spill directory is given; the
+next store to start on that directory writes them back.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any, TypedDict, TypeVar
 from sluice.store import Record
 from sluice.store.analytics import SUMMARY_COLUMNS, Grouping, RecordQuery, Summary, summarise
 from sluice.store.migrations import migrate
+from sluice.store.spill import Spill
 
 __all__ = ["MAX_PENDING", "SQLiteRecordStore", "StoreStats"]
 
@@ -74,6 +79,7 @@ class SQLiteRecordStore:
         batch_size: int = 256,
         flush_interval: float = 0.5,
         max_pending: int = MAX_PENDING,
+        spill_dir: str | None = None,
     ) -> None:
         if batch_size < 1 or max_pending < 1:
             raise ValueError("batch_size and max_pending must be at least 1")
@@ -95,10 +101,13 @@ class SQLiteRecordStore:
         self._dropped = 0
         self._episode_drops = 0  # > 0 while records are being dropped
         self._failing = False  # True while writes fail
+        self._writing = 0  # records taken from _pending by the write under way
         # Touched only by the worker thread holding _db_lock.
         self._db_lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._file_id: tuple[int, int] | None = None
+        #: Where records unwritten at close wait for the next start; None: nowhere.
+        self._spill = Spill(spill_dir) if spill_dir else None
 
     @property
     def pending(self) -> int:
@@ -115,7 +124,7 @@ class SQLiteRecordStore:
     @property
     def held_back(self) -> int:
         """Records waiting because writes fail (``Backlog``): 0 when they go through."""
-        return len(self._pending) if self._failing else 0
+        return len(self._pending) + self._writing if self._failing else 0
 
     # -- the request path -----------------------------------------------------------------
 
@@ -155,6 +164,11 @@ class SQLiteRecordStore:
             await asyncio.to_thread(self._locked, self._connect)
         except Exception as exc:
             self._write_failed(exc)
+        if self._spill is not None:
+            try:
+                await asyncio.to_thread(self._spill.take_over)
+            except OSError as exc:
+                log.error("request log: cannot read the spill directory (%s)", exc)
         self._task = asyncio.create_task(self._run(), name="sluice.store.sqlite")
 
     async def flush(self) -> None:
@@ -172,11 +186,39 @@ class SQLiteRecordStore:
             self._wake.set()
             await asyncio.wait({task})
         await self._drain()
+        if self._pending and self._spill is not None:
+            try:
+                n = await asyncio.to_thread(self._spill.append, list(self._pending))
+            except OSError as exc:
+                log.error("request log: cannot write the spill file (%s)", exc)
+            else:
+                self._pending.clear()
+                log.warning(
+                    "request log %s: %d records kept in %s for the next start",
+                    self.path,
+                    n,
+                    self._spill.directory,
+                )
+        if self._spill is not None:
+            await asyncio.to_thread(self._spill.close)
         if self._pending:
             log.error(
                 "request log %s: closing with %d records unwritten", self.path, len(self._pending)
             )
         await asyncio.to_thread(self._locked, self._disconnect)
+
+    async def _write_back(self, spill: Spill) -> None:
+        """Records that an earlier process spilled, into the database, oldest first."""
+        while True:
+            chunk = await asyncio.to_thread(spill.read, self._chunk)
+            if chunk is None:
+                return
+            result = await _settled(self._locked, self._write, chunk.records)
+            if result.error is not None:
+                self._write_failed(result.error)
+                return
+            self._dropped += result.bad
+            await asyncio.to_thread(spill.written, chunk)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -248,6 +290,8 @@ class SQLiteRecordStore:
             self._wake.clear()
             try:
                 await self._drain()
+                if not self._failing and self._spill is not None and self._spill.count:
+                    await self._write_back(self._spill)
             except Exception:  # a bug, not a database failure: keep the writer alive
                 log.exception("request log %s: writer error", self.path)
                 self._failing = True
@@ -264,7 +308,11 @@ class SQLiteRecordStore:
                 n = min(left, self._chunk, len(self._pending))
                 batch = [self._pending.popleft() for _ in range(n)]
                 left -= n
-                result = await _settled(self._locked, self._write, batch)
+                self._writing = n
+                try:
+                    result = await _settled(self._locked, self._write, batch)
+                finally:
+                    self._writing = 0
                 if result.bad:
                     self._dropped += result.bad
                 if result.error is None:

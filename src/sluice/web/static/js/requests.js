@@ -54,7 +54,7 @@ export async function requests(main) {
   form.append(
     select("model", "Model", facets.models),
     select("key", "Key", facets.keys),
-    select("outcome", "Outcome", ["ok", "error", "rejected", "client_disconnected", "cancelled"]),
+    select("outcome", "Outcome", ["ok", "error", "rejected", "client_disconnected", "cancelled", "shutdown"]),
     el("label", {}, "Status", el("input", { name: "status", placeholder: "429 or 5xx", size: 8, value: params.get("status") || "" })),
     el("label", {}, "From", el("input", { name: "since", type: "datetime-local", value: toLocal(params.get("since")) })),
     el("label", {}, "To", el("input", { name: "until", type: "datetime-local", value: toLocal(params.get("until")) })),
