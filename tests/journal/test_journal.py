@@ -279,3 +279,33 @@ def test_a_journal_holds_the_events_of_verbatim_bytes(backend: dict[str, Any]) -
             assert list(found.batches) == [[TextDelta("hi")], [Finish("stop")]]
 
     asyncio.run(main())
+
+
+def test_a_mirrored_journal_reaches_redis_before_anyone_reads_it(redis_server: Any) -> None:
+    """Batches of a journal created ``mirrored`` are in its stream while it is live;
+    those of any other wait until a reader elsewhere shows up (or the end)."""
+    backend = {"redis_url": redis_server.url}
+    if not redis_server.running:
+        redis_server.start()
+
+    async def stream_length(state: SharedState, id: str) -> int:
+        client = state.client()
+        return int(await client.xlen(f"sluice:{{cache}}:journal:{id}"))
+
+    async def main() -> None:
+        async with instance(backend) as (state, here):
+            mirrored = here.create("j6", mirrored=True)
+            plain = here.create("j7")
+            for journal in (mirrored, plain):
+                journal.append(BATCHES[0])
+                journal.append(BATCHES[1])
+            for _ in range(100):  # the flusher writes once a tick
+                if await stream_length(state, "j6") >= 1:
+                    break
+                await asyncio.sleep(0.02)
+            assert await stream_length(state, "j6") >= 1
+            assert await stream_length(state, "j7") == 0
+            mirrored.complete()
+            plain.complete()
+
+    asyncio.run(main())

@@ -151,7 +151,9 @@ class Generations:
         if background:
             await self._admit_background(key_id, id)
         info = Info(id, kind, key_id, self.instance, background, data, record_id=record_id)
-        journal = self._journals.create(id)
+        # A background generation is mostly read later, often elsewhere: mirrored from its
+        # start, a reader on another instance need not wait for the writer to notice it.
+        journal = self._journals.create(id, mirrored=background)
         generation = Generation(info, journal, on_cancel, max_bytes=self.settings.max_bytes)
         self._live[id] = generation
         try:

@@ -205,8 +205,10 @@ class Journals(Protocol):
 
     async def close(self) -> None: ...
 
-    def create(self, id: str) -> Journal:
-        """A new live journal written by this process."""
+    def create(self, id: str, mirrored: bool = False) -> Journal:
+        """A new live journal written by this process; ``mirrored``: copied where other
+        instances read it from its first batch on, not only once one of them does (a
+        background generation, which is read elsewhere more often than not)."""
         ...
 
     def local(self, id: str) -> Journal | None:

@@ -57,7 +57,7 @@ class MemoryJournals:
         self._kept.clear()
         self._bytes = 0
 
-    def create(self, id: str) -> Journal:
+    def create(self, id: str, mirrored: bool = False) -> Journal:
         journal = Journal(id)
         self._live[id] = journal
         return journal

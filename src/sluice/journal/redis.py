@@ -317,9 +317,10 @@ class RedisJournals:
 
     # -- live journals ---------------------------------------------------------------
 
-    def create(self, id: str) -> Journal:
+    def create(self, id: str, mirrored: bool = False) -> Journal:
         journal = Journal(id)
         mirror = _Mirror(self._key(id), self._wake)
+        mirror.mirrored = mirrored
         journal.mirror = mirror
         self._live[id] = journal
         self._mirrors[mirror.key] = mirror
