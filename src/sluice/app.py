@@ -555,21 +555,9 @@ class Gateway:
     ) -> None:
         """Serve ``request`` through the pipeline to the client: with the dialect's encoder
         unless one is given, the event stream passed through ``wrap`` when given."""
-        record = exchange.record
-        record.api = dialect.name
-        record.model = request.model
-        record.stream = request.stream
-        record.operation = request.operation
-        if self.settings.store_content:
-            record.prompt = orjson.dumps(transcript(request)).decode()
+        call = self._call(exchange, dialect, request)
+        record = call.record
         assert self._handler is not None, "the gateway has not started"
-        call = Call(
-            record=record,
-            headers=exchange.headers,
-            response_headers=exchange.response_headers,
-            key=exchange.key,
-            public=exchange.public,
-        )
         if encoder is None:
             encoder = dialect.encoder(request, f"{dialect.id_prefix}{record.id}")
         if encoder.streaming and not self.settings.store_content:
@@ -648,6 +636,23 @@ class Gateway:
         assert self._generations is not None, "the gateway has not started"
         return self._generations
 
+    def _call(self, exchange: Exchange, dialect: Dialect, request: ChatRequest) -> Call:
+        """The pipeline's call for ``request``, its record filled in with what was asked."""
+        record = exchange.record
+        record.api = dialect.name
+        record.model = request.model
+        record.stream = request.stream
+        record.operation = request.operation
+        if self.settings.store_content:
+            record.prompt = orjson.dumps(transcript(request)).decode()
+        return Call(
+            record=record,
+            headers=exchange.headers,
+            response_headers=exchange.response_headers,
+            key=exchange.key,
+            public=exchange.public,
+        )
+
     async def _detach(
         self,
         exchange: Exchange,
@@ -658,22 +663,10 @@ class Gateway:
         """Start ``request`` as a generation of its own: it runs through the pipeline to
         its end whatever the client does, and its record (the request's, taken from the
         exchange) is written once, when it ends. The client reads it like any reader."""
-        record = exchange.record
-        record.api = dialect.name
-        record.model = request.model
-        record.stream = request.stream
-        record.operation = request.operation
-        if self.settings.store_content:
-            record.prompt = orjson.dumps(transcript(request)).decode()
+        call = self._call(exchange, dialect, request)
+        record = call.record
         handler, budgets = self._handler, self._budgets
         assert handler is not None and budgets is not None, "the gateway has not started"
-        call = Call(
-            record=record,
-            headers=exchange.headers,
-            response_headers=exchange.response_headers,
-            key=exchange.key,
-            public=exchange.public,
-        )
         sink = Exchange(exchange.scope, never, discard, record)
         generations, metrics = self.generations, self.metrics
         keep_text = self.settings.store_content
