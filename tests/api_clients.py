@@ -12,6 +12,7 @@ the one object the SDK returns.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -347,3 +348,22 @@ def messages(gateway: RunningGateway, model: str, ask: Ask, stream: bool) -> Ans
 
 Client = Callable[[RunningGateway, str, Ask, bool], Answer]
 CLIENTS: dict[str, Client] = {"chat": chat, "responses": responses, "anthropic": messages}
+
+
+# -- background responses ------------------------------------------------------------
+
+
+def text_of(events: list[Any]) -> str:
+    """The text a Responses event stream carried."""
+    return "".join(e.delta for e in events if e.type == "response.output_text.delta")
+
+
+def poll(client: openai.OpenAI, response_id: str, timeout: float) -> Any:
+    """The response once it is no longer queued or in progress (or when ``timeout``
+    seconds passed: the caller's assertions then say what it was)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.responses.retrieve(response_id)
+        if response.status not in ("queued", "in_progress") or time.monotonic() > deadline:
+            return response
+        time.sleep(0.05)

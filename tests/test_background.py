@@ -14,6 +14,8 @@ import httpx
 import openai
 import pytest
 
+from tests import api_clients
+from tests.api_clients import text_of
 from tests.conftest import StartGateway, upstream_config
 from tests.gateway import RunningGateway
 from tests.upstream.scenarios import expected_text
@@ -40,17 +42,8 @@ def sdk(gateway: RunningGateway) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway.api, api_key="unused", max_retries=0, timeout=20)
 
 
-def text_of(events: list[Any]) -> str:
-    return "".join(e.delta for e in events if e.type == "response.output_text.delta")
-
-
 def poll(client: openai.OpenAI, response_id: str, timeout: float = 15) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        response = client.responses.retrieve(response_id)
-        if response.status not in ("queued", "in_progress") or time.monotonic() > deadline:
-            return response
-        time.sleep(0.05)
+    return api_clients.poll(client, response_id, timeout)
 
 
 def test_create_cut_resume(gateway: RunningGateway) -> None:

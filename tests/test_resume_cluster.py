@@ -18,7 +18,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionChunk
 
-from tests import ui_sdk
+from tests import api_clients, ui_sdk
+from tests.api_clients import text_of
 from tests.cluster import Cluster, cluster
 from tests.conftest import upstream_config
 from tests.gateway import RunningGateway
@@ -57,17 +58,8 @@ def sdk(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
 
 
-def text_of(events: list[Any]) -> str:
-    return "".join(e.delta for e in events if e.type == "response.output_text.delta")
-
-
 def poll(client: openai.OpenAI, response_id: str, timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        response = client.responses.retrieve(response_id)
-        if response.status not in ("queued", "in_progress") or time.monotonic() > deadline:
-            return response
-        time.sleep(0.05)
+    return api_clients.poll(client, response_id, timeout)
 
 
 def sse_events(text: str) -> list[dict[str, Any]]:

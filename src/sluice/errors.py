@@ -34,6 +34,8 @@ class SluiceError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = None
+    #: Response headers an error of this kind carries unless it is given its own.
+    default_headers: tuple[tuple[str, str], ...] = ()
 
     def __init__(
         self,
@@ -51,7 +53,7 @@ class SluiceError(Exception):
             self.code = code
         if status is not None:
             self.status = status
-        self.headers = headers or {}
+        self.headers = dict(self.default_headers) if headers is None else headers
 
 
 class RequestError(SluiceError):
@@ -146,19 +148,7 @@ class ShuttingDown(ServiceUnavailable):
     serve the retry (``Connection: close`` sends the client there)."""
 
     code = "shutting_down"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        status: int | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        if headers is None:
-            headers = {"Connection": "close"}
-        super().__init__(message, param=param, code=code, status=status, headers=headers)
+    default_headers = (("Connection", "close"),)
 
 
 class UpstreamError(SluiceError):
