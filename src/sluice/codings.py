@@ -4,7 +4,9 @@ expands to gigabytes (a zip bomb) costs no more than the limit.
 
 ``decoder(header, limit)`` gives one object with ``feed(bytes) -> bytes`` and
 ``flush() -> bytes`` for the whole header value: codings are listed in the order they
-were applied, so they are undone from the last one back.
+were applied, so they are undone from the last one back. The same decoders read an
+upstream's body that came compressed (``subject`` names it in the errors; for a stream,
+``per_feed`` bounds what one read may expand to instead of the whole body).
 """
 
 from __future__ import annotations
@@ -37,15 +39,19 @@ class _Zlib:
     but some clients send a raw deflate stream (RFC 1951): like browsers, the first
     bytes decide which one it is."""
 
-    def __init__(self, coding: str, limit: int) -> None:
+    def __init__(self, coding: str, limit: int, subject: str, per_feed: bool) -> None:
         self._coding = coding
         self._wbits = 31 if coding == "gzip" else 15
         self._z = zlib.decompressobj(self._wbits)
         self._limit = limit
         self._size = 0
         self._started = False
+        self._subject = subject
+        self._per_feed = per_feed
 
     def feed(self, data: bytes) -> bytes:
+        if self._per_feed:
+            self._size = 0
         parts: list[bytes] = []
         while data:
             try:
@@ -60,7 +66,7 @@ class _Zlib:
             self._started = True
             self._size += len(out)
             if self._size > self._limit:
-                raise BodyTooLarge(f"the request body is larger than {self._limit} bytes decoded")
+                raise BodyTooLarge(f"{self._subject} is larger than {self._limit} bytes decoded")
             parts.append(out)
             data = b""
             if self._z.eof and self._z.unused_data:
@@ -78,7 +84,7 @@ class _Zlib:
 
     def _invalid(self, why: str) -> RequestError:
         return RequestError(
-            f"the request body is declared 'Content-Encoding: {self._coding}' but {why}",
+            f"{self._subject} is declared 'Content-Encoding: {self._coding}' but {why}",
             param="Content-Encoding",
         )
 
@@ -99,7 +105,12 @@ class _Chain:
         return data
 
 
-def decoder(header: str | None, limit: int) -> Decoder:
+def decoder(
+    header: str | None,
+    limit: int,
+    subject: str = "the request body",
+    per_feed: bool = False,
+) -> Decoder:
     """The decoder for a ``Content-Encoding`` value; ``UnsupportedMediaType`` (415) for
     a coding we do not know."""
     codings = [c.strip().lower() for c in (header or "").split(",")]
@@ -108,12 +119,12 @@ def decoder(header: str | None, limit: int) -> Decoder:
         if coding in ("", "identity"):
             continue
         if coding in ("gzip", "x-gzip"):
-            decoders.append(_Zlib("gzip", limit))
+            decoders.append(_Zlib("gzip", limit, subject, per_feed))
         elif coding == "deflate":
-            decoders.append(_Zlib("deflate", limit))
+            decoders.append(_Zlib("deflate", limit, subject, per_feed))
         else:
             raise UnsupportedMediaType(
-                f"the request body's Content-Encoding {coding!r} is not supported;"
+                f"{subject}'s Content-Encoding {coding!r} is not supported;"
                 f" use {SUPPORTED} or none",
                 param="Content-Encoding",
                 headers={"Accept-Encoding": SUPPORTED},

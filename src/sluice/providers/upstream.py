@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import zlib
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import replace
 
+from sluice import codings
 from sluice.config import Deployment
 from sluice.errors import (
     RequestError,
@@ -325,58 +325,46 @@ class HTTPProvider:
 
 #: The most one compressed read may expand to: past it, the body is refused.
 _MAX_INFLATE = 16 * 1024 * 1024
+_SUBJECT = "the upstream's body"
 
 
 class _Inflate:
-    """Reads of a body a server compressed although asked for ``identity``: gzip or
-    deflate, decoded read by read; any other coding is refused."""
+    """Reads of a body a server compressed although asked for ``identity`` (gzip or
+    deflate: ``codings``' decoders), decoded read by read."""
 
-    __slots__ = ("_coding", "_read", "_z")
+    __slots__ = ("_decoder", "_read")
 
     def __init__(self, read: Callable[[], Awaitable[bytes]], coding: str) -> None:
-        if coding not in ("gzip", "x-gzip", "deflate"):
-            raise UpstreamProtocolError(
-                f"the upstream answered with Content-Encoding {coding!r} although asked"
-                " for identity; only gzip and deflate can be decoded"
-            )
         self._read = read
-        self._coding = coding
-        self._z = zlib.decompressobj(47)  # 32 + 15: a gzip or a zlib header
+        with _as_protocol_error():
+            self._decoder = codings.decoder(coding, _MAX_INFLATE, _SUBJECT, per_feed=True)
 
     async def read(self) -> bytes:
         while True:
             data = await self._read()
-            if not data:
-                if not self._z.eof:
-                    raise UpstreamProtocolError(f"the upstream's {self._coding} body ends early")
-                return b""
-            try:
-                out = self._z.decompress(data, _MAX_INFLATE)
-            except zlib.error as exc:
-                raise UpstreamProtocolError(
-                    f"the upstream's body is not valid {self._coding}: {exc}"
-                ) from exc
-            if self._z.unconsumed_tail:
-                raise UpstreamProtocolError(
-                    f"one read of the upstream's {self._coding} body expands past"
-                    f" {_MAX_INFLATE} bytes"
-                )
-            if out:
+            with _as_protocol_error():
+                out = self._decoder.feed(data) if data else self._decoder.flush()
+            if out or not data:
                 return out
 
 
 def _inflated(body: bytes, headers: Mapping[str, str], limit: int) -> bytes:
     """A whole body decoded as its ``Content-Encoding`` says, at most ``limit`` bytes."""
-    coding = headers.get("content-encoding", "").strip().lower()
-    if coding in ("", "identity") or not body:
+    coding = headers.get("content-encoding")
+    if not coding or not body:
         return body
-    if coding not in ("gzip", "x-gzip", "deflate"):
-        raise UpstreamProtocolError(f"the upstream answered with Content-Encoding {coding!r}")
-    z = zlib.decompressobj(47)
+    with _as_protocol_error():
+        decoder = codings.decoder(coding, limit, _SUBJECT)
+        return decoder.feed(body) + decoder.flush()
+
+
+@contextlib.contextmanager
+def _as_protocol_error() -> Iterator[None]:
+    """What a decoder of the upstream's body refuses is the upstream's fault."""
     try:
-        return z.decompress(body, limit)
-    except zlib.error as exc:
-        raise UpstreamProtocolError(f"the upstream's body is not valid {coding}: {exc}") from exc
+        yield
+    except SluiceError as exc:
+        raise UpstreamProtocolError(exc.message) from exc
 
 
 @contextlib.contextmanager
