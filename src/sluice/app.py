@@ -27,15 +27,13 @@ from sluice.dialects.openai_embeddings import OpenAIEmbeddingsDialect
 from sluice.dialects.text import TextDialect
 from sluice.drain import Drain
 from sluice.errors import (
-    HeadersTooLarge,
     MethodNotAllowed,
     NotFound,
-    RequestError,
     ShuttingDown,
     SluiceError,
 )
 from sluice.events import Batch, ChatRequest, estimate_input_tokens, transcript
-from sluice.exchange import ClientGone, Exchange, Receive, Scope, Send
+from sluice.exchange import ClientGone, Exchange, Receive, Scope, Send, check_head
 from sluice.generations import Detached, Generation, Generations
 from sluice.journal import journals_for
 from sluice.policies import Call, Handler, pipeline
@@ -159,37 +157,6 @@ SHARED_RECORDS_RESEED = 2.0
 
 #: Seconds a stream stopped at shutdown gets to write its error to a slow client.
 STOP_WRITE = 2.0
-
-
-def check_head(headers: list[tuple[bytes, bytes]], limit: int) -> None:
-    """431 when the request's header fields, as sent (``name: value``), pass ``limit``
-    bytes together. The ASGI server read them already (httptools sets no bound of its
-    own; h11 refuses a head over 16 KiB with its own 400): this keeps them out of
-    everything after.
-
-    400 (and the connection closed) when the body's length is ambiguous: a
-    ``Content-Length`` beside a ``Transfer-Encoding``, or two ``Content-Length`` that
-    differ, as a proxy in front may have read them otherwise (request smuggling).
-    httptools (llhttp) refuses these itself; h11 lets ``Transfer-Encoding`` win."""
-    size = 0
-    lengths: set[bytes] = set()
-    encoded = False
-    for name, value in headers:
-        size += len(name) + len(value) + 4
-        if name == b"content-length":
-            lengths.add(value.strip())
-        elif name == b"transfer-encoding":
-            encoded = True
-    if size > limit:
-        raise HeadersTooLarge(
-            f"the request's header fields take {size} bytes, more than {limit} (max_header_bytes)"
-        )
-    if len(lengths) > 1 or (lengths and encoded):
-        raise RequestError(
-            "the request's length is ambiguous: Content-Length with Transfer-Encoding,"
-            " or Content-Length values that differ",
-            headers={"Connection": "close"},
-        )
 
 
 def new_id() -> str:

@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from sluice import codings
-from sluice.errors import BodyTooLarge
+from sluice.errors import BodyTooLarge, HeadersTooLarge, RequestError
 from sluice.store import Record, VirtualKey
 
 Scope = MutableMapping[str, Any]
@@ -20,6 +20,37 @@ Send = Callable[[Message], Awaitable[None]]
 
 class ClientGone(Exception):
     """The client disconnected before the request was read."""
+
+
+def check_head(headers: list[tuple[bytes, bytes]], limit: int) -> None:
+    """431 when the request's header fields, as sent (``name: value``), pass ``limit``
+    bytes together. The ASGI server read them already (httptools sets no bound of its
+    own; h11 refuses a head over 16 KiB with its own 400): this keeps them out of
+    everything after.
+
+    400 (and the connection closed) when the body's length is ambiguous: a
+    ``Content-Length`` beside a ``Transfer-Encoding``, or two ``Content-Length`` that
+    differ, as a proxy in front may have read them otherwise (request smuggling).
+    httptools (llhttp) refuses these itself; h11 lets ``Transfer-Encoding`` win."""
+    size = 0
+    lengths: set[bytes] = set()
+    encoded = False
+    for name, value in headers:
+        size += len(name) + len(value) + 4
+        if name == b"content-length":
+            lengths.add(value.strip())
+        elif name == b"transfer-encoding":
+            encoded = True
+    if size > limit:
+        raise HeadersTooLarge(
+            f"the request's header fields take {size} bytes, more than {limit} (max_header_bytes)"
+        )
+    if len(lengths) > 1 or (lengths and encoded):
+        raise RequestError(
+            "the request's length is ambiguous: Content-Length with Transfer-Encoding,"
+            " or Content-Length values that differ",
+            headers={"Connection": "close"},
+        )
 
 
 class Exchange:
