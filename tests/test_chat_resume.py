@@ -92,8 +92,12 @@ def test_no_sse_id_field_and_unknown_ids(gateway: RunningGateway) -> None:
         unknown = http.get(f"{gateway.api}/chat/completions/gen_nope/stream")
         assert unknown.status_code == 404
         assert unknown.json()["error"]["code"] == "generation_not_found"
-        # Past generations.retention (3 s): evicted, and said so.
         generation_id = answer.headers["x-sluice-generation-id"]
+        for after in ("x", "-1", "1.5"):
+            bad = http.get(f"{gateway.api}/chat/completions/{generation_id}/stream?after={after}")
+            assert bad.status_code == 400, after
+            assert bad.json()["error"]["param"] == "after"
+        # Past generations.retention (3 s): evicted, and said so.
         time.sleep(3.5)
         evicted = http.get(f"{gateway.api}/chat/completions/{generation_id}/stream")
         assert evicted.status_code == 404
